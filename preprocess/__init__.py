@@ -1,0 +1,1 @@
+"""Offline preprocessing: decode videos, compute foreground masks, write HDF5 shards."""

@@ -1,0 +1,1 @@
+"""MAC pretraining, finetuning and evaluation on the preprocessed cache."""
