@@ -1,0 +1,150 @@
+"""Worker side of the preprocessing job: build one shard (frames and/or mask sets).
+
+A shard is the unit of parallel work and of atomic writes: one worker process builds all files of
+one shard (its frame file and one file per requested mask set) in temporary files and renames them
+into place at the end. A video that fails is recorded in the shard with its reason and the others
+are kept, so a damaged file never costs more than itself.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from preprocess.cache import (DecodeParams, MaskParams, ShardWriter, VideoRecord, decode_frame, encode_mask,
+                              encode_video, mask_set_dir, shard_name)
+
+READ_CHUNK_FRAMES = 256  # cached frames decoded per step when adding a mask set (bounded memory)
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    path: Path
+    name: str          # rel_path inside the dataset root, the video's key everywhere
+    label: int
+    splits: tuple[int, int, int]
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    dataset: str
+    shard_id: int
+    frame_set: Path
+    decode: DecodeParams
+    videos: tuple[SourceVideo, ...]
+    build_frames: bool                  # False: frames are current, compute masks from them
+    mask_sets: tuple[MaskParams, ...]   # mask sets to (re)build for this shard
+    frames_uid: str | None = None       # uid of the current frame shard when build_frames is False
+    ffmpeg: str | None = None
+    chunk_frames: int = 64
+    timeout_s: float | None = None
+
+
+@dataclass
+class ShardResult:
+    shard_id: int
+    videos_ok: int = 0
+    frames: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, reason)
+
+
+def _mask_streams(mask_sets: tuple[MaskParams, ...]) -> dict:
+    from preprocess.masks import MaskStream
+
+    return {p: MaskStream(p.lam, p.m, p.mode, p.dilate) for p in mask_sets}
+
+
+def _finish_streams(streams: dict) -> dict[MaskParams, list[bytes]]:
+    return {p: [encode_mask(m) for m in s.finish()] for p, s in streams.items()}
+
+
+def _report(progress, frames: int) -> None:
+    if progress is not None:
+        progress.put((1, frames))
+
+
+def build_shard(job: ShardJob, progress=None) -> ShardResult:
+    """Build the files of one shard; `progress` (a queue) receives (1, n_frames) per video."""
+    start = time.perf_counter()
+    mask_paths = {p: mask_set_dir(job.frame_set, p) / shard_name(job.shard_id) for p in job.mask_sets}
+    frames_path = job.frame_set / "frames" / shard_name(job.shard_id)
+    writer = ShardWriter(frames_path if job.build_frames else None, mask_paths, dataset=job.dataset,
+                         shard_id=job.shard_id, decode=job.decode,
+                         frames_uid=None if job.build_frames else job.frames_uid)
+    result = ShardResult(job.shard_id)
+    try:
+        if job.build_frames:
+            _decode_videos(job, writer, result, progress)
+        else:
+            _masks_from_cached_frames(job, frames_path, writer, result, progress)
+        result.bytes_written = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, progress) -> None:
+    from preprocess.decode import DecodeError, iter_frames, probe
+
+    for video in job.videos:
+        n = 0
+        try:
+            info = probe(video.path, binary=job.ffmpeg)
+            streams = _mask_streams(job.mask_sets)
+            height = width = 0
+            for chunk in iter_frames(video.path, short_side=job.decode.short_side, chunk_frames=job.chunk_frames,
+                                     timeout_s=job.timeout_s, binary=job.ffmpeg, info=info):
+                jpegs, masks = encode_video(chunk, job.decode, streams)
+                writer.add_frames(jpegs, masks)
+                n += len(chunk)
+                height, width = chunk.shape[1:3]
+            writer.add_frames(None, _finish_streams(streams))
+            if n < 2:
+                raise DecodeError(video.path, f"only {n} frame(s) decoded (need at least 2)")
+        except (DecodeError, ValueError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            writer.fail(video.name, reason, video.size, video.mtime_ns)
+            result.failures.append((video.name, str(video.path), reason))
+            _report(progress, 0)
+            continue
+        writer.end_video(VideoRecord(video.name, video.label, video.splits, n, float(info.fps or 0.0),
+                                     height, width, video.size, video.mtime_ns))
+        result.videos_ok += 1
+        result.frames += n
+        _report(progress, n)
+
+
+def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWriter, result: ShardResult,
+                              progress) -> None:
+    """Add mask sets to a shard from its cached JPEG frames: no ffmpeg run."""
+    with h5py.File(frames_path, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][()]]
+        cols = {k: f[k][()] for k in ("labels", "splits", "n_frames", "first_frame", "fps", "height", "width",
+                                      "source_size", "source_mtime_ns")}
+        offsets = f["jpeg_offsets"][()]
+        blob = f["jpeg"]
+        for i, name in enumerate(names):
+            streams = _mask_streams(job.mask_sets)
+            first, n = int(cols["first_frame"][i]), int(cols["n_frames"][i])
+            for lo in range(first, first + n, READ_CHUNK_FRAMES):
+                hi = min(lo + READ_CHUNK_FRAMES, first + n)
+                span = blob[offsets[lo]:offsets[hi]]
+                frames = np.stack([decode_frame(span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]])
+                                   for g in range(lo, hi)])
+                writer.add_frames(None, {p: [encode_mask(m) for m in s.push(frames)] for p, s in streams.items()})
+            writer.add_frames(None, _finish_streams(streams))
+            writer.end_video(VideoRecord(name, int(cols["labels"][i]), tuple(int(x) for x in cols["splits"][i]), n,
+                                         float(cols["fps"][i]), int(cols["height"][i]), int(cols["width"][i]),
+                                         int(cols["source_size"][i]), int(cols["source_mtime_ns"][i])))
+            result.videos_ok += 1
+            result.frames += n
+            _report(progress, n)

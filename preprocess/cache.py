@@ -1,0 +1,619 @@
+"""The on-disk cache of decoded frames and foreground masks: format, validity rules and readers.
+
+Layout (one frame set per dataset and decode parameters; mask sets live beside it, one folder
+per parameter set, so adding a set never rewrites frames or other sets):
+
+    data_cache/<dataset>/<decode key>/              e.g. data_cache/ucf101/s128_q90_420/
+        frames/shard-00000.h5 ...                   JPEG frames of videos 0..S-1 (sorted by path)
+        frames/manifest.json                        per-video index of the whole frame set
+        masks-<mask key>/shard-00000.h5 ...         e.g. masks-lam30_m0.5_soft_dilate/
+        masks-<mask key>/manifest.json
+        failures.txt                                the last run's failures, one line per video
+
+Shard files (HDF5). Every frame of every video is stored as one independently decodable record in
+a flat uint8 blob, with an int64 offsets table: a clip read is one contiguous HDF5 read of the
+byte range spanning the clip plus one small decode per needed frame.
+
+    frames shard: jpeg[bytes], jpeg_offsets[F+1], and per video: names, labels, splits[V,3],
+                  n_frames, first_frame, fps, height, width, source_size, source_mtime_ns
+    mask shard:   data[bytes] (zlib-compressed uint8 HxW per frame), offsets[F+1], names, n_frames
+                  attrs frames_uid = the uid of the frame shard the masks were computed from
+
+Each shard is written to a temporary file and renamed into place when complete, so a file named
+shard-*.h5 is always whole. Validity: a frame shard is current when its decode parameters, video
+list and each source file's size and mtime match; a mask shard when its parameters match and its
+frames_uid equals the current frame shard's uid (so masks never outlive the frames they came from).
+
+Masks are always computed from the cached JPEG frames decoded with the cache's own decoder
+(libjpeg-turbo through simplejpeg, accurate integer IDCT), both in the first run (which decodes
+the JPEG it has just encoded) and in later runs that add a mask set from cached frames without
+running ffmpeg. So the same parameters give byte-identical masks whichever run computed them, and
+the masks are those of the exact pixels the trainer reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+import simplejpeg
+
+FORMAT_VERSION = 1
+DEFAULT_VIDEOS_PER_SHARD = 32
+BLOB_CHUNK_BYTES = 1 << 20
+MASK_ZLIB_LEVEL = 1
+
+
+class CacheError(Exception):
+    """The cache is missing, stale, incomplete or damaged. The message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    """Everything that determines the cached frames' pixels."""
+
+    short_side: int = 128
+    jpeg_quality: int = 90
+    subsampling: str = "420"
+
+    def key(self) -> str:
+        return f"s{self.short_side}_q{self.jpeg_quality}_{self.subsampling}"
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """Everything that determines a mask set (together with the frame set it is computed from)."""
+
+    lam: int = 30
+    m: float = 0.5
+    mode: str = "soft"
+    dilate: bool = True
+
+    def key(self) -> str:
+        return f"lam{self.lam}_m{self.m:g}_{self.mode}_{'dilate' if self.dilate else 'nodilate'}"
+
+
+def frame_set_dir(cache_dir: str | Path, dataset: str, decode: DecodeParams) -> Path:
+    return Path(cache_dir) / dataset / decode.key()
+
+
+def mask_set_dir(frame_set: Path, masks: MaskParams) -> Path:
+    return frame_set / f"masks-{masks.key()}"
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}.h5"
+
+
+def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, masks: MaskParams | None) -> str:
+    """The exact command that builds what `open_cache` was asked for."""
+    cmd = ["python preprocess/extract_masks.py", f"--dataset {dataset}"]
+    if str(cache_dir) != "data_cache":
+        cmd.append(f"--cache-dir {cache_dir}")
+    if decode != DecodeParams():
+        cmd.append(f"--short-side {decode.short_side} --jpeg-quality {decode.jpeg_quality}")
+    if masks is not None:
+        cmd.append(f"--lambda {masks.lam} --m {masks.m:g}")
+        if masks.mode != "soft":
+            cmd.append(f"--mode {masks.mode}")
+        if not masks.dilate:
+            cmd.append("--no-dilate")
+    return " ".join(cmd)
+
+
+# --------------------------------------------------------------------------------------------
+# Record codecs: one JPEG per frame, one zlib stream per mask.
+
+def encode_frame(frame: np.ndarray, decode: DecodeParams) -> bytes:
+    return simplejpeg.encode_jpeg(
+        np.ascontiguousarray(frame), quality=decode.jpeg_quality, colorspace="RGB",
+        colorsubsampling=decode.subsampling)
+
+
+def decode_frame(record: bytes | np.ndarray) -> np.ndarray:
+    # Accurate IDCT and upsampling: deterministic integer code in libjpeg-turbo, so masks computed
+    # from these pixels are reproducible across runs and machines with the same library.
+    return simplejpeg.decode_jpeg(record, colorspace="RGB", fastdct=False, fastupsample=False)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    return zlib.compress(np.ascontiguousarray(mask).tobytes(), MASK_ZLIB_LEVEL)
+
+
+def decode_mask(record: bytes | np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(record), dtype=np.uint8).reshape(height, width)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing shards.
+
+def _tmp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def software_versions() -> dict[str, str]:
+    import numba
+
+    return {"format": str(FORMAT_VERSION), "numpy": np.__version__, "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version, "numba": numba.__version__,
+            "simplejpeg": simplejpeg.__version__}
+
+
+class _BlobWriter:
+    """Appends variable-size records to a flat, chunked uint8 dataset and tracks their offsets."""
+
+    def __init__(self, h5: h5py.File, name: str):
+        self.data = h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                      chunks=(BLOB_CHUNK_BYTES,))
+        self.offsets = [0]
+
+    def append(self, records: Sequence[bytes]) -> None:
+        if not records:
+            return
+        buf = np.frombuffer(b"".join(records), dtype=np.uint8)
+        start = self.offsets[-1]
+        self.data.resize((start + buf.size,))
+        self.data[start:] = buf
+        for r in records:
+            self.offsets.append(self.offsets[-1] + len(r))
+
+    @property
+    def n_records(self) -> int:
+        return len(self.offsets) - 1
+
+
+@dataclass
+class VideoRecord:
+    """Per-video index row of a frame shard."""
+
+    name: str
+    label: int
+    splits: tuple[int, int, int]
+    n_frames: int
+    fps: float
+    height: int
+    width: int
+    source_size: int
+    source_mtime_ns: int
+
+
+class ShardWriter:
+    """Writes one frame shard and, alongside, one mask shard per mask parameter set.
+
+    Usage: `add_frames(records, masks_by_set)` per decoded chunk, `end_video(row)` per video,
+    `fail(...)` for a video that could not be processed, then `commit()` (atomic rename of every
+    file) or `abort()`. Either all files of the shard appear complete, or none changes.
+    """
+
+    def __init__(self, frames_path: Path | None, mask_paths: dict[MaskParams, Path], *,
+                 dataset: str, shard_id: int, decode: DecodeParams, frames_uid: str | None,
+                 extra_attrs: dict | None = None):
+        self.frames_path, self.mask_paths = frames_path, dict(mask_paths)
+        self.shard_id = shard_id
+        self.uid = frames_uid or os.urandom(8).hex()  # frames uid: new when frames are written
+        self.rows: list[VideoRecord] = []
+        self.failures: list[dict] = []
+        self._frames_in_video = 0
+        self._masks_in_video = {p: 0 for p in self.mask_paths}
+        common = {"format_version": FORMAT_VERSION, "dataset": dataset, "shard_id": shard_id,
+                  "decode": json.dumps(asdict(decode)), "versions": json.dumps(software_versions()),
+                  **(extra_attrs or {})}
+        self._files: dict[object, h5py.File] = {}
+        self._blobs: dict[object, _BlobWriter] = {}
+        try:
+            if frames_path is not None:
+                f = self._open(frames_path, "frames")
+                f.attrs.update({**common, "kind": "frames", "uid": self.uid})
+                self._blobs["frames"] = _BlobWriter(f, "jpeg")
+            for params, path in self.mask_paths.items():
+                f = self._open(path, params)
+                f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(),
+                                "frames_uid": self.uid, "masks": json.dumps(asdict(params)),
+                                "codec": f"zlib-{MASK_ZLIB_LEVEL}"})
+                self._blobs[params] = _BlobWriter(f, "data")
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open(self, final: Path, key: object) -> h5py.File:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._files[key] = h5py.File(_tmp_path(final), "w")
+        return self._files[key]
+
+    def add_frames(self, jpegs: Sequence[bytes] | None, masks: dict[MaskParams, Sequence[bytes]]) -> None:
+        if jpegs is not None:
+            self._blobs["frames"].append(jpegs)
+            self._frames_in_video += len(jpegs)
+        for params, recs in masks.items():
+            self._blobs[params].append(recs)
+            self._masks_in_video[params] += len(recs)
+
+    def end_video(self, row: VideoRecord) -> None:
+        counts = set(self._masks_in_video.values())
+        if self.frames_path is not None:
+            counts.add(self._frames_in_video)
+        if counts != {row.n_frames}:
+            raise AssertionError(f"{row.name}: record counts {counts} != n_frames {row.n_frames}")
+        self.rows.append(row)
+        self._frames_in_video = 0
+        self._masks_in_video = {p: 0 for p in self._masks_in_video}
+
+    def fail(self, name: str, reason: str, source_size: int, source_mtime_ns: int) -> None:
+        """Drop the partial records of the current video and remember why it failed."""
+        for key, blob in self._blobs.items():
+            done = blob.n_records - (self._frames_in_video if key == "frames" else self._masks_in_video[key])
+            del blob.offsets[done + 1:]
+            blob.data.resize((blob.offsets[-1],))
+        self._frames_in_video = 0
+        self._masks_in_video = {p: 0 for p in self._masks_in_video}
+        self.failures.append({"name": name, "reason": reason, "source_size": source_size,
+                              "source_mtime_ns": source_mtime_ns})
+
+    def _write_index(self, f: h5py.File, key: object) -> None:
+        rows = self.rows
+        n = np.array([r.n_frames for r in rows], dtype=np.int64)
+        f.create_dataset("names", data=np.array([r.name for r in rows], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("n_frames", data=n)
+        f.create_dataset("first_frame", data=np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64))
+        f.create_dataset("offsets" if key != "frames" else "jpeg_offsets",
+                         data=np.asarray(self._blobs[key].offsets, dtype=np.int64))
+        f.attrs["failed"] = json.dumps(self.failures)
+        f.attrs["n_videos"] = len(rows)
+        if key == "frames":
+            f.create_dataset("labels", data=np.array([r.label for r in rows], dtype=np.int32))
+            f.create_dataset("splits", data=np.array([r.splits for r in rows], dtype=np.int8).reshape(-1, 3))
+            f.create_dataset("fps", data=np.array([r.fps for r in rows], dtype=np.float64))
+            f.create_dataset("height", data=np.array([r.height for r in rows], dtype=np.int32))
+            f.create_dataset("width", data=np.array([r.width for r in rows], dtype=np.int32))
+            f.create_dataset("source_size", data=np.array([r.source_size for r in rows], dtype=np.int64))
+            f.create_dataset("source_mtime_ns", data=np.array([r.source_mtime_ns for r in rows], dtype=np.int64))
+
+    def commit(self) -> int:
+        """Finish every file and rename it into place; returns the bytes written."""
+        total = 0
+        try:
+            for key, f in self._files.items():
+                self._write_index(f, key)
+                f.close()
+            for key in self._files:
+                final = self.frames_path if key == "frames" else self.mask_paths[key]
+                tmp = _tmp_path(final)
+                total += tmp.stat().st_size
+                os.replace(tmp, final)
+        except BaseException:
+            self.abort()
+            raise
+        return total
+
+    def abort(self) -> None:
+        for key, f in self._files.items():
+            try:
+                f.close()
+            except Exception:
+                pass
+            final = self.frames_path if key == "frames" else self.mask_paths[key]
+            _tmp_path(final).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading shard metadata and judging validity.
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    uid: str
+    names: tuple[str, ...]
+    failed: tuple[dict, ...]
+    attrs: dict = field(repr=False)
+
+
+def read_shard_info(path: Path) -> ShardInfo:
+    """Index-level metadata of a shard file; raises CacheError naming the file if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            names = tuple(n.decode() if isinstance(n, bytes) else n for n in f["names"][()])
+            return ShardInfo(path, str(attrs["uid"]), names, tuple(json.loads(attrs.get("failed", "[]"))), attrs)
+    except (OSError, KeyError, ValueError) as e:
+        raise CacheError(f"{path}: unreadable or damaged cache shard ({e}); rerun extract_masks.py "
+                         f"(it rebuilds damaged shards) or delete the file") from e
+
+
+def frames_shard_is_current(info: ShardInfo, decode: DecodeParams, planned: Sequence[tuple[str, int, int]]) -> str | None:
+    """None if the frame shard holds exactly `planned` [(name, size, mtime_ns)]; else why not."""
+    if json.loads(info.attrs.get("decode", "{}")) != asdict(decode):
+        return "decode parameters differ"
+    if int(info.attrs.get("format_version", -1)) != FORMAT_VERSION:
+        return "cache format version differs"
+    stored = {}
+    with h5py.File(info.path, "r") as f:
+        for n, s, t in zip(info.names, f["source_size"][()], f["source_mtime_ns"][()]):
+            stored[n] = (int(s), int(t))
+    for fail in info.failed:
+        stored[fail["name"]] = (int(fail["source_size"]), int(fail["source_mtime_ns"]))
+    want = {n: (s, t) for n, s, t in planned}
+    if set(stored) != set(want):
+        return "the shard's video list changed"
+    changed = [n for n in want if stored[n] != want[n]]
+    if changed:
+        return f"source changed: {changed[0]}" + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
+    return None
+
+
+def mask_shard_is_current(info: ShardInfo, masks: MaskParams, frames_uid: str) -> str | None:
+    if json.loads(info.attrs.get("masks", "{}")) != asdict(masks):
+        return "mask parameters differ"
+    if str(info.attrs.get("frames_uid")) != frames_uid:
+        return "computed from other frames (the frame shard was rebuilt)"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Manifests: the per-video index of a whole frame set (and of each mask set).
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = _tmp_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_frames_manifest(frame_set: Path, dataset: str, classes: Sequence[str], decode: DecodeParams,
+                          n_shards: int, videos_per_shard: int) -> dict:
+    """Scan the frame shards present and write frames/manifest.json (atomically)."""
+    frames_dir = frame_set / "frames"
+    videos, failed, shards = [], [], {}
+    for shard_id in range(n_shards):
+        path = frames_dir / shard_name(shard_id)
+        if not path.exists():
+            continue
+        with h5py.File(path, "r") as f:
+            shards[shard_id] = str(f.attrs["uid"])
+            cols = {k: f[k][()] for k in ("names", "labels", "splits", "n_frames", "first_frame", "fps",
+                                          "height", "width")}
+            failed += json.loads(f.attrs.get("failed", "[]"))
+        for i, name in enumerate(cols["names"]):
+            videos.append({"name": name.decode() if isinstance(name, bytes) else name,
+                           "label": int(cols["labels"][i]), "splits": [int(x) for x in cols["splits"][i]],
+                           "n_frames": int(cols["n_frames"][i]), "fps": float(cols["fps"][i]),
+                           "height": int(cols["height"][i]), "width": int(cols["width"][i]),
+                           "shard": shard_id, "first_frame": int(cols["first_frame"][i])})
+    manifest = {"format_version": FORMAT_VERSION, "dataset": dataset, "classes": list(classes),
+                "decode": asdict(decode), "n_shards": n_shards, "videos_per_shard": videos_per_shard,
+                "shards_present": sorted(shards), "shard_uids": {str(k): v for k, v in shards.items()},
+                "complete": len(shards) == n_shards, "failed": failed, "videos": videos}
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(frames_dir / "manifest.json", json.dumps(manifest, indent=0))
+    return manifest
+
+
+def write_masks_manifest(frame_set: Path, masks: MaskParams, frames_manifest: dict) -> dict:
+    mdir = mask_set_dir(frame_set, masks)
+    present, stale = [], []
+    for shard_id in frames_manifest["shards_present"]:
+        path = mdir / shard_name(shard_id)
+        if not path.exists():
+            continue
+        info = read_shard_info(path)
+        if mask_shard_is_current(info, masks, frames_manifest["shard_uids"][str(shard_id)]) is None:
+            present.append(shard_id)
+        else:
+            stale.append(shard_id)
+    manifest = {"format_version": FORMAT_VERSION, "masks": asdict(masks), "shards_present": present,
+                "stale": stale, "frames_shard_uids": {str(k): frames_manifest["shard_uids"][str(k)] for k in present},
+                "complete": frames_manifest["complete"] and len(present) == frames_manifest["n_shards"]}
+    mdir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(mdir / "manifest.json", json.dumps(manifest, indent=0))
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: the index the trainer builds once, and the lazily opened clip reader.
+
+@dataclass(frozen=True)
+class CacheIndex:
+    """Everything the trainer needs to know about the cached videos, as numpy arrays.
+
+    Built once in the main process, cheap to pickle into workers; holds no open file.
+    """
+
+    dataset: str
+    root: Path
+    classes: tuple[str, ...]
+    names: np.ndarray
+    labels: np.ndarray
+    n_frames: np.ndarray
+    fps: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    splits: np.ndarray
+    shard: np.ndarray
+    first_frame: np.ndarray
+    decode: DecodeParams
+    masks: MaskParams | None
+    manifest_hash: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, split: int, part: str) -> np.ndarray:
+        """Video indices of `part` ("train", "test" or "all") of split 1..3."""
+        if part == "all":
+            return np.arange(len(self.names))
+        if split not in (1, 2, 3) or part not in ("train", "test"):
+            raise ValueError(f"split must be 1..3 and part train/test/all, got {split}, {part!r}")
+        return np.flatnonzero(self.splits[:, split - 1] == (1 if part == "train" else 2))
+
+    def frames_path(self, shard: int) -> Path:
+        return self.root / "frames" / shard_name(shard)
+
+    def masks_path(self, shard: int) -> Path:
+        assert self.masks is not None
+        return mask_set_dir(self.root, self.masks) / shard_name(shard)
+
+
+def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
+               decode: DecodeParams = DecodeParams(), masks: MaskParams | None = None) -> CacheIndex:
+    """Load the index of a frame set (and check a mask set), or explain exactly what to run."""
+    root = frame_set_dir(cache_dir, dataset, decode)
+    fix = extract_command(dataset, cache_dir, decode, masks)
+    manifest_path = root / "frames" / "manifest.json"
+    if not manifest_path.exists():
+        others = sorted(p.name for p in (Path(cache_dir) / dataset).glob("*/frames/manifest.json"))
+        hint = f" (cached decode settings present: {', '.join(others)})" if others else ""
+        raise CacheError(f"no cached frames for dataset '{dataset}' with {decode.key()} at {root}{hint}.\n"
+                         f"Build them with:\n  {fix}")
+    raw = manifest_path.read_bytes()
+    manifest = json.loads(raw)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheError(f"{manifest_path}: cache format {manifest.get('format_version')} != {FORMAT_VERSION}; "
+                         f"rebuild with:\n  {fix} --force")
+    if not manifest["complete"]:
+        missing = sorted(set(range(manifest["n_shards"])) - set(manifest["shards_present"]))
+        raise CacheError(f"{manifest_path}: frame cache incomplete, shards {missing[:10]} missing "
+                         f"(an interrupted run, or parts of a --num-shards job not merged yet). Finish it with:\n  {fix}")
+    digest = hashlib.sha256(raw)
+    if masks is not None:
+        mpath = mask_set_dir(root, masks) / "manifest.json"
+        if not mpath.exists():
+            have = sorted(p.parent.name for p in root.glob("masks-*/manifest.json"))
+            raise CacheError(f"mask set {masks.key()} is not cached for {dataset} ({mpath} missing; cached: "
+                             f"{', '.join(have) or 'none'}).\nBuild it with:\n  {fix}")
+        mraw = mpath.read_bytes()
+        mman = json.loads(mraw)
+        if not mman["complete"] or mman["frames_shard_uids"] != {k: manifest["shard_uids"][k] for k in mman["frames_shard_uids"]}:
+            raise CacheError(f"{mpath}: mask set {masks.key()} is incomplete or was computed from other frames "
+                             f"(stale shards {mman.get('stale', [])}). Rebuild it with:\n  {fix}")
+        digest.update(mraw)
+    v = manifest["videos"]
+    return CacheIndex(
+        dataset=dataset, root=root, classes=tuple(manifest["classes"]),
+        names=np.array([x["name"] for x in v], dtype=object),
+        labels=np.array([x["label"] for x in v], dtype=np.int64),
+        n_frames=np.array([x["n_frames"] for x in v], dtype=np.int64),
+        fps=np.array([x["fps"] for x in v], dtype=np.float64),
+        heights=np.array([x["height"] for x in v], dtype=np.int32),
+        widths=np.array([x["width"] for x in v], dtype=np.int32),
+        splits=np.array([x["splits"] for x in v], dtype=np.int8).reshape(-1, 3),
+        shard=np.array([x["shard"] for x in v], dtype=np.int32),
+        first_frame=np.array([x["first_frame"] for x in v], dtype=np.int64),
+        decode=decode, masks=masks, manifest_hash=digest.hexdigest()[:16])
+
+
+class ClipReader:
+    """Reads frames and masks of clips from the shards, opening each HDF5 file on first use.
+
+    Never opens a file in __init__ and drops its handles when pickled, so one reader can be
+    handed to DataLoader workers under fork or spawn (h5py handles do not survive either).
+    """
+
+    def __init__(self, index: CacheIndex):
+        self.index = index
+        self._files: dict[tuple[str, int], tuple[h5py.File, h5py.Dataset, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"index": self.index, "_files": {}}
+
+    def _open(self, kind: str, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray]:
+        key = (kind, shard)
+        if key not in self._files:
+            path = self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard)
+            try:
+                f = h5py.File(path, "r")
+                blob = f["jpeg" if kind == "frames" else "data"]
+                offsets = f["jpeg_offsets" if kind == "frames" else "offsets"][()]
+            except (OSError, KeyError) as e:
+                raise CacheError(f"{path}: cannot read cache shard ({e}); rebuild with extract_masks.py") from e
+            self._files[key] = (f, blob, offsets)
+        return self._files[key]
+
+    def _records(self, kind: str, video: int, indices: np.ndarray) -> list[np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        n = int(self.index.n_frames[video])
+        if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
+            raise IndexError(f"frame indices out of range for {self.index.names[video]} ({n} frames)")
+        shard = int(self.index.shard[video])
+        _, blob, offsets = self._open(kind, shard)
+        global_idx = indices + self.index.first_frame[video]
+        lo, hi = int(global_idx.min()), int(global_idx.max())
+        start, stop = int(offsets[lo]), int(offsets[hi + 1])
+        try:
+            span = blob[start:stop]  # one contiguous read covering the whole clip
+        except OSError as e:
+            path = self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard)
+            raise CacheError(f"{path}: read failed ({e}); the shard is damaged, rebuild it") from e
+        recs = [span[offsets[g] - start:offsets[g + 1] - start] for g in global_idx]
+        return recs
+
+    def frames(self, video: int, indices: np.ndarray) -> np.ndarray:
+        """uint8 [T,H,W,3] RGB frames `indices` of video `video`."""
+        recs = self._records("frames", video, indices)
+        return np.stack([decode_frame(r) for r in recs])
+
+    def masks(self, video: int, indices: np.ndarray) -> np.ndarray:
+        """uint8 [T,H,W] masks (0..255) of frames `indices` of video `video`."""
+        if self.index.masks is None:
+            raise CacheError("this CacheIndex was opened without a mask set (open_cache(..., masks=MaskParams(...)))")
+        h, w = int(self.index.heights[video]), int(self.index.widths[video])
+        recs = self._records("masks", video, indices)
+        return np.stack([decode_mask(r, h, w) for r in recs])
+
+    def close(self) -> None:
+        for f, _, _ in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# Building a cache from arrays (tests, synthetic data): the same writer and mask code as the
+# ffmpeg pipeline, minus the decoding.
+
+def encode_video(frames_chunk: np.ndarray, decode: DecodeParams, streams: dict) -> tuple[list[bytes], dict]:
+    """JPEG-encode a chunk of frames and feed the decoded JPEG pixels to each mask stream.
+
+    Returns the JPEG records and, per mask parameter set, the mask records that became final.
+    """
+    jpegs = [encode_frame(f, decode) for f in frames_chunk]
+    decoded = np.stack([decode_frame(j) for j in jpegs])
+    return jpegs, {p: [encode_mask(m) for m in s.push(decoded)] for p, s in streams.items()}
+
+
+def write_cache_from_arrays(cache_dir: str | Path, dataset: str, classes: Sequence[str],
+                            videos: Iterable[tuple[str, int, tuple[int, int, int], np.ndarray, float]],
+                            decode: DecodeParams = DecodeParams(), masks: Sequence[MaskParams] = (MaskParams(),),
+                            videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD) -> Path:
+    """Write a complete cache from in-memory videos [(rel_path, label, splits, frames uint8 [T,H,W,3], fps)]."""
+    from preprocess.masks import MaskStream
+
+    videos = sorted(videos, key=lambda v: v[0])
+    root = frame_set_dir(cache_dir, dataset, decode)
+    n_shards = max(1, -(-len(videos) // videos_per_shard))
+    for shard_id in range(n_shards):
+        writer = ShardWriter(root / "frames" / shard_name(shard_id),
+                             {p: mask_set_dir(root, p) / shard_name(shard_id) for p in masks},
+                             dataset=dataset, shard_id=shard_id, decode=decode, frames_uid=None)
+        for name, label, splits, frames, fps in videos[shard_id * videos_per_shard:(shard_id + 1) * videos_per_shard]:
+            streams = {p: MaskStream(p.lam, p.m, p.mode, p.dilate) for p in masks}
+            jpegs, mrecs = encode_video(frames, decode, streams)
+            for p, s in streams.items():
+                mrecs[p] += [encode_mask(m) for m in s.finish()]
+            writer.add_frames(jpegs, mrecs)
+            writer.end_video(VideoRecord(name, int(label), tuple(splits), len(frames), float(fps),
+                                         frames.shape[1], frames.shape[2], 0, 0))
+        writer.commit()
+    manifest = write_frames_manifest(root, dataset, classes, decode, n_shards, videos_per_shard)
+    for p in masks:
+        write_masks_manifest(root, p, manifest)
+    return root

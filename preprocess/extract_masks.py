@@ -1,0 +1,386 @@
+"""Decode a video dataset once and cache its frames and foreground masks in HDF5 shards.
+
+    python preprocess/extract_masks.py --lambda 30 --m 0.5             # UCF101 under data/ucf101
+    python preprocess/extract_masks.py --dataset hmdb51 --data-root /data/hmdb51 --lambda 10 --m 0.5
+    python preprocess/extract_masks.py --dataset demo                  # the built-in demo set
+    python preprocess/extract_masks.py --list                          # what is cached
+    python preprocess/extract_masks.py --doctor                        # preflight only
+
+Frames are cached once per dataset and decode parameters; each (lambda, m, mode, dilation) gets its
+own mask set beside them. Running again with the same parameters recomputes nothing; a new lambda/m
+computes masks from the cached frames without running ffmpeg; a changed source file is redone.
+Cluster job arrays: `--shard-index I --num-shards N` builds the shards with id % N == I, into the
+same (shared) cache directory; the last part to finish writes the complete manifest, and rerunning
+without --shard-index afterwards only verifies and indexes.
+
+Exit status: 0 when every video is cached (or already was), 1 when some videos failed (all others
+are cached; see failures.txt in the frame-set folder), 2 for a usage, layout or environment error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from preprocess.cache import (DEFAULT_VIDEOS_PER_SHARD, CacheError, DecodeParams, MaskParams, frame_set_dir,
+                              frames_shard_is_current, mask_set_dir, mask_shard_is_current, read_shard_info,
+                              shard_name, write_frames_manifest, write_masks_manifest)
+from preprocess.build import ShardJob, ShardResult, SourceVideo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EST_BYTES_PER_FRAME = 6500       # JPEG q90 4:2:0 at 128x171, measured on the demo; see README
+EST_BYTES_PER_MASK = 1500        # zlib'd soft mask at 128x171
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    dataset: str
+    data_root: Path
+    cache_dir: Path
+    decode: DecodeParams
+    masks: MaskParams
+    videos_per_shard: int
+    workers: int
+    shard_index: int
+    num_shards: int
+    force: bool
+    retry_failed: bool
+    timeout_s: float | None
+    chunk_frames: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--dataset", default="ucf101", choices=("ucf101", "hmdb51", "folder", "demo"))
+    p.add_argument("--data-root", type=Path, help="dataset root (default data/<dataset>)")
+    p.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
+    p.add_argument("--lambda", dest="lam", type=int, default=30, help="threshold lambda (paper: 10, 30, 60)")
+    p.add_argument("--m", type=float, default=0.5, help="weight of the OLD background (paper: 0.1, 0.5, 1)")
+    p.add_argument("--mode", choices=("soft", "hard"), default="soft")
+    p.add_argument("--dilate", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--short-side", type=int, default=128)
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--videos-per-shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD)
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--shard-index", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="rebuild frames and this mask set even if cached")
+    p.add_argument("--retry-failed", action="store_true", help="retry videos that failed before (unchanged files)")
+    p.add_argument("--timeout", type=float, default=None, help="per-video decode timeout in seconds")
+    p.add_argument("--chunk-frames", type=int, default=64, help="frames per decode chunk (bounds memory)")
+    p.add_argument("--list", action="store_true", help="list what is cached and exit")
+    p.add_argument("--doctor", action="store_true", help="preflight checks only")
+    args = p.parse_args(argv)
+    if not 0 <= args.shard_index < args.num_shards:
+        p.error(f"--shard-index must be in 0..{args.num_shards - 1}")
+    if args.workers < 1 or args.videos_per_shard < 1:
+        p.error("--workers and --videos-per-shard must be >= 1")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    return ExtractConfig(
+        dataset=args.dataset, data_root=args.data_root or Path("data") / args.dataset, cache_dir=args.cache_dir,
+        decode=DecodeParams(args.short_side, args.jpeg_quality),
+        masks=MaskParams(args.lam, args.m, args.mode, args.dilate), videos_per_shard=args.videos_per_shard,
+        workers=args.workers, shard_index=args.shard_index, num_shards=args.num_shards, force=args.force,
+        retry_failed=args.retry_failed, timeout_s=args.timeout, chunk_frames=args.chunk_frames)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which shard files are current, which need frames, which only masks.
+
+def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None) -> tuple[list[ShardJob], int, list[str]]:
+    """Jobs for this part of the cache; also the count of videos skipped and notes on why shards are redone."""
+    frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
+    n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
+    jobs, skipped, notes = [], 0, []
+    for shard_id in range(cfg.shard_index, n_shards, cfg.num_shards):
+        part = tuple(videos[shard_id * cfg.videos_per_shard:(shard_id + 1) * cfg.videos_per_shard])
+        fpath = frame_set / "frames" / shard_name(shard_id)
+        mpath = mask_set_dir(frame_set, cfg.masks) / shard_name(shard_id)
+        for stale in list(fpath.parent.glob(f".{fpath.name}.tmp-*")) + list(mpath.parent.glob(f".{mpath.name}.tmp-*")):
+            stale.unlink(missing_ok=True)  # left by a killed run; never mistaken for a shard
+        why = "forced" if cfg.force else _frames_stale(fpath, cfg, part)
+        if why is None:
+            info = read_shard_info(fpath)
+            mask_why = _mask_stale(mpath, cfg.masks, info.uid)
+            if mask_why is None:
+                skipped += len(part)
+                continue
+            notes.append(f"shard {shard_id}: mask set {cfg.masks.key()}: {mask_why}")
+            jobs.append(ShardJob(cfg.dataset, shard_id, frame_set, cfg.decode,
+                                 tuple(v for v in part if v.name in set(info.names)), False, (cfg.masks,),
+                                 frames_uid=info.uid, chunk_frames=cfg.chunk_frames))
+            skipped += len(part) - len(jobs[-1].videos)  # known failures stay failed
+        else:
+            notes.append(f"shard {shard_id}: frames: {why}")
+            # Rebuilding frames invalidates every mask set of this shard: rebuild the cached ones too.
+            other_sets = [s for s in _cached_mask_sets(frame_set) if s != cfg.masks and (mask_set_dir(frame_set, s) / shard_name(shard_id)).exists()]
+            jobs.append(ShardJob(cfg.dataset, shard_id, frame_set, cfg.decode, part, True,
+                                 (cfg.masks, *other_sets), ffmpeg=ffmpeg, chunk_frames=cfg.chunk_frames,
+                                 timeout_s=cfg.timeout_s))
+    return jobs, skipped, notes
+
+
+def _frames_stale(path: Path, cfg: ExtractConfig, part: tuple[SourceVideo, ...]) -> str | None:
+    if not path.exists():
+        return "not cached"
+    try:
+        info = read_shard_info(path)
+    except CacheError as e:
+        return f"damaged ({e})"
+    why = frames_shard_is_current(info, cfg.decode, [(v.name, v.size, v.mtime_ns) for v in part])
+    if why is None and cfg.retry_failed and info.failed:
+        return f"retrying {len(info.failed)} failed video(s)"
+    return why
+
+
+def _mask_stale(path: Path, masks: MaskParams, frames_uid: str) -> str | None:
+    if not path.exists():
+        return "not cached"
+    try:
+        return mask_shard_is_current(read_shard_info(path), masks, frames_uid)
+    except CacheError as e:
+        return f"damaged ({e})"
+
+
+def _cached_mask_sets(frame_set: Path) -> list[MaskParams]:
+    sets = []
+    for manifest in sorted(frame_set.glob("masks-*/manifest.json")):
+        try:
+            sets.append(MaskParams(**json.loads(manifest.read_text())["masks"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return sets
+
+
+# --------------------------------------------------------------------------------------------
+# Running the jobs in parallel with live progress.
+
+def _limit_worker_threads(cache_dir: Path) -> None:
+    """Set before the workers start (they inherit the environment)."""
+    # The mask kernels are serial; parallelism is across shards. One thread per worker process
+    # keeps numba/BLAS/OpenMP pools from oversubscribing the cores.
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    # JIT-compiled kernels are cached beside the data so every worker and every later run reuses them.
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir.resolve() / ".numba"))
+
+
+def run_jobs(jobs: list[ShardJob], workers: int, total_videos: int) -> list[ShardResult]:
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    from preprocess.build import build_shard
+
+    results: list[ShardResult] = []
+    bar = tqdm(total=total_videos, unit="video", dynamic_ncols=True, smoothing=0.1)
+    start = time.perf_counter()
+    frames = 0
+
+    def advance(n_videos: int, n_frames: int) -> None:
+        nonlocal frames
+        frames += n_frames
+        bar.update(n_videos)
+        bar.set_postfix(frames_per_s=f"{frames / max(time.perf_counter() - start, 1e-9):.0f}", refresh=False)
+
+    if workers == 1 or len(jobs) == 1:
+        class _Inline:
+            def put(self, item):
+                advance(*item)
+        for job in jobs:
+            results.append(build_shard(job, _Inline()))
+    else:
+        import multiprocessing
+
+        with multiprocessing.Manager() as manager:
+            queue = manager.Queue()
+            done = threading.Event()
+
+            def drain() -> None:
+                while not done.is_set() or not queue.empty():
+                    try:
+                        advance(*queue.get(timeout=0.1))
+                    except Exception:
+                        pass
+
+            thread = threading.Thread(target=drain, daemon=True)
+            thread.start()
+            try:
+                for result in Parallel(n_jobs=min(workers, len(jobs)), return_as="generator_unordered")(
+                        delayed(build_shard)(job, queue) for job in jobs):
+                    results.append(result)
+            finally:
+                done.set()
+                thread.join()
+    bar.close()
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Commands.
+
+def load_index(cfg: ExtractConfig):
+    from preprocess.datasets import load_dataset
+
+    if cfg.dataset == "demo" and not (cfg.data_root / "UCF-101").exists():
+        from preprocess.make_demo import make_demo
+
+        print(f"[extract] demo dataset not found at {cfg.data_root}: generating it")
+        make_demo(cfg.data_root)
+    return load_dataset(cfg.dataset, cfg.data_root)
+
+
+def source_videos(index) -> list[SourceVideo]:
+    videos = []
+    for entry in index.videos:
+        path = index.path(entry)
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        videos.append(SourceVideo(path, entry.rel_path, entry.label, tuple(entry.splits), size, mtime))
+    return videos
+
+
+def doctor(cfg: ExtractConfig, index, videos: list[SourceVideo]) -> bool:
+    """Preflight: ffmpeg, layout and counts, free disk against the estimated cache size."""
+    from preprocess.decode import ffmpeg_binary, ffmpeg_version, probe
+
+    ok = True
+    try:
+        binary = ffmpeg_binary()
+        print(f"[doctor] ffmpeg: {binary} ({ffmpeg_version(binary)})")
+    except Exception as e:  # the binary is what everything else needs
+        print(f"[doctor] FAIL ffmpeg: {e}", file=sys.stderr)
+        return False
+    print(f"[doctor] dataset: {index.summary()}")
+    for problem in index.problems[:20]:
+        print(f"[doctor] problem: {problem}", file=sys.stderr)
+    if len(index.problems) > 20:
+        print(f"[doctor] ... {len(index.problems) - 20} more problems", file=sys.stderr)
+    sample = videos[:: max(1, len(videos) // 20)][:20]
+    frames_per_video = []
+    for v in sample:
+        try:
+            info = probe(v.path, binary=binary)
+            if info.fps and info.duration_s:
+                frames_per_video.append(info.fps * info.duration_s)
+        except Exception:
+            continue
+    est_frames = int(sum(frames_per_video) / max(1, len(frames_per_video)) * len(videos)) if frames_per_video else 0
+    est_bytes = est_frames * (EST_BYTES_PER_FRAME + EST_BYTES_PER_MASK)
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cfg.cache_dir).free
+    print(f"[doctor] estimate: ~{est_frames:,} frames, ~{est_bytes / 1e9:.2f} GB for frames + one mask set; "
+          f"{free / 1e9:.1f} GB free at {cfg.cache_dir}")
+    if est_bytes > free:
+        print(f"[doctor] FAIL not enough free disk at {cfg.cache_dir}", file=sys.stderr)
+        ok = False
+    return ok
+
+
+def list_cache(cache_dir: Path) -> None:
+    rows = []
+    for manifest_path in sorted(cache_dir.glob("*/*/frames/manifest.json")):
+        frame_set = manifest_path.parent.parent
+        m = json.loads(manifest_path.read_text())
+        size = sum(p.stat().st_size for p in manifest_path.parent.glob("shard-*.h5"))
+        n_frames = sum(v["n_frames"] for v in m["videos"])
+        rows.append(f"{m['dataset']:<8} {frame_set.name:<16} frames  videos={len(m['videos']):<6} "
+                    f"failed={len(m['failed']):<4} frames={n_frames:<9} size={size / 1e6:9.1f} MB "
+                    f"{'complete' if m['complete'] else 'INCOMPLETE'}  {m['decode']}")
+        for mm in sorted(frame_set.glob("masks-*/manifest.json")):
+            mk = json.loads(mm.read_text())
+            msize = sum(p.stat().st_size for p in mm.parent.glob("shard-*.h5"))
+            rows.append(f"{'':<8} {'':<16} {mm.parent.name:<40} size={msize / 1e6:9.1f} MB "
+                        f"{'complete' if mk['complete'] else 'INCOMPLETE'}  {mk['masks']}")
+    print("\n".join(rows) if rows else f"nothing cached under {cache_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        list_cache(args.cache_dir)
+        return 0
+    cfg = config_from_args(args)
+    print(f"[extract] {cfg}")
+    from preprocess.datasets import DatasetLayoutError
+
+    try:
+        index = load_index(cfg)
+    except DatasetLayoutError as e:
+        print(f"[extract] {e}", file=sys.stderr)
+        return 2
+    videos = source_videos(index)
+    if args.doctor:
+        return 0 if doctor(cfg, index, videos) else 2
+    for problem in index.problems:
+        print(f"[extract] dataset problem: {problem}", file=sys.stderr)
+
+    _limit_worker_threads(cfg.cache_dir)
+    from preprocess.decode import ffmpeg_binary
+
+    t0 = time.perf_counter()
+    jobs, skipped, notes = plan_jobs(cfg, videos, None)
+    frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
+    if any(j.build_frames for j in jobs):
+        try:
+            binary = ffmpeg_binary()
+        except Exception as e:
+            print(f"[extract] no usable ffmpeg: {e}", file=sys.stderr)
+            return 2
+        jobs = [ShardJob(**{**j.__dict__, "ffmpeg": binary}) if j.build_frames else j for j in jobs]
+    if not jobs:
+        print(f"[extract] everything is cached already ({skipped} videos, {cfg.decode.key()}, "
+              f"masks {cfg.masks.key()}): nothing to do")
+    else:
+        for note in notes[:10]:
+            print(f"[extract] {note}")
+        n_decode = sum(len(j.videos) for j in jobs if j.build_frames)
+        n_masks = sum(len(j.videos) for j in jobs if not j.build_frames)
+        print(f"[extract] {len(jobs)} shard(s): {n_decode} videos to decode, {n_masks} to mask from cached "
+              f"frames, {skipped} already cached; {cfg.workers} worker(s)")
+    results = run_jobs(jobs, cfg.workers, sum(len(j.videos) for j in jobs)) if jobs else []
+
+    # Index what is on disk now (all parts of a job array write the same cache directory).
+    n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
+    manifest = write_frames_manifest(frame_set, cfg.dataset, index.classes, cfg.decode, n_shards, cfg.videos_per_shard)
+    for params in {cfg.masks, *_cached_mask_sets(frame_set)}:
+        write_masks_manifest(frame_set, params, manifest)
+
+    failures = [f for r in results for f in r.failures]
+    fresh = {name for name, _, _ in failures}
+    known = [f for f in manifest["failed"] if f["name"] not in fresh]
+    report = frame_set / "failures.txt"
+    lines = [f"{path}\t{reason}" for _, path, reason in failures]
+    lines += [f"{index.root / f['name']}\t(earlier run) {f['reason']}" for f in known]
+    if lines:
+        report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for line in lines:
+            print(f"[extract] FAILED {line}", file=sys.stderr)
+    elif report.exists():
+        report.unlink()
+    elapsed = time.perf_counter() - t0
+    ok = sum(r.videos_ok for r in results)
+    frames = sum(r.frames for r in results)
+    written = sum(r.bytes_written for r in results)
+    print(f"[extract] done in {elapsed:.1f}s: ok {ok}, failed {len(failures)}, skipped (cached) {skipped}, "
+          f"known failures {len(known)}, frames {frames:,} ({frames / max(elapsed, 1e-9):.0f}/s), "
+          f"written {written / 1e6:.1f} MB" + (f"; failures listed in {report}" if lines else ""))
+    if not manifest["complete"]:
+        print(f"[extract] this part is done; the cache is complete once all {cfg.num_shards} parts have run")
+    return 1 if (failures or known) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The HDF5 cache: shard round trip, reader behaviour, and the errors that name what to fix."""
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from preprocess.cache import (CacheError, ClipReader, DecodeParams, MaskParams, decode_frame, encode_frame,
+                              open_cache, write_cache_from_arrays)
+from preprocess.masks import foreground_masks
+from tests.conftest import moving_square_video
+
+
+def _videos(n=5, frames=12):
+    return [(f"C{i % 2}/v_{i}.avi", i % 2, (1 if i < 3 else 2, 0, 0), moving_square_video(frames + i, 64, 80, seed=i), 25.0)
+            for i in range(n)]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    videos = _videos()
+    write_cache_from_arrays(tmp_path, "toy", ["C0", "C1"], videos, videos_per_shard=2,
+                            masks=(MaskParams(), MaskParams(lam=10)))
+    return tmp_path, videos
+
+
+def test_round_trip_frames_and_masks(cache):
+    cache_dir, videos = cache
+    index = open_cache(cache_dir, "toy", masks=MaskParams())
+    assert list(index.names) == sorted(v[0] for v in videos)
+    assert index.classes == ("C0", "C1")
+    reader = ClipReader(index)
+    for vi, (name, label, splits, frames, _) in enumerate(sorted(videos)):
+        assert index.labels[vi] == label and tuple(index.splits[vi]) == splits
+        assert index.n_frames[vi] == len(frames)
+        got = reader.frames(vi, np.arange(len(frames)))
+        # Frames are stored as JPEG (lossy) ...
+        assert got.shape == frames.shape and np.abs(got.astype(int) - frames).mean() < 4
+        # ... and masks are exactly those of the stored pixels.
+        expect = foreground_masks(np.stack([decode_frame(encode_frame(f, DecodeParams())) for f in frames]))
+        np.testing.assert_array_equal(reader.masks(vi, np.arange(len(frames))), expect)
+        idx = np.array([3, 1, 1, len(frames) - 1])
+        np.testing.assert_array_equal(reader.masks(vi, idx), expect[idx])
+        np.testing.assert_array_equal(reader.frames(vi, idx), got[idx])
+
+
+def test_reader_opens_lazily_and_pickles(cache):
+    cache_dir, _ = cache
+    reader = ClipReader(open_cache(cache_dir, "toy", masks=MaskParams()))
+    assert reader._files == {}
+    reader.frames(0, np.arange(2))
+    assert reader._files
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._files == {}
+    np.testing.assert_array_equal(clone.masks(4, np.arange(3)), reader.masks(4, np.arange(3)))
+    with pytest.raises(IndexError, match="out of range"):
+        reader.frames(0, np.array([999]))
+
+
+def test_subsets(cache):
+    index = open_cache(cache[0], "toy")
+    assert len(index.subset(1, "train")) == 3 and len(index.subset(1, "test")) == 2
+    assert len(index.subset(2, "train")) == 0 and len(index.subset(1, "all")) == 5
+
+
+def test_missing_frames_and_mask_sets_say_what_to_run(tmp_path, cache):
+    with pytest.raises(CacheError, match="python preprocess/extract_masks.py --dataset other"):
+        open_cache(tmp_path, "other")
+    with pytest.raises(CacheError, match=r"--lambda 60 --m 0\.1"):
+        open_cache(cache[0], "toy", masks=MaskParams(lam=60, m=0.1))
+    # Both cached sets open.
+    open_cache(cache[0], "toy", masks=MaskParams(lam=10))
+
+
+def test_masks_from_other_frames_are_refused(cache):
+    cache_dir, videos = cache
+    # Rebuild the frames only (new uids): the old lam=10 set no longer matches them.
+    write_cache_from_arrays(cache_dir, "toy", ["C0", "C1"], videos, videos_per_shard=2, masks=(MaskParams(),))
+    open_cache(cache_dir, "toy", masks=MaskParams())
+    with pytest.raises(CacheError, match="computed from other frames"):
+        open_cache(cache_dir, "toy", masks=MaskParams(lam=10))
+
+
+def test_damaged_shard_is_named(cache):
+    cache_dir, _ = cache
+    index = open_cache(cache_dir, "toy", masks=MaskParams())
+    path = index.frames_path(1)
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(CacheError, match=str(path.name)):
+        ClipReader(index).frames(int(np.flatnonzero(index.shard == 1)[0]), np.arange(2))
+
+
+def test_shard_layout_is_self_describing(cache):
+    index = open_cache(cache[0], "toy", masks=MaskParams())
+    with h5py.File(index.masks_path(0), "r") as f:
+        assert f.attrs["kind"] == "masks" and '"lam": 30' in f.attrs["masks"]
+        assert "numba" in f.attrs["versions"]
+    with h5py.File(index.frames_path(0), "r") as f:
+        assert f.attrs["kind"] == "frames" and '"short_side": 128' in f.attrs["decode"]
+        assert f["jpeg_offsets"].shape[0] == f["n_frames"][()].sum() + 1
