@@ -1,0 +1,586 @@
+"""Video decoding with ffmpeg (through ffmpeg-python), streamed in bounded-memory chunks.
+
+Public API
+----------
+- ``ffmpeg_binary()``: the ``ffmpeg`` on PATH if there is one, else imageio-ffmpeg's static
+  binary. ffprobe is never needed: ``probe`` parses ``ffmpeg -hide_banner -i PATH``.
+- ``ffmpeg_version(binary)``: the version string from ``ffmpeg -version``.
+- ``DecodeError(path, reason)``: every failure to turn a file into frames; ``reason`` is a
+  specific human sentence ("file is empty (0 bytes)", "damaged or truncated: ...", ...).
+- ``probe(path)`` -> ``VideoInfo(width, height, fps, duration_s, rotation)``, display size
+  (after the rotation that ffmpeg applies by default).
+- ``output_size(width, height, short_side)``: short side to ``short_side``, aspect kept, long side
+  rounded to nearest (320x240 -> 171x128).
+- ``iter_frames(path, ...)``: yields uint8 ``[t, H, W, 3]`` RGB chunks streamed from ffmpeg's
+  stdout, so memory stays bounded (one chunk) however long the video is.
+- ``decode_all(path, ...)``: all frames in one array (tests, small videos).
+
+Decoding command (what ``iter_frames`` runs, no shell, path passed as ``file:<absolute path>`` so
+that names with spaces, non-ASCII characters, colons or a leading '-' are taken literally)::
+
+    ffmpeg -nostdin -hide_banner -v error -i file:PATH -map 0:<video stream>
+           -f rawvideo -fps_mode passthrough -pix_fmt rgb24 -s WxH pipe:
+
+``-fps_mode passthrough`` passes every decoded frame through exactly once: a variable-frame-rate
+file gets no duplicated or dropped frames (ffmpeg's default for rawvideo output is ``cfr``, which
+duplicates frames to fill timestamp gaps). ``-s WxH`` uses ffmpeg's default scaler (bicubic), so
+the pixels are identical to a bare ``ffmpeg -i X -f rawvideo -pix_fmt rgb24 -s WxH`` run on a
+constant-frame-rate file. Display-rotation metadata is honoured (ffmpeg autorotates; ``probe``
+swaps width and height for +-90 degrees so that the output size is computed on the display size).
+
+Error policy (``strict=True``, the default): a file is rejected with ``DecodeError`` when
+- it is missing, not a regular file, empty or unreadable (checked before ffmpeg runs);
+- it is an AVI whose RIFF header declares more bytes than the file has (a truncated AVI: ffmpeg
+  decodes such a file WITHOUT any error when the cut falls on a chunk boundary, it just returns
+  fewer frames, so the header is the only reliable evidence);
+- ffmpeg cannot open it or finds no video stream;
+- ffmpeg prints any error while decoding (at ``-v error`` these are decoder/demuxer errors such
+  as "ac-tex damaged", "Packet corrupt", "File ended prematurely", "partial file");
+- ffmpeg exits non-zero, or fewer than 2 frames come out;
+- the timeout passes.
+With ``strict=False`` only the hard failures (cannot open, no video stream, non-zero exit,
+< 2 frames, timeout) raise; decoder errors and the AVI size check are tolerated and whatever frames
+ffmpeg produced are returned.
+
+Because frames are streamed, errors detected at the end of the file (a truncated tail) are raised
+after earlier chunks were already yielded: consumers must treat a ``DecodeError`` as invalidating
+the whole video (e.g. write results to a temporary location and commit only after the generator is
+exhausted). A video with fewer than 2 frames never yields anything: the first chunk is held back
+until a second frame is known to exist.
+
+Timeout: ``timeout_s`` bounds the time spent waiting for ffmpeg (start-up plus decoding). Time the
+caller spends between chunks (while the generator is suspended) is not counted, so a slow consumer
+never causes a timeout. Default: ``default_timeout(info) = 120 s + 2 s per second of video``
+(600 s when the duration is unknown); real decoding runs hundreds of times faster than real time,
+so only a hung ffmpeg (stalled network mount, pathological file) reaches it. On timeout, early
+close of the generator, or any exception, the ffmpeg process is killed and reaped (no zombies).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import ffmpeg  # ffmpeg-python
+import numpy as np
+
+__all__ = [
+    "DecodeError",
+    "VideoInfo",
+    "ffmpeg_binary",
+    "ffmpeg_version",
+    "probe",
+    "output_size",
+    "default_timeout",
+    "check_file",
+    "decode_command",
+    "iter_frames",
+    "decode_all",
+]
+
+PROBE_TIMEOUT_S = 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# binary
+
+
+def ffmpeg_binary() -> str:
+    """The system ``ffmpeg`` on PATH if present, else imageio-ffmpeg's bundled static binary."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.lru_cache(maxsize=16)
+def ffmpeg_version(binary: str | None = None) -> str:
+    """The version string of ``binary`` (e.g. ``'n9.0.2-17-g2a571b6068-20260930'``)."""
+    binary = binary or ffmpeg_binary()
+    out = subprocess.run(
+        [binary, "-hide_banner", "-version"], stdin=subprocess.DEVNULL,
+        capture_output=True, timeout=PROBE_TIMEOUT_S,
+    )
+    text = out.stdout.decode("utf-8", "replace")
+    m = re.search(r"ffmpeg version (\S+)", text)
+    if not m:
+        raise RuntimeError(f"{binary} does not look like ffmpeg: {text[:200]!r}")
+    return m.group(1)
+
+
+@functools.lru_cache(maxsize=16)
+def _has_fps_mode(binary: str) -> bool:
+    """``-fps_mode`` exists since ffmpeg 5.1; older builds only know ``-vsync``."""
+    m = re.match(r"n?(\d+)\.(\d+)", ffmpeg_version(binary))
+    if not m:  # git snapshots ("N-112233-g...") are new
+        return True
+    return (int(m.group(1)), int(m.group(2))) >= (5, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# errors and file checks
+
+
+class DecodeError(Exception):
+    """A video could not be decoded; ``reason`` says why in words."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(str(path), reason)
+        self.path = str(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot decode {self.path!r}: {self.reason}"
+
+
+def _ffmpeg_url(path: Path) -> str:
+    # "file:" stops ffmpeg from reading "a:b.avi" as protocol "a"; the file protocol does no
+    # percent-decoding, so the rest of the path is taken literally.
+    return "file:" + str(path.absolute())
+
+
+def check_file(path, *, check_container: bool = True) -> Path:
+    """Cheap checks before running ffmpeg; raises DecodeError with a specific reason.
+
+    Missing file, not a regular file, empty, unreadable, and (``check_container``) an AVI whose
+    RIFF chunk sizes run past the end of the file (truncated).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise DecodeError(path, "no such file") from None
+    except NotADirectoryError:
+        raise DecodeError(path, "no such file (a parent of it is not a directory)") from None
+    except PermissionError:
+        raise DecodeError(path, "permission denied (cannot reach the file)") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot stat file: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
+        raise DecodeError(path, f"not a regular file ({kind})")
+    if st.st_size == 0:
+        raise DecodeError(path, "file is empty (0 bytes)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+            if check_container and head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+                _check_avi_riff(path, f, st.st_size)
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot read file: {e.strerror or e}") from None
+    return p
+
+
+def _check_avi_riff(path, f, size: int) -> None:
+    """Walk the top-level RIFF chunks (RIFF AVI, then OpenDML RIFF AVIX segments)."""
+    offset = 0
+    while offset + 8 <= size:
+        f.seek(offset)
+        head = f.read(12)
+        if head[:4] != b"RIFF":
+            return  # trailing data after the last RIFF segment: not our concern
+        (seg,) = struct.unpack("<I", head[4:8])
+        if seg in (0, 0xFFFFFFFF):
+            return  # writer never patched the size (live capture): nothing to compare
+        end = offset + 8 + seg
+        if end > size:
+            raise DecodeError(
+                path,
+                f"damaged or truncated: the file has {size} bytes but its AVI (RIFF) header "
+                f"declares {end}",
+            )
+        offset = end + (seg & 1)
+
+
+# --------------------------------------------------------------------------------------------
+# probe
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Display geometry of the video stream ffmpeg decodes (after autorotation)."""
+
+    width: int
+    height: int
+    fps: float | None
+    duration_s: float | None
+    rotation: float = 0.0  # display rotation in degrees, counter-clockwise, as ffmpeg reports it
+    stream_index: int = 0  # index of the video stream in the container (for -map 0:N)
+    codec: str = ""
+
+    @property
+    def expected_frames(self) -> int | None:
+        if self.fps and self.duration_s:
+            return int(round(self.fps * self.duration_s))
+        return None
+
+
+_STREAM_RE = re.compile(r"^\s+Stream #0:(\d+)(?:\[[^\]]*\])?(?:\([^)]*\))?: (\w+): (.*)$")
+_SIZE_RE = re.compile(r"(?:^|[\s,])([1-9]\d*)x([1-9]\d*)(?=[\s,\[]|$)")
+_FPS_RE = re.compile(r"(\d+(?:\.\d+)?)(k?) (fps|tbr)\b")
+_DURATION_RE = re.compile(r"^\s+Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_MATRIX_RE = re.compile(r"display ?matrix: rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
+_ROTATE_TAG_RE = re.compile(r"^\s+rotate\s+: (-?\d+(?:\.\d+)?)\s*$")
+_ADDR_RE = re.compile(r" @ 0x[0-9a-fA-F]+\]")
+
+
+def _clean(line: str) -> str:
+    """Drop pointer addresses from ffmpeg log lines ("[mpeg4 @ 0x55d1...]" -> "[mpeg4]")."""
+    return _ADDR_RE.sub("]", line.strip())
+
+
+def _classify_open_failure(path, text: str, rc: int | None) -> DecodeError:
+    lines = [_clean(l) for l in text.splitlines() if l.strip()]
+    low = text.lower()
+    last = lines[-1] if lines else f"ffmpeg exited with code {rc}"
+    if "no such file or directory" in low:
+        return DecodeError(path, "no such file")
+    if "permission denied" in low:
+        return DecodeError(path, "permission denied")
+    if "moov atom not found" in low:
+        return DecodeError(path, "damaged or truncated: moov atom not found (MP4/MOV index missing)")
+    if "invalid data found when processing input" in low:
+        return DecodeError(
+            path, "not a video: ffmpeg could not recognise the file (Invalid data found "
+            "when processing input)")
+    if "does not contain any stream" in low or "matches no streams" in low:
+        return DecodeError(path, "not a video: ffmpeg found no video stream")
+    return DecodeError(path, f"ffmpeg failed (exit code {rc}): {last}")
+
+
+def _parse_probe(path, text: str) -> VideoInfo:
+    if "Input #0" not in text:
+        raise _classify_open_failure(path, text, None)
+    duration = None
+    streams = []  # [index, kind, desc, rotation]
+    current = None
+    for line in text.splitlines():
+        m = _DURATION_RE.match(line)
+        if m and duration is None:
+            h, mi, s = m.groups()
+            duration = int(h) * 3600 + int(mi) * 60 + float(s)
+            continue
+        m = _STREAM_RE.match(line)
+        if m:
+            current = [int(m.group(1)), m.group(2), m.group(3), 0.0]
+            streams.append(current)
+            continue
+        if current is not None:
+            m = _MATRIX_RE.search(line)
+            if m:
+                current[3] = float(m.group(1))
+                continue
+            m = _ROTATE_TAG_RE.match(line)  # ffmpeg < 5 reported the clockwise "rotate" tag
+            if m:
+                current[3] = -float(m.group(1))
+    video = []
+    for idx, kind, desc, rot in streams:
+        if kind != "Video" or "(attached pic)" in desc:
+            continue
+        m = _SIZE_RE.search(desc)
+        if not m:
+            continue
+        video.append((idx, desc, int(m.group(1)), int(m.group(2)), rot))
+    if not video:
+        raise DecodeError(path, "not a video: ffmpeg found no video stream")
+    # ffmpeg's default selection picks the largest video stream (first one on ties)
+    idx, desc, w, h, rot = max(video, key=lambda v: (v[2] * v[3], -v[0]))
+    fps_found = {k: float(v) * (1000 if kk else 1) for v, kk, k in _FPS_RE.findall(desc)}
+    fps = fps_found.get("fps") or fps_found.get("tbr")
+    rot = ((rot + 180.0) % 360.0) - 180.0  # normalise to [-180, 180)
+    if abs(abs(rot) - 90.0) < 1e-6:
+        w, h = h, w
+    codec = desc.split(" ", 1)[0].rstrip(",")
+    return VideoInfo(width=w, height=h, fps=fps, duration_s=duration, rotation=rot,
+                     stream_index=idx, codec=codec)
+
+
+def probe(path, binary: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo:
+    """Describe the video stream of ``path`` from ``ffmpeg -hide_banner -i PATH`` (no ffprobe).
+
+    Width and height are the display size: swapped when the file carries a +-90 degree display
+    rotation, because ffmpeg autorotates while decoding.
+    """
+    p = check_file(path, check_container=False)
+    binary = binary or ffmpeg_binary()
+    try:
+        out = subprocess.run(
+            [binary, "-nostdin", "-hide_banner", "-i", _ffmpeg_url(p)],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise DecodeError(path, f"timed out after {timeout:g} s (probing)") from None
+    return _parse_probe(path, out.stderr.decode("utf-8", "replace"))
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+
+
+def output_size(width: int, height: int, short_side: int | None = 128) -> tuple[int, int]:
+    """(out_w, out_h): short side -> ``short_side``, aspect kept, long side rounded to nearest
+    (halves round up). ``short_side=None`` keeps the native size."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad frame size {width}x{height}")
+    if short_side is None:
+        return width, height
+    s = int(short_side)
+    if width <= height:
+        return s, max(1, (2 * height * s + width) // (2 * width))
+    return max(1, (2 * width * s + height) // (2 * height)), s
+
+
+def default_timeout(info: VideoInfo) -> float:
+    """120 s plus 2 s per second of video; 600 s when the duration is unknown."""
+    if info.duration_s is None:
+        return 600.0
+    return 120.0 + 2.0 * info.duration_s
+
+
+def _decode_node(path, size: tuple[int, int], binary: str, stream_index: int | None):
+    w, h = size
+    src = ffmpeg.input(_ffmpeg_url(Path(path)))
+    if stream_index is not None:
+        src = src[str(stream_index)]  # -map 0:N, the stream probe() described
+    sync = {"fps_mode": "passthrough"} if _has_fps_mode(binary) else {"vsync": "passthrough"}
+    return src.output("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", **sync)
+
+
+def _global_args(binary: str) -> list[str]:
+    # global options go first: ffmpeg ignores (with a warning) options after the last output,
+    # which is where ffmpeg-python's .global_args() would put them
+    return [binary, "-nostdin", "-hide_banner", "-v", "error"]
+
+
+def decode_command(path, size: tuple[int, int], binary: str | None = None,
+                   stream_index: int | None = None) -> list[str]:
+    """The argv ``iter_frames`` runs (built with ffmpeg-python), for logs and benchmarks."""
+    binary = binary or ffmpeg_binary()
+    return _decode_node(path, size, binary, stream_index).compile(cmd=_global_args(binary))
+
+
+class _StderrDrain(threading.Thread):
+    """Reads ffmpeg's stderr to EOF so that ffmpeg never blocks on a full pipe."""
+
+    def __init__(self, stream, keep: int = 40):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self.count = 0
+        self.first: str | None = None
+
+    def run(self) -> None:
+        try:
+            for raw in iter(self.stream.readline, b""):
+                line = _clean(raw.decode("utf-8", "replace"))
+                if not line:
+                    continue
+                if self.first is None:
+                    self.first = line
+                self.lines.append(line)
+                self.count += 1
+        except (OSError, ValueError):
+            pass
+
+
+class _Watchdog(threading.Thread):
+    """Kills the process once ``timeout`` seconds of un-paused time have passed."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float):
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.timeout = timeout
+        self.cond = threading.Condition()
+        self.deadline = time.monotonic() + timeout
+        self.paused_at: float | None = None
+        self.done = False
+        self.fired = False
+
+    def run(self) -> None:
+        with self.cond:
+            while not self.done:
+                if self.paused_at is not None:
+                    self.cond.wait()
+                    continue
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    self.fired = True
+                    _kill(self.proc)
+                    return
+                self.cond.wait(remaining)
+
+    def pause(self) -> None:
+        with self.cond:
+            self.paused_at = time.monotonic()
+            self.cond.notify()
+
+    def resume(self) -> None:
+        with self.cond:
+            if self.paused_at is not None:
+                self.deadline += time.monotonic() - self.paused_at
+                self.paused_at = None
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify()
+
+
+PIPE_BYTES = 1 << 20
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def _enlarge_pipe(stream) -> None:
+    """Let ffmpeg decode ahead while the consumer works on the previous chunk.
+
+    A pipe holds 64 KiB by default, less than one 171x128 RGB frame: ffmpeg would stall whenever
+    the consumer is busy. 1 MiB (Linux's default maximum) buffers ~16 such frames.
+    """
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass  # not Linux, or a lower system limit: correct, just less overlap
+
+
+def _read_full(stream, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def iter_frames(
+    path,
+    short_side: int | None = 128,
+    chunk_frames: int = 64,
+    timeout_s: float | None = None,
+    binary: str | None = None,
+    *,
+    strict: bool = True,
+    info: VideoInfo | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield uint8 RGB chunks ``[t, H, W, 3]`` (``1 <= t <= chunk_frames``) of the whole video.
+
+    The short side is scaled to ``short_side`` (aspect kept; ``None``: native size). Frames are
+    read from ffmpeg's stdout as they are decoded, so memory is bounded by one chunk. See the
+    module docstring for the error policy and the timeout (``timeout_s=None``: scaled by the
+    video's duration). ``info`` may pass a ``probe`` result to skip probing again.
+    """
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be >= 1")
+    p = check_file(path, check_container=strict)
+    binary = binary or ffmpeg_binary()
+    if info is None:
+        info = probe(p, binary=binary)
+    w, h = output_size(info.width, info.height, short_side)
+    if timeout_s is None:
+        timeout_s = default_timeout(info)
+    frame_bytes = w * h * 3
+    node = _decode_node(p, (w, h), binary, info.stream_index)
+    proc = node.run_async(cmd=_global_args(binary), pipe_stdout=True, pipe_stderr=True)
+    _enlarge_pipe(proc.stdout)
+    drain = _StderrDrain(proc.stderr)
+    drain.start()
+    dog = _Watchdog(proc, timeout_s)
+    dog.start()
+
+    def timed_out() -> DecodeError:
+        return DecodeError(path, f"timed out after {timeout_s:g} s")
+
+    def decode_failed(rc, killed: bool = False) -> DecodeError:
+        text = "\n".join(drain.lines)
+        if not killed and rc != 0 and total == 0:
+            return _classify_open_failure(path, text, rc)
+        if drain.count:
+            more = f" ({drain.count} error lines, first: {drain.first})" if drain.count > 1 else ""
+            return DecodeError(path, f"damaged or truncated: {drain.lines[-1]}{more}")
+        return DecodeError(path, f"ffmpeg failed (exit code {rc}) after {total} frames")
+
+    total = 0
+    pending: list[np.ndarray] = []  # chunks held back until a second frame is known to exist
+    try:
+        while True:
+            buf = np.empty((chunk_frames, h, w, 3), np.uint8)
+            got = _read_full(proc.stdout, memoryview(buf).cast("B"))
+            n, partial = divmod(got, frame_bytes)
+            if n:
+                total += n
+                pending.append(buf[:n] if n < chunk_frames else buf)
+            eof = got < buf.nbytes
+            if strict and drain.count and not eof:
+                _kill(proc)  # ffmpeg already reported decode errors: stop early
+                proc.wait()
+                drain.join(5)
+                raise timed_out() if dog.fired else decode_failed(proc.returncode, killed=True)
+            if eof:
+                break
+            if total >= 2:
+                for chunk in pending:
+                    dog.pause()  # the caller's time is not ffmpeg's
+                    try:
+                        yield chunk
+                    finally:
+                        dog.resume()
+                pending = []
+        rc = proc.wait()
+        drain.join()
+        dog.stop()
+        if dog.fired:
+            raise timed_out()
+        if rc != 0 or (strict and drain.count):
+            raise decode_failed(rc)
+        if partial:
+            raise DecodeError(path, "damaged: ffmpeg output ended in the middle of frame "
+                              f"{total + 1}")
+        if total < 2:
+            if total == 0:
+                raise DecodeError(path, "no frames decoded (need at least 2)")
+            raise DecodeError(path, "only 1 frame decoded (need at least 2)")
+        for chunk in pending:
+            yield chunk
+    finally:
+        # runs on exhaustion, errors, timeout, and generator close()/garbage collection
+        dog.stop()
+        _kill(proc)
+        try:
+            proc.stdout.close()  # only this thread reads stdout
+        except OSError:
+            pass
+        proc.wait()  # reap: no zombie
+        drain.join(5)  # stderr reaches EOF once ffmpeg is gone
+        try:
+            proc.stderr.close()
+        except OSError:
+            pass
+
+
+def decode_all(path, short_side: int | None = 128, **kwargs) -> np.ndarray:
+    """All frames of ``path`` as one uint8 ``[T, H, W, 3]`` array (see ``iter_frames``)."""
+    return np.concatenate(list(iter_frames(path, short_side, **kwargs)), axis=0)

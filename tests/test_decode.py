@@ -1,0 +1,352 @@
+"""Tests for preprocess.decode: small videos are generated with the same ffmpeg binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocess.decode import (
+    DecodeError,
+    VideoInfo,
+    check_file,
+    decode_all,
+    decode_command,
+    ffmpeg_binary,
+    ffmpeg_version,
+    iter_frames,
+    output_size,
+    probe,
+)
+
+FF = ffmpeg_binary()
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([FF, "-nostdin", "-hide_banner", "-v", "error", "-y", *args], check=True,
+                   stdin=subprocess.DEVNULL)
+
+
+def make_testsrc(out: Path, size="320x240", frames=50, rate=25, codec=("-c:v", "libxvid"), extra=()):
+    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}",
+           "-frames:v", str(frames), *codec, *extra, str(out))
+    return out
+
+
+def encode_frames(out: Path, frames: np.ndarray, rate=25, codec=("-c:v", "mpeg4", "-q:v", "2")):
+    t, h, w, _ = frames.shape
+    subprocess.run(
+        [FF, "-nostdin", "-hide_banner", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt",
+         "rgb24", "-s", f"{w}x{h}", "-r", str(rate), "-i", "pipe:", *codec, str(out)],
+        input=np.ascontiguousarray(frames).tobytes(), check=True)
+    return out
+
+
+def bare_decode(path: Path, size, *extra: str) -> np.ndarray:
+    w, h = size
+    out = subprocess.run([FF, "-nostdin", "-v", "error", "-i", str(path), *extra, "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "pipe:"],
+                         capture_output=True, check=True, stdin=subprocess.DEVNULL).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
+
+
+def child_pids() -> list[int]:
+    """Processes (running or zombie) whose parent is this test process."""
+    me, kids = os.getpid(), []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            kids.append(int(d))
+    return kids
+
+
+@pytest.fixture(scope="module")
+def vids(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vids")
+    v = {}
+    v["xvid"] = make_testsrc(d / "xvid.avi", frames=50)  # UCF101-like: XVID in AVI, 25 fps
+    v["mpeg4"] = make_testsrc(d / "mpeg4.avi", frames=37, codec=("-c:v", "mpeg4", "-vtag", "XVID"))
+    v["long"] = make_testsrc(d / "long.avi", frames=400, codec=("-c:v", "mpeg4", "-q:v", "10"))
+    # variable frame rate: 30 frames, frame i a flat grey of level 20 + 7 i, whose timestamps
+    # have two gaps (0.3 s after frame 9, 0.5 s more after frame 19)
+    grey = (20 + 7 * np.arange(30, dtype=np.uint8))[:, None, None, None]
+    ts = "(N*0.04+if(gte(N\\,10)\\,0.3\\,0)+if(gte(N\\,20)\\,0.5\\,0))/TB"
+    encode_frames(d / "vfr.mkv", np.broadcast_to(grey, (30, 120, 160, 3)),
+                  codec=("-vf", f"setpts='{ts}'", "-fps_mode", "vfr", "-c:v", "mpeg4", "-q:v", "2"))
+    v["vfr"] = d / "vfr.mkv"
+    return v
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_binary_and_version():
+    assert os.access(FF, os.X_OK)
+    assert ffmpeg_version(FF)[0].isalnum()
+
+
+@pytest.mark.parametrize("w,h,s,expected", [
+    (320, 240, 128, (171, 128)), (240, 320, 128, (128, 171)), (1920, 1080, 128, (228, 128)),
+    (1080, 1920, 128, (128, 228)), (128, 128, 128, (128, 128)), (400, 300, 112, (149, 112)),
+    (320, 240, None, (320, 240)), (3, 2, 1, (2, 1)),  # 1.5 rounds up
+])
+def test_output_size(w, h, s, expected):
+    assert output_size(w, h, s) == expected
+
+
+def test_probe_cfr_avi(vids):
+    info = probe(vids["xvid"])
+    assert info == VideoInfo(320, 240, 25.0, 2.0, 0.0, 0, "mpeg4")
+    assert info.expected_frames == 50
+
+
+def test_cfr_avi_exact_frames_and_identical_to_bare_ffmpeg(vids):
+    for key, n in (("xvid", 50), ("mpeg4", 37)):
+        frames = decode_all(vids[key])
+        assert frames.shape == (n, 128, 171, 3) and frames.dtype == np.uint8
+        # same binary, same size, same (default) scaler: bit-identical to the bare command
+        np.testing.assert_array_equal(frames, bare_decode(vids[key], (171, 128)))
+
+
+def test_vfr_passthrough_no_duplicates(vids):
+    frames = decode_all(vids["vfr"], short_side=None)
+    assert frames.shape == (30, 120, 160, 3)
+    levels = frames.reshape(30, -1).mean(1)
+    np.testing.assert_allclose(levels, 20 + 7 * np.arange(30), atol=3)  # each source frame once
+    # ffmpeg's default for rawvideo output (cfr) fills the two timestamp gaps with duplicates
+    naive = bare_decode(vids["vfr"], (160, 120))
+    assert len(naive) == 50
+    assert (np.diff(naive.reshape(50, -1).mean(1)) == 0).sum() == 20
+    cfr = bare_decode(vids["vfr"], (160, 120), "-fps_mode", "cfr")
+    assert len(cfr) == 50
+
+
+@pytest.mark.parametrize("size,out", [("320x240", (128, 171)), ("240x320", (171, 128)),
+                                      ("320x180", (128, 228))])
+def test_output_sizes_by_aspect(tmp_path, size, out):
+    p = make_testsrc(tmp_path / "a.avi", size=size, frames=3, codec=("-c:v", "mpeg4"))
+    assert decode_all(p).shape == (3, *out, 3)
+
+
+def test_display_rotation_swaps_size(vids, tmp_path):
+    p = tmp_path / "rot.mp4"
+    try:
+        ffmpeg("-display_rotation", "90", "-i", str(vids["mpeg4"]), "-c", "copy", str(p))
+    except subprocess.CalledProcessError:
+        pytest.skip("this ffmpeg has no -display_rotation")
+    info = probe(p)
+    assert (info.width, info.height, abs(info.rotation)) == (240, 320, 90.0)
+    frames = decode_all(p)
+    assert frames.shape == (37, 171, 128, 3)
+    np.testing.assert_array_equal(frames, bare_decode(p, (128, 171)))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 10, 49, 50, 51, 64])
+def test_chunking(vids, chunk):
+    full = decode_all(vids["xvid"], chunk_frames=64)
+    chunks = list(iter_frames(vids["xvid"], chunk_frames=chunk))
+    assert [len(c) for c in chunks[:-1]] == [chunk] * (len(chunks) - 1)
+    assert 1 <= len(chunks[-1]) <= chunk
+    np.testing.assert_array_equal(np.concatenate(chunks), full)
+
+
+def test_solid_colour_pixels(tmp_path):
+    colour = np.array([200, 60, 30], np.uint8)
+    frames = np.broadcast_to(colour, (5, 96, 128, 3)).copy()
+    p = encode_frames(tmp_path / "solid.avi", frames)
+    out = decode_all(p, short_side=96)
+    assert out.shape == (5, 96, 128, 3)
+    err = np.abs(out.astype(int) - colour).max()
+    assert err <= 4, err
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+def reason(path, **kw) -> str:
+    with pytest.raises(DecodeError) as ei:
+        decode_all(path, **kw)
+    e = ei.value
+    assert e.path == str(path) and str(path) in str(e) and e.reason in str(e)
+    return e.reason
+
+
+def test_missing_file(tmp_path):
+    assert reason(tmp_path / "nope.avi") == "no such file"
+    with pytest.raises(DecodeError, match="no such file"):
+        probe(tmp_path / "nope.avi")
+
+
+def test_not_regular_file(tmp_path):
+    assert reason(tmp_path).startswith("not a regular file")
+
+
+def test_zero_bytes(tmp_path):
+    p = tmp_path / "empty.avi"
+    p.touch()
+    assert reason(p) == "file is empty (0 bytes)"
+
+
+def test_text_file_renamed_avi(tmp_path):
+    p = tmp_path / "notes.avi"
+    p.write_text("this is not a video\n" * 20)
+    assert reason(p).startswith("not a video")
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path):
+    p = tmp_path / "tone.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.2", str(p))
+    assert reason(p) == "not a video: ffmpeg found no video stream"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_permission_denied(vids, tmp_path):
+    p = tmp_path / "locked.avi"
+    shutil.copy(vids["mpeg4"], p)
+    p.chmod(0)
+    assert reason(p) == "permission denied"
+
+
+def test_permission_denied_reason_when_open_fails(vids, monkeypatch):
+    """Same path for root (who can read mode-000 files): open() raising PermissionError."""
+    import preprocess.decode as dec
+
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dec, "open", deny, raising=False)
+    with pytest.raises(DecodeError) as ei:
+        check_file(vids["mpeg4"])
+    assert ei.value.reason == "permission denied"
+
+
+def test_truncated_avi_cut_in_half(vids, tmp_path):
+    data = vids["xvid"].read_bytes()
+    p = tmp_path / "half.avi"
+    p.write_bytes(data[: len(data) // 2])
+    r = reason(p)
+    assert r.startswith("damaged or truncated") and "declares" in r
+    # What ffmpeg itself does with it: exit status 0, about half the frames, and a decoder
+    # error for the cut frame ("ac-tex damaged" / "Error at MB" at -v error). Non-strict mode
+    # hands those frames over only if ffmpeg's complaint is tolerated.
+    out = subprocess.run([FF, "-nostdin", "-v", "error", "-i", str(p), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-s", "171x128", "pipe:"], capture_output=True)
+    assert out.returncode == 0
+    n = len(out.stdout) // (171 * 128 * 3)
+    assert 10 < n < 50
+    frames = decode_all(p, strict=False)
+    assert len(frames) == n
+
+
+def test_truncated_avi_on_chunk_boundary_is_silent_in_ffmpeg(vids, tmp_path):
+    """Cut exactly before a frame chunk: ffmpeg decodes the rest with no message at all, exit
+    0, so only the RIFF size check in check_file catches it."""
+    data = vids["xvid"].read_bytes()
+    movi = data.index(b"movi") + 4
+    offs, i = [], movi
+    while data[i:i + 4] != b"idx1":
+        offs.append(i)
+        size = int.from_bytes(data[i + 4:i + 8], "little")
+        i += 8 + size + (size & 1)
+    p = tmp_path / "cut.avi"
+    p.write_bytes(data[: offs[25]])
+    out = subprocess.run([FF, "-nostdin", "-v", "warning", "-i", str(p), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-s", "171x128", "pipe:"], capture_output=True)
+    assert out.returncode == 0 and out.stderr == b""
+    assert len(out.stdout) == 25 * 171 * 128 * 3
+    with pytest.raises(DecodeError, match="damaged or truncated: the file has"):
+        check_file(p)
+    assert reason(p).startswith("damaged or truncated")
+
+
+def test_corrupted_middle_raises_and_stops(vids, tmp_path):
+    data = bytearray(vids["xvid"].read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 1500] = np.random.default_rng(0).integers(0, 256, 1500, np.uint8).tobytes()
+    p = tmp_path / "corrupt.avi"
+    p.write_bytes(bytes(data))
+    assert reason(p).startswith("damaged or truncated: [mpeg4]")
+    # tolerated on request: ffmpeg conceals the damage and every frame still comes out
+    assert len(decode_all(p, strict=False)) >= 45
+
+
+def test_truncated_mkv_reports_ffmpeg_error(vids, tmp_path):
+    data = vids["vfr"].read_bytes()
+    p = tmp_path / "half.mkv"
+    p.write_bytes(data[: len(data) // 2])
+    r = reason(p)
+    assert r.startswith("damaged or truncated:") and "File ended prematurely" in r
+
+
+def test_one_frame_video(tmp_path):
+    p = make_testsrc(tmp_path / "one.avi", frames=1)
+    assert reason(p) == "only 1 frame decoded (need at least 2)"
+    # nothing is yielded before the verdict, even with 1-frame chunks
+    got = []
+    with pytest.raises(DecodeError):
+        for c in iter_frames(p, chunk_frames=1):
+            got.append(c)
+    assert got == []
+
+
+def test_two_frame_video_with_one_frame_chunks(tmp_path):
+    p = make_testsrc(tmp_path / "two.avi", frames=2)
+    assert [len(c) for c in iter_frames(p, chunk_frames=1)] == [1, 1]
+
+
+@pytest.mark.parametrize("name", ["vidéo ü 1.avi", "a:b -x.avi", "-lead.avi"])
+def test_awkward_paths(vids, tmp_path, name):
+    d = tmp_path / "dir with spaces ñ"
+    d.mkdir()
+    p = d / name
+    shutil.copy(vids["mpeg4"], p)
+    assert probe(p).width == 320
+    assert decode_all(p).shape == (37, 128, 171, 3)
+    assert decode_command(p, (171, 128))[6] == "file:" + str(p)
+
+
+def test_timeout_kills_process(vids):
+    before = child_pids()
+    t = time.monotonic()
+    with pytest.raises(DecodeError, match=r"timed out after 0\.01 s"):
+        decode_all(vids["long"], timeout_s=0.01)
+    assert time.monotonic() - t < 10
+    assert child_pids() == before
+
+
+def test_slow_consumer_does_not_time_out(vids):
+    n = 0
+    for c in iter_frames(vids["xvid"], chunk_frames=10, timeout_s=1.0):
+        time.sleep(0.3)  # 1.5 s spent by the consumer in total, more than the timeout
+        n += len(c)
+    assert n == 50
+
+
+def test_early_close_and_consumer_exception_leave_no_process(vids):
+    before = child_pids()
+    g = iter_frames(vids["long"], chunk_frames=4)
+    assert next(g).shape == (4, 128, 171, 3)
+    g.close()
+    assert child_pids() == before
+    with pytest.raises(KeyError):
+        for _ in iter_frames(vids["long"], chunk_frames=4):
+            raise KeyError("consumer failed")
+    assert child_pids() == before
+
+
+def test_decode_error_pickles():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(DecodeError("/x/y.avi", "file is empty (0 bytes)")))
+    assert (e.path, e.reason) == ("/x/y.avi", "file is empty (0 bytes)")
