@@ -46,7 +46,7 @@ import simplejpeg
 
 FORMAT_VERSION = 1
 DEFAULT_VIDEOS_PER_SHARD = 32
-BLOB_CHUNK_BYTES = 1 << 20
+BLOB_CHUNK_BYTES = 1 << 16  # small: the last, partly filled chunk of a shard is allocated whole
 MASK_ZLIB_LEVEL = 1
 
 
