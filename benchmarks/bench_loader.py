@@ -1,0 +1,301 @@
+"""MAC-SC loader throughput per worker process: the cache against decoding on the fly.
+
+    .venv/bin/python benchmarks/bench_loader.py                       # builds a synthetic cache
+    .venv/bin/python benchmarks/bench_loader.py --cache-dir data_cache --dataset ucf101 \
+        --video-root data/ucf101/UCF-101                              # a real cache + its videos
+    options: --samples 300 --baseline-samples 40 --workers 2 --json out.json
+
+Everything runs in ONE process with torch on one thread, i.e. the work of one DataLoader worker
+(per core); each figure is the best of --repeats rounds (shared machines are noisy). Figures,
+same run, same sampled items (MAC-SC: query clip with masks + key view):
+
+1. cache item: `PretrainClips[i]` as a worker delivers it: temporal draw, HDF5 read + JPEG
+   decode of 16 frames and zlib decode of 16 masks, crop/resize/flip of frames+masks (query)
+   and of the frames again (key), parameter draws; uint8 tensors out. Also broken down.
+2. transform on CPU: `gpu_transform` (uint8 -> float, blend, colour jitter, greyscale,
+   normalise, for query and key) on collated batches, per sample, on one CPU thread. In real runs
+   it runs on the GPU; this figure says what it would cost a CPU worker instead.
+3. baseline: the same samples built from the source video: ffmpeg decode
+   (`preprocess.decode.iter_frames`, short side 128) from frame 0 to the clip's last frame (the
+   masks' background is recursive from frame 0, so exact masks need every earlier frame), masks
+   computed on the fly (`preprocess.masks.foreground_masks`), then the same spatial work.
+4. optionally (--workers N): a DataLoader with N worker processes, batches of 8, total samples/s.
+
+Without --cache-dir, it builds a synthetic cache first: --videos AVIs of 320x240 (UCF101's size),
+--frames frames at 25 fps, MPEG-4 part 2 (libxvid when available), decoded with iter_frames and
+written with `preprocess.cache.write_cache_from_arrays` (the cache pipeline's writer and masks),
+in a temporary folder (or --build DIR to keep it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from preprocess.cache import DecodeParams, MaskParams, open_cache, write_cache_from_arrays
+from preprocess.decode import ffmpeg_binary, iter_frames
+from preprocess.masks import foreground_masks
+from train.data import PretrainClips, item_rng, make_loader, set_loader_epoch
+from train.mac import (
+    MACConfig, apply_spatial, draw_alphas, draw_clip, draw_jitter, draw_spatial, gpu_transform,
+    sample_clip_indices,
+)
+
+TARGET_PER_CORE = 150.0
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic source videos + cache
+
+
+def make_videos(folder: Path, n: int, frames: int, binary: str) -> list[Path]:
+    """320x240 25 fps MPEG-4 part 2 AVIs with moving, noisy content (UCF101-like sizes)."""
+    enc = subprocess.run([binary, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    codec = ["-c:v", "libxvid", "-q:v", "6"] if "libxvid" in enc else ["-c:v", "mpeg4", "-q:v", "6"]
+    out = []
+    for i in range(n):
+        p = folder / "Bench" / f"v_Bench_g{i + 1:02d}_c01.avi"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        src = f"testsrc2=size=320x240:rate=25,hue=h={37 * i},noise=alls=8:allf=t,trim=end_frame={frames}"
+        subprocess.run([binary, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", src, *codec, str(p)],
+                       check=True)
+        out.append(p)
+    return out
+
+
+def build_synthetic_cache(folder: Path, n_videos: int, n_frames: int) -> tuple[Path, str, Path]:
+    """(cache_dir, dataset, video_root)."""
+    binary = ffmpeg_binary()
+    video_root = folder / "videos"
+    paths = make_videos(video_root, n_videos, n_frames, binary)
+    vids = []
+    for p in paths:
+        frames = np.concatenate(list(iter_frames(p, 128, binary=binary)))
+        vids.append((str(p.relative_to(video_root)), 0, (1, 1, 1), frames, 25.0))
+    cache_dir = folder / "cache"
+    write_cache_from_arrays(cache_dir, "bench", ("Bench",), vids, DecodeParams(), (MaskParams(),))
+    return cache_dir, "bench", video_root
+
+
+# --------------------------------------------------------------------------------------------
+# measurements
+
+
+def time_cache_items(ds: PretrainClips, samples: int, repeats: int) -> tuple[float, dict]:
+    """Samples/s of ds[i] (epochs advance so that no item repeats its draws; best of `repeats`
+    rounds), plus a breakdown."""
+    n = len(ds)
+    ds.set_epoch(1000)
+    for i in range(min(n, 8)):                      # warm-up: open shards, first-call overheads
+        ds[i]
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(samples):
+            ds.set_epoch(s // n)
+            ds[s % n]
+        rates.append(samples / (time.perf_counter() - t0))
+    rate = max(rates)
+
+    # breakdown on the same items
+    cfg, reader = ds.cfg, ds.reader
+    parts = dict(read_frames=0.0, read_masks=0.0, spatial_query=0.0, spatial_key=0.0, draws=0.0)
+    for s in range(samples):
+        i = s % n
+        t = time.perf_counter()
+        rng = item_rng(cfg.seed, s // n, i, ds._stream)
+        v = int(ds.videos[i])
+        nf = int(ds.index.n_frames[v])
+        h, w = int(ds.index.heights[v]), int(ds.index.widths[v])
+        start, stride = draw_clip(rng, nf, cfg.T, cfg.strides)
+        draw_alphas(rng, cfg.k, cfg.n_segments, cfg.loss)
+        sq, jq = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
+        sk, jk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
+        idx = np.unique(sample_clip_indices(nf, cfg.T, stride, start))
+        t1 = time.perf_counter()
+        fr = reader.frames(v, idx)
+        t2 = time.perf_counter()
+        mk = reader.masks(v, idx)
+        t3 = time.perf_counter()
+        apply_spatial(fr, mk, sq)
+        t4 = time.perf_counter()
+        apply_spatial(fr, None, sk)
+        t5 = time.perf_counter()
+        parts["draws"] += t1 - t
+        parts["read_frames"] += t2 - t1
+        parts["read_masks"] += t3 - t2
+        parts["spatial_query"] += t4 - t3
+        parts["spatial_key"] += t5 - t4
+    return rate, {k: v / samples * 1e3 for k, v in parts.items()}
+
+
+def time_transform(ds: PretrainClips, batch_size: int, batches: int, repeats: int) -> float:
+    """Samples/s of the device transform run on one CPU thread (best of `repeats`)."""
+    items = [ds[i % len(ds)] for i in range(batch_size)]
+    batch = torch.utils.data.default_collate(items)
+    gpu_transform(batch, ds.cfg, "cpu")
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            gpu_transform(batch, ds.cfg, "cpu")
+        rates.append(batches * batch_size / (time.perf_counter() - t0))
+    return max(rates)
+
+
+def baseline_item(path: Path, n_frames: int, h: int, w: int, cfg: MACConfig, rng: np.random.Generator,
+                  mask_params: MaskParams) -> dict:
+    """One MAC-SC sample from the source video: ffmpeg decode + masks on the fly + spatial."""
+    start, stride = draw_clip(rng, n_frames, cfg.T, cfg.strides)
+    draw_alphas(rng, cfg.k, cfg.n_segments, cfg.loss)
+    sq, jq = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
+    sk, jk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
+    idx = sample_clip_indices(n_frames, cfg.T, stride, start)
+    need = int(idx.max()) + 1
+    chunks, got = [], 0
+    gen = iter_frames(path, 128, chunk_frames=64)
+    try:
+        for c in gen:
+            chunks.append(c)
+            got += len(c)
+            if got >= need:
+                break
+    finally:
+        gen.close()                                   # stops ffmpeg early
+    frames = np.concatenate(chunks)[:max(need, 2)]
+    masks = foreground_masks(frames, mask_params.lam, mask_params.m, mask_params.mode, mask_params.dilate)
+    qf, qm = apply_spatial(frames[idx], masks[idx], sq)
+    kf, _ = apply_spatial(frames[idx], None, sk)
+    return {"frames": qf, "masks": qm, "key_frames": kf}
+
+
+def time_baseline(ds: PretrainClips, video_root: Path, samples: int, mask_params: MaskParams,
+                  repeats: int) -> float:
+    cfg, index = ds.cfg, ds.index
+    n = len(ds)
+    # warm-up (numba compile of the mask kernels, ffmpeg binary in page cache)
+    v = int(ds.videos[0])
+    baseline_item(video_root / index.names[v], int(index.n_frames[v]), int(index.heights[v]),
+                  int(index.widths[v]), cfg, item_rng(0, 0, 0), mask_params)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(samples):
+            i = s % n
+            v = int(ds.videos[i])
+            baseline_item(video_root / index.names[v], int(index.n_frames[v]), int(index.heights[v]),
+                          int(index.widths[v]), cfg, item_rng(cfg.seed, s // n, i, ds._stream), mask_params)
+        rates.append(samples / (time.perf_counter() - t0))
+    return max(rates)
+
+
+def time_loader(ds: PretrainClips, workers: int, batch_size: int, samples: int) -> float:
+    loader = make_loader(ds, batch_size, workers, shuffle=True, seed=0, persistent_workers=True)
+    epoch, seen = 0, 0
+    set_loader_epoch(loader, epoch)
+    it = iter(loader)
+    next(it)                                          # workers up and warm
+    t0 = time.perf_counter()
+    while seen < samples:
+        try:
+            b = next(it)
+        except StopIteration:
+            epoch += 1
+            set_loader_epoch(loader, epoch)
+            it = iter(loader)
+            continue
+        seen += len(b["frames"])
+    return seen / (time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache-dir", type=Path, help="existing cache (default: build a synthetic one)")
+    ap.add_argument("--dataset", default="ucf101")
+    ap.add_argument("--split", type=int, default=1)
+    ap.add_argument("--part", default="all")
+    ap.add_argument("--video-root", type=Path, help="source videos (index names are relative to it); "
+                                                    "without it the baseline is skipped for an existing cache")
+    ap.add_argument("--build", type=Path, help="build the synthetic cache here and keep it")
+    ap.add_argument("--videos", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=175)
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per figure; the best is reported")
+    ap.add_argument("--baseline-samples", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--n-segments", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many workers")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(1)
+    tmp = None
+    if args.cache_dir is None:
+        folder = args.build
+        if folder is None:
+            tmp = tempfile.TemporaryDirectory()
+            folder = Path(tmp.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        cache_dir, dataset, video_root = build_synthetic_cache(folder, args.videos, args.frames)
+        print(f"built synthetic cache: {args.videos} videos x {args.frames} frames in {time.perf_counter() - t:.1f} s "
+              f"({cache_dir})")
+    else:
+        cache_dir, dataset, video_root = args.cache_dir, args.dataset, args.video_root
+
+    mask_params = MaskParams()
+    index = open_cache(cache_dir, dataset, DecodeParams(), mask_params)
+    cfg = MACConfig(n_segments=args.n_segments, key_view=True)
+    ds = PretrainClips(index, args.split, args.part, cfg)
+    if len(ds) == 0:
+        print(f"no videos in split {args.split} part {args.part}", file=sys.stderr)
+        return 1
+    vids = ds.videos
+    print(f"cache {index.root}: {len(ds)} videos, mean {index.n_frames[vids].mean():.0f} frames, "
+          f"{index.heights[vids[0]]}x{index.widths[vids[0]]}; MAC-SC-{cfg.n_segments}, one process, 1 torch thread")
+
+    res: dict = {"videos": int(len(ds)), "n_segments": cfg.n_segments, "torch": torch.__version__}
+    rate, parts = time_cache_items(ds, args.samples, args.repeats)
+    res["cache_item_per_s"] = rate
+    res["cache_item_ms"] = parts
+    ok = "OK" if rate >= TARGET_PER_CORE else "BELOW TARGET"
+    print(f"cache item (query+masks+key, uint8)   : {rate:8.1f} samples/s per core "
+          f"[target {TARGET_PER_CORE:.0f}: {ok}]")
+    print("  breakdown ms/sample: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    trate = time_transform(ds, args.batch_size, max(2, args.samples // (8 * args.batch_size)), args.repeats)
+    res["transform_cpu_per_s"] = trate
+    print(f"transform on CPU (blend+jitter+norm)  : {trate:8.1f} samples/s per core")
+    both = 1.0 / (1.0 / rate + 1.0 / trate)
+    res["cache_item_plus_cpu_transform_per_s"] = both
+    print(f"  item + CPU transform together       : {both:8.1f} samples/s per core")
+    if video_root is not None:
+        brate = time_baseline(ds, Path(video_root), args.baseline_samples, mask_params, args.repeats)
+        res["baseline_per_s"] = brate
+        print(f"baseline ffmpeg + masks on the fly    : {brate:8.1f} samples/s per core "
+              f"(cache is {rate / brate:.1f}x faster)")
+    else:
+        print("baseline skipped (no --video-root)")
+    if args.workers > 0:
+        lrate = time_loader(ds, args.workers, args.batch_size, args.samples)
+        res[f"loader_{args.workers}_workers_per_s"] = lrate
+        print(f"DataLoader, {args.workers} workers, batch {args.batch_size} : {lrate:8.1f} samples/s total")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
