@@ -116,10 +116,11 @@ def encode_frame(frame: np.ndarray, decode: DecodeParams) -> bytes:
         colorsubsampling=decode.subsampling)
 
 
-def decode_frame(record: bytes | np.ndarray) -> np.ndarray:
+def decode_frame(record: bytes | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one JPEG record (into `out`, a contiguous uint8 [H,W,3] array, when given)."""
     # Accurate IDCT and upsampling: deterministic integer code in libjpeg-turbo, so masks computed
     # from these pixels are reproducible across runs and machines with the same library.
-    return simplejpeg.decode_jpeg(record, colorspace="RGB", fastdct=False, fastupsample=False)
+    return simplejpeg.decode_jpeg(record, colorspace="RGB", fastdct=False, fastupsample=False, buffer=out)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -554,7 +555,10 @@ class ClipReader:
     def frames(self, video: int, indices: np.ndarray) -> np.ndarray:
         """uint8 [T,H,W,3] RGB frames `indices` of video `video`."""
         recs = self._records("frames", video, indices)
-        return np.stack([decode_frame(r) for r in recs])
+        out = np.empty((len(recs), int(self.index.heights[video]), int(self.index.widths[video]), 3), np.uint8)
+        for record, frame in zip(recs, out):
+            decode_frame(record, frame)  # straight into the clip array, no stacking copy
+        return out
 
     def masks(self, video: int, indices: np.ndarray) -> np.ndarray:
         """uint8 [T,H,W] masks (0..255) of frames `indices` of video `video`."""
@@ -562,7 +566,10 @@ class ClipReader:
             raise CacheError("this CacheIndex was opened without a mask set (open_cache(..., masks=MaskParams(...)))")
         h, w = int(self.index.heights[video]), int(self.index.widths[video])
         recs = self._records("masks", video, indices)
-        return np.stack([decode_mask(r, h, w) for r in recs])
+        out = np.empty((len(recs), h, w), np.uint8)
+        for record, mask in zip(recs, out):
+            mask[...] = decode_mask(record, h, w)
+        return out
 
     def close(self) -> None:
         for f, _, _ in self._files.values():
