@@ -1,13 +1,24 @@
-"""Decode throughput: ``iter_frames`` against a bare ffmpeg run, same binary/size/scaler.
+"""Decode throughput: bare ffmpeg vs probe + decode (two processes) vs one process per video.
 
-    .venv/bin/python benchmarks/bench_decode.py [--videos 8 --frames 175 --repeats 3]
+    .venv/bin/python benchmarks/bench_decode.py [--videos 8 --frames 175 --repeats 5]
 
 Generates 320x240 XVID AVIs (UCF101's format and typical length, ~7 s at 25 fps) in a temporary
-folder, then times, interleaved, ``repeats`` times each (the best run is reported):
+folder, then times, interleaved in the same run, ``repeats`` rounds of each (best round reported,
+and the median):
 
-- bare:   ``ffmpeg -nostdin -v error -i X -f rawvideo -pix_fmt rgb24 -s 171x128 -y /dev/null``
-- probe:  ``probe(X)`` alone (the ``ffmpeg -i X`` call ``iter_frames`` makes first)
-- iter_frames: probe + decode streamed into numpy chunks of 64 frames.
+- bare:  ``ffmpeg -nostdin -v error -i X -f rawvideo -pix_fmt rgb24 -s 171x128 -y /dev/null``
+- old:   ``probe(X)`` then ``iter_frames(X, info=info)``: two ffmpeg processes per video
+- new:   ``open_video(X)``: one ffmpeg process, which also describes the video (``.info.fps``)
+  (both with the default ``CHUNK_FRAMES`` and no consumer work)
+- probe: ``probe(X)`` alone (what "new" saves)
+
+then, with a consumer that does the cache builder's per-chunk work (JPEG-encode every frame and
+decode it back, ``preprocess.cache.encode_video`` without mask sets), ``open_video`` with
+``--chunks`` frames per chunk (default 16 and 64): whether smaller chunks overlap ffmpeg's
+decoding with the consumer better (the pipe holds 1 MiB, ~16 frames of 171x128). The same with a
+consumer that sleeps ``--sleep-ms`` per frame instead (default 0.4, about ffmpeg's decode time
+per frame): it uses no CPU, so it isolates the overlap from CPU contention on a busy machine;
+perfect overlap would make those rows as fast as "new" alone.
 
 ``bare_ffmpeg_decode_seconds(paths, size, binary)`` is importable so that other benchmarks can
 compare against the same baseline.
@@ -16,12 +27,14 @@ compare against the same baseline.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from preprocess.decode import ffmpeg_binary, ffmpeg_version, iter_frames, output_size, probe
+from preprocess.decode import (CHUNK_FRAMES, ffmpeg_binary, ffmpeg_version, iter_frames,
+                               open_video, output_size, probe)
 
 
 def bare_ffmpeg_decode_seconds(paths, size: tuple[int, int], binary: str | None = None) -> float:
@@ -37,15 +50,37 @@ def bare_ffmpeg_decode_seconds(paths, size: tuple[int, int], binary: str | None 
     return time.perf_counter() - t
 
 
-def iter_frames_decode_seconds(paths, short_side: int = 128, binary: str | None = None,
-                               chunk_frames: int = 64) -> tuple[float, int]:
-    """(wall seconds, frames) for decoding ``paths`` with ``iter_frames`` (probe included)."""
+def probe_decode_seconds(paths, short_side: int = 128, binary: str | None = None,
+                         chunk_frames: int = CHUNK_FRAMES, consume=None) -> tuple[float, int]:
+    """(wall seconds, frames): ``probe`` + ``iter_frames(info=...)``, two processes a video."""
     n = 0
     t = time.perf_counter()
     for p in paths:
-        for chunk in iter_frames(p, short_side, chunk_frames=chunk_frames, binary=binary):
+        info = probe(p, binary=binary)
+        for chunk in iter_frames(p, short_side, chunk_frames=chunk_frames, binary=binary,
+                                 info=info):
             n += len(chunk)
+            if consume:
+                consume(chunk)
+        assert info.fps
     return time.perf_counter() - t, n
+
+
+def open_video_seconds(paths, short_side: int = 128, binary: str | None = None,
+                       chunk_frames: int = CHUNK_FRAMES, consume=None) -> tuple[float, int]:
+    """(wall seconds, frames): ``open_video``, one process a video."""
+    n = 0
+    t = time.perf_counter()
+    for p in paths:
+        video = open_video(p, short_side, chunk_frames=chunk_frames, binary=binary)
+        for chunk in video:
+            n += len(chunk)
+            if consume:
+                consume(chunk)
+        assert video.info.fps
+    return time.perf_counter() - t, n
+
+
 
 
 def probe_seconds(paths, binary: str | None = None) -> float:
@@ -68,12 +103,24 @@ def make_videos(folder: Path, n: int, frames: int, binary: str) -> list[Path]:
     return out
 
 
+def jpeg_consumer():
+    """The cache builder's per-chunk work without mask sets: JPEG encode + decode back."""
+    from preprocess.cache import DecodeParams, encode_video
+
+    params = DecodeParams()
+    return lambda chunk: encode_video(chunk, params, {})
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--frames", type=int, default=175)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--short-side", type=int, default=128)
+    ap.add_argument("--chunks", type=int, nargs="*", default=[16, 64],
+                    help="chunk sizes timed with the JPEG consumer (none: skip that part)")
+    ap.add_argument("--sleep-ms", type=float, default=0.4,
+                    help="per-frame sleep of the CPU-free consumer (0: skip those rows)")
     ap.add_argument("--dir", type=Path, default=None,
                     help="benchmark the *.avi files under DIR (recursively, 320x240 assumed) "
                          "instead of generated ones, e.g. data/demo/UCF-101")
@@ -81,10 +128,11 @@ def main(argv=None) -> None:
 
     binary = ffmpeg_binary()
     size = output_size(320, 240, args.short_side)
+    ss = args.short_side
     with tempfile.TemporaryDirectory() as d:
         if args.dir:
             paths = sorted(args.dir.rglob("*.avi"))
-            total = sum(len(c) for p in paths for c in iter_frames(p, args.short_side))
+            total = sum(len(c) for p in paths for c in open_video(p, ss))
             what = f"{len(paths)} videos under {args.dir}, {total} frames"
         else:
             paths = make_videos(Path(d), args.videos, args.frames, binary)
@@ -94,20 +142,42 @@ def main(argv=None) -> None:
         kbps = mb * 8e3 / (total / 25)
         print(f"ffmpeg {ffmpeg_version(binary)} ({binary})")
         print(f"{what}, 320x240 XVID, {kbps:.0f} kb/s; output {size[0]}x{size[1]} rgb24; "
-              f"best of {args.repeats}")
-        bare, ours, probes = [], [], []
+              f"{args.repeats} interleaved rounds, best (median)")
+        consume = jpeg_consumer() if args.chunks else None
+        sleeper = lambda chunk: time.sleep(len(chunk) * args.sleep_ms / 1e3)  # noqa: E731
+        times: dict[str, list[float]] = {}
+
+        def timed(name, fn):
+            out = fn()
+            s, n = out if isinstance(out, tuple) else (out, total)
+            assert n == total, (name, n, total)
+            times.setdefault(name, []).append(s)
+
         for _ in range(args.repeats):
-            bare.append(bare_ffmpeg_decode_seconds(paths, size, binary))
-            s, n = iter_frames_decode_seconds(paths, args.short_side, binary)
-            assert n == total, (n, total)
-            ours.append(s)
-            probes.append(probe_seconds(paths, binary))
-        b, o, pr = min(bare), min(ours), min(probes)
-        print(f"bare ffmpeg -> /dev/null : {total / b:8.0f} frames/s  ({b:.3f} s)")
-        print(f"iter_frames (with probe) : {total / o:8.0f} frames/s  ({o:.3f} s)  "
-              f"= {b / o:.2f}x bare")
-        print(f"  of which probe         : {pr / len(paths) * 1e3:8.1f} ms per video "
-              f"({pr:.3f} s)")
+            timed("bare ffmpeg -> /dev/null",
+                  lambda: bare_ffmpeg_decode_seconds(paths, size, binary))
+            timed("old: probe + iter_frames", lambda: probe_decode_seconds(paths, ss, binary))
+            timed("new: open_video (1 proc)", lambda: open_video_seconds(paths, ss, binary))
+            timed("  probe alone", lambda: probe_seconds(paths, binary))
+            for c in args.chunks:
+                timed(f"jpeg consumer, old, chunk {c:3d}",
+                      lambda c=c: probe_decode_seconds(paths, ss, binary, c, consume))
+                timed(f"jpeg consumer, new, chunk {c:3d}",
+                      lambda c=c: open_video_seconds(paths, ss, binary, c, consume))
+                if args.sleep_ms > 0:
+                    timed(f"sleep consumer, new, chunk {c:3d}",
+                          lambda c=c: open_video_seconds(paths, ss, binary, c, sleeper))
+        bare = min(times["bare ffmpeg -> /dev/null"])
+        if args.chunks and args.sleep_ms > 0:
+            print(f"(sleep consumer: {args.sleep_ms:g} ms per frame = "
+                  f"{total * args.sleep_ms / 1e3:.3f} s of sleeping in all)")
+        for name, ts in times.items():
+            b, med = min(ts), statistics.median(ts)
+            line = (f"{name:33s}: {total / b:7.0f} frames/s  {b / len(paths) * 1e3:6.1f} ms/video"
+                    f"  ({b:.3f} s; median {med:.3f} s)")
+            if not name.startswith("  probe") and not name.startswith("bare"):
+                line += f"  {bare / b:.2f}x bare"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class ShardJob:
     mask_sets: tuple[MaskParams, ...]   # mask sets to (re)build for this shard
     frames_uid: str | None = None       # uid of the current frame shard when build_frames is False
     ffmpeg: str | None = None
-    chunk_frames: int = 64
+    chunk_frames: int = 16  # with the 1 MiB pipe, ffmpeg decodes ahead while a chunk is processed
     timeout_s: float | None = None
 
 
@@ -93,16 +93,17 @@ def build_shard(job: ShardJob, progress=None) -> ShardResult:
 
 
 def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, progress) -> None:
-    from preprocess.decode import DecodeError, iter_frames, probe
+    from preprocess.decode import DecodeError, open_video
 
     for video in job.videos:
         n = 0
         try:
-            info = probe(video.path, binary=job.ffmpeg)
+            # one ffmpeg process per video: it decodes and describes the video (src.info)
+            src = open_video(video.path, short_side=job.decode.short_side, chunk_frames=job.chunk_frames,
+                             timeout_s=job.timeout_s, binary=job.ffmpeg)
             streams = _mask_streams(job.mask_sets)
             height = width = 0
-            for chunk in iter_frames(video.path, short_side=job.decode.short_side, chunk_frames=job.chunk_frames,
-                                     timeout_s=job.timeout_s, binary=job.ffmpeg, info=info):
+            for chunk in src:
                 jpegs, masks = encode_video(chunk, job.decode, streams)
                 writer.add_frames(jpegs, masks)
                 n += len(chunk)
@@ -116,7 +117,7 @@ def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, prog
             result.failures.append((video.name, str(video.path), reason))
             _report(progress, 0)
             continue
-        writer.end_video(VideoRecord(video.name, video.label, video.splits, n, float(info.fps or 0.0),
+        writer.end_video(VideoRecord(video.name, video.label, video.splits, n, float(src.info.fps or 0.0),
                                      height, width, video.size, video.mtime_ns))
         result.videos_ok += 1
         result.frames += n

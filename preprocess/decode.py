@@ -11,12 +11,26 @@ Public API
   (after the rotation that ffmpeg applies by default).
 - ``output_size(width, height, short_side)``: short side to ``short_side``, aspect kept, long side
   rounded to nearest (320x240 -> 171x128).
+- ``open_video(path, short_side, chunk_frames, timeout_s, binary, strict=)`` -> ``DecodedVideo``:
+  iterate it for the chunks; ONE ffmpeg process decodes the video and describes it, and
+  ``.info`` (``VideoInfo``: fps for the index, ...) and ``.size`` are set before the first chunk.
 - ``iter_frames(path, ...)``: yields uint8 ``[t, H, W, 3]`` RGB chunks streamed from ffmpeg's
-  stdout, so memory stays bounded (one chunk) however long the video is.
+  stdout, so memory stays bounded (one chunk) however long the video is. Without ``info`` it is
+  the single-process decode (``on_info(info, size)`` reports the description); with
+  ``info=probe(path)`` the two-process form (probe, then decode that stream at that size).
 - ``decode_all(path, ...)``: all frames in one array (tests, small videos).
+- ``CHUNK_FRAMES`` (16): default frames per chunk, about what the 1 MiB stdout pipe buffers, so
+  that ffmpeg decodes the next chunk while the caller works on this one.
 
-Decoding command (what ``iter_frames`` runs, no shell, path passed as ``file:<absolute path>`` so
-that names with spaces, non-ASCII characters, colons or a leading '-' are taken literally)::
+Decoding commands (no shell, path passed as ``file:<absolute path>`` so that names with spaces,
+non-ASCII characters, colons or a leading '-' are taken literally). Single process (the
+default, ``open_command``)::
+
+    ffmpeg -nostdin -hide_banner -nostats -loglevel +level+info -i file:PATH
+           -f rawvideo -an -dn -fps_mode passthrough -pix_fmt rgb24 -sn
+           -vf scale=S:S:force_original_aspect_ratio=increase pipe:
+
+Two processes (``iter_frames(..., info=probe(PATH))``, ``decode_command``)::
 
     ffmpeg -nostdin -hide_banner -v error -i file:PATH -map 0:<video stream>
            -f rawvideo -fps_mode passthrough -pix_fmt rgb24 -s WxH pipe:
@@ -28,14 +42,27 @@ the pixels are identical to a bare ``ffmpeg -i X -f rawvideo -pix_fmt rgb24 -s W
 constant-frame-rate file. Display-rotation metadata is honoured (ffmpeg autorotates; ``probe``
 swaps width and height for +-90 degrees so that the output size is computed on the display size).
 
+The single-process form needs no size in advance: ``scale=S:S:force_original_aspect_ratio=
+increase`` scales the (autorotated) display size so that the short side is S, long side rounded
+to nearest, which is exactly ``output_size`` (checked bit-identical to ``-s WxH`` for 4:3,
+portrait, 16:9, 1920x1080, odd sizes, 3x2 -> 2x1, anamorphic SAR and rotated inputs); without
+``short_side`` there is no filter (native size). What it decoded is read from the same
+process's log, each line tagged with its level: the ``Input #0`` dump gives the ``VideoInfo``
+(parsed as ``probe`` does, for the stream of the "Stream mapping" line, i.e. ffmpeg's own stream
+selection), and the ``Output #0`` video stream line gives the output size (ffmpeg prints it
+before the first byte of video, and keeps an output's size once set, so a mid-stream resolution
+change still yields one frame shape). Only error/fatal/panic lines count for the error policy:
+exactly what ``-v error`` prints.
+
 Error policy (``strict=True``, the default): a file is rejected with ``DecodeError`` when
 - it is missing, not a regular file, empty or unreadable (checked before ffmpeg runs);
 - it is an AVI whose RIFF header declares more bytes than the file has (a truncated AVI: ffmpeg
   decodes such a file WITHOUT any error when the cut falls on a chunk boundary, it just returns
   fewer frames, so the header is the only reliable evidence);
 - ffmpeg cannot open it or finds no video stream;
-- ffmpeg prints any error while decoding (at ``-v error`` these are decoder/demuxer errors such
-  as "ac-tex damaged", "Packet corrupt", "File ended prematurely", "partial file");
+- ffmpeg prints any error while decoding (error-level lines, what ``-v error`` prints: decoder/
+  demuxer errors such as "ac-tex damaged", "File ended prematurely", "partial file");
+- the stream ffmpeg picks is an attached picture (cover art), i.e. there is no video;
 - ffmpeg exits non-zero, or fewer than 2 frames come out;
 - the timeout passes.
 With ``strict=False`` only the hard failures (cannot open, no video stream, non-zero exit,
@@ -51,9 +78,12 @@ until a second frame is known to exist.
 Timeout: ``timeout_s`` bounds the time spent waiting for ffmpeg (start-up plus decoding). Time the
 caller spends between chunks (while the generator is suspended) is not counted, so a slow consumer
 never causes a timeout. Default: ``default_timeout(info) = 120 s + 2 s per second of video``
-(600 s when the duration is unknown); real decoding runs hundreds of times faster than real time,
-so only a hung ffmpeg (stalled network mount, pathological file) reaches it. On timeout, early
-close of the generator, or any exception, the ffmpeg process is killed and reaped (no zombies).
+(600 s when the duration is unknown); in the single-process form, until ffmpeg has described the
+input and output (opened the file and decoded a first frame) the budget is ``PROBE_TIMEOUT_S``
+(30 s, what ``probe`` allows), then ``default_timeout(info)`` counted from the start. Real
+decoding runs hundreds of times faster than real time, so only a hung ffmpeg (stalled network
+mount, pathological file) reaches it. On timeout, early close of the generator, or any
+exception, the ffmpeg process is killed and reaped (no zombies).
 """
 
 from __future__ import annotations
@@ -84,7 +114,12 @@ __all__ = [
     "default_timeout",
     "check_file",
     "decode_command",
+    "open_command",
+    "scale_filter",
     "iter_frames",
+    "DecodedVideo",
+    "open_video",
+    "CHUNK_FRAMES",
     "decode_all",
 ]
 
@@ -262,7 +297,9 @@ def _classify_open_failure(path, text: str, rc: int | None) -> DecodeError:
     return DecodeError(path, f"ffmpeg failed (exit code {rc}): {last}")
 
 
-def _parse_probe(path, text: str) -> VideoInfo:
+def _parse_probe(path, text: str, stream_index: int | None = None) -> VideoInfo:
+    """VideoInfo from an ``Input #0`` dump. ``stream_index``: the stream ffmpeg mapped (from its
+    "Stream mapping" lines); None: the one ffmpeg's default selection would pick."""
     if "Input #0" not in text:
         raise _classify_open_failure(path, text, None)
     duration = None
@@ -295,10 +332,15 @@ def _parse_probe(path, text: str) -> VideoInfo:
         if not m:
             continue
         video.append((idx, desc, int(m.group(1)), int(m.group(2)), rot))
+    if stream_index is not None:  # an attached picture (cover art) is not a video either
+        video = [v for v in video if v[0] == stream_index]
     if not video:
         raise DecodeError(path, "not a video: ffmpeg found no video stream")
-    # ffmpeg's default selection picks the largest video stream (first one on ties)
-    idx, desc, w, h, rot = max(video, key=lambda v: (v[2] * v[3], -v[0]))
+    # ffmpeg's default selection (fftools' map_auto_video): the largest video stream, with a
+    # 5e6-pixel bonus for the "default" disposition (first one on ties). The single-process
+    # decode reads the stream ffmpeg actually mapped instead (stream_index).
+    idx, desc, w, h, rot = max(
+        video, key=lambda v: (v[2] * v[3] + 5_000_000 * ("(default)" in v[1]), -v[0]))
     fps_found = {k: float(v) * (1000 if kk else 1) for v, kk, k in _FPS_RE.findall(desc)}
     fps = fps_found.get("fps") or fps_found.get("tbr")
     rot = ((rot + 180.0) % 360.0) - 180.0  # normalise to [-180, 180)
@@ -351,13 +393,17 @@ def default_timeout(info: VideoInfo) -> float:
     return 120.0 + 2.0 * info.duration_s
 
 
+def _sync_args(binary: str) -> dict:
+    return {"fps_mode": "passthrough"} if _has_fps_mode(binary) else {"vsync": "passthrough"}
+
+
 def _decode_node(path, size: tuple[int, int], binary: str, stream_index: int | None):
     w, h = size
     src = ffmpeg.input(_ffmpeg_url(Path(path)))
     if stream_index is not None:
         src = src[str(stream_index)]  # -map 0:N, the stream probe() described
-    sync = {"fps_mode": "passthrough"} if _has_fps_mode(binary) else {"vsync": "passthrough"}
-    return src.output("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", **sync)
+    return src.output("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}",
+                      **_sync_args(binary))
 
 
 def _global_args(binary: str) -> list[str]:
@@ -368,25 +414,99 @@ def _global_args(binary: str) -> list[str]:
 
 def decode_command(path, size: tuple[int, int], binary: str | None = None,
                    stream_index: int | None = None) -> list[str]:
-    """The argv ``iter_frames`` runs (built with ffmpeg-python), for logs and benchmarks."""
+    """The argv ``iter_frames(..., info=...)`` runs (built with ffmpeg-python): the two-process
+    form, whose size and stream were computed from a ``probe``. For logs and benchmarks."""
     binary = binary or ffmpeg_binary()
     return _decode_node(path, size, binary, stream_index).compile(cmd=_global_args(binary))
 
 
-class _StderrDrain(threading.Thread):
-    """Reads ffmpeg's stderr to EOF so that ffmpeg never blocks on a full pipe."""
+def scale_filter(short_side: int) -> str:
+    """The ``-vf`` scale that equals ``-s WxH`` with ``(W, H) = output_size(iw, ih, short_side)``
+    without knowing the input size: same default (bicubic) scaler, same rounding (nearest,
+    halves up), computed on the display size (after autorotation), so bit-identical pixels."""
+    s = int(short_side)
+    if s < 1:
+        raise ValueError(f"bad short_side {short_side}")
+    return f"scale={s}:{s}:force_original_aspect_ratio=increase"
 
-    def __init__(self, stream, keep: int = 40):
+
+def _open_node(path, short_side: int | None, binary: str):
+    # no -map: ffmpeg's default selection (the "best" video stream; the rawvideo muxer takes no
+    # audio/subtitles/data, -an -sn -dn make sure); the mapped stream is read from the log
+    extra = {"vf": scale_filter(short_side)} if short_side is not None else {}
+    return ffmpeg.input(_ffmpeg_url(Path(path))).output(
+        "pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None,
+        **extra, **_sync_args(binary))
+
+
+def _open_global_args(binary: str) -> list[str]:
+    # info level with a "[level]" tag on every line: the input/output dumps describe the video,
+    # and only error/fatal/panic lines count for the error policy (what "-v error" used to print)
+    return [binary, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "+level+info"]
+
+
+def open_command(path, short_side: int | None = 128, binary: str | None = None) -> list[str]:
+    """The argv of the single-process decode (``open_video``, ``iter_frames`` without ``info``)."""
+    binary = binary or ffmpeg_binary()
+    return _open_node(path, short_side, binary).compile(cmd=_open_global_args(binary))
+
+
+@functools.lru_cache(maxsize=16)
+def _has_level_tags(binary: str) -> bool:
+    """``-loglevel +level`` (a "[level]" tag per line) exists since ffmpeg 4.0, which is also
+    when the output dump moved after "Stream mapping" (printed once the first frame is decoded)."""
+    m = re.match(r"n?(\d+)\.(\d+)", ffmpeg_version(binary))
+    return not m or int(m.group(1)) >= 4
+
+
+_LEVEL_RE = re.compile(
+    r"^((?:\[[^\]]*\] )*?)\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ?")
+_ERROR_LEVELS = frozenset(("panic", "fatal", "error"))
+_MAP_RE = re.compile(r"^\s+Stream #0:(\d+)\S* -> #0:0\b")
+
+
+class _StderrDrain(threading.Thread):
+    """Reads ffmpeg's stderr to EOF so that ffmpeg never blocks on a full pipe.
+
+    ``levelled=False`` (``-v error``): every line is an error line. ``levelled=True``
+    (``-loglevel +level+info``): lines are classified by their "[level]" tag (an untagged line
+    continues the previous message and has its level); error lines are kept as before, and the
+    header is parsed: the ``Input #0`` dump, the stream mapped to the output, and the output size
+    from the ``Output #0`` video stream line. ``ready`` is set once that size is known, once the
+    output dump ended without one, or at EOF (ffmpeg exited or was killed). The dumps are
+    printed without a "[context @ 0x...]" prefix; lines with one (other threads' messages, which
+    may land between two lines of a dump) are not part of them.
+    """
+
+    def __init__(self, stream, keep: int = 40, levelled: bool = False):
         super().__init__(daemon=True)
         self.stream = stream
-        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self.levelled = levelled
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)  # error lines
         self.count = 0
         self.first: str | None = None
+        self.ready = threading.Event()
+        self.input_lines: list[str] = []  # the Input #0 dump, level tags removed
+        self.mapped: int | None = None
+        self.out_size: tuple[int, int] | None = None
+        self._section: str | None = None
+        self._level = "error"
+        self._context = False  # the current message has a "[context]" prefix
 
     def run(self) -> None:
         try:
             for raw in iter(self.stream.readline, b""):
-                line = _clean(raw.decode("utf-8", "replace"))
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if self.levelled:
+                    m = _LEVEL_RE.match(text)
+                    if m:  # else: a continuation line of the previous message
+                        self._level, self._context = m.group(2), bool(m.group(1))
+                        text = m.group(1) + text[m.end():]
+                    if not self.ready.is_set() and not self._context:
+                        self._header(text)
+                    if self._level not in _ERROR_LEVELS:
+                        continue
+                line = _clean(text)
                 if not line:
                     continue
                 if self.first is None:
@@ -395,6 +515,37 @@ class _StderrDrain(threading.Thread):
                 self.count += 1
         except (OSError, ValueError):
             pass
+        finally:
+            self.ready.set()
+
+    def _header(self, text: str) -> None:
+        s = text.strip()
+        if s.startswith("Input #0,"):
+            self._section = "input"
+            self.input_lines.append(text)
+        elif s == "Stream mapping:":
+            self._section = "mapping"
+        elif s.startswith("Output #0,"):
+            self._section = "output"
+        elif self._section == "input":
+            self.input_lines.append(text)
+        elif self._section == "mapping":
+            m = _MAP_RE.match(text)
+            if m and self.mapped is None:
+                self.mapped = int(m.group(1))
+        elif self._section == "output":
+            m = _STREAM_RE.match(text)
+            if m and m.group(2) == "Video":
+                sm = _SIZE_RE.search(m.group(3))
+                if sm:
+                    self.out_size = int(sm.group(1)), int(sm.group(2))
+                    self.ready.set()
+            elif not text[:1].isspace() and self._level not in _ERROR_LEVELS:
+                self.ready.set()  # the dump ended without a video stream: no output size
+
+    def info(self, path) -> VideoInfo:
+        """The mapped stream's VideoInfo (raises DecodeError like ``probe``)."""
+        return _parse_probe(path, "\n".join(self.input_lines), self.mapped)
 
 
 class _Watchdog(threading.Thread):
@@ -423,6 +574,14 @@ class _Watchdog(threading.Thread):
                     return
                 self.cond.wait(remaining)
 
+    def set_timeout(self, timeout: float) -> None:
+        """Replace the budget (still counted from the start, pauses excluded)."""
+        with self.cond:
+            if not self.fired:
+                self.deadline += timeout - self.timeout
+                self.timeout = timeout
+            self.cond.notify()
+
     def pause(self) -> None:
         with self.cond:
             self.paused_at = time.monotonic()
@@ -442,6 +601,11 @@ class _Watchdog(threading.Thread):
 
 
 PIPE_BYTES = 1 << 20
+# Frames per chunk by default: about what the 1 MiB pipe holds at 171x128, so that ffmpeg decodes
+# the next chunk while the caller works on this one. With 64, ffmpeg stalls once 16 frames are
+# buffered and the rest of the chunk is decoded serially (benchmarks/bench_decode.py: a consumer
+# sleeping 0.4 ms a frame costs +0.11 s over 1400 frames with 16, +0.41 s with 64).
+CHUNK_FRAMES = 16
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -479,40 +643,58 @@ def _read_full(stream, view: memoryview) -> int:
 def iter_frames(
     path,
     short_side: int | None = 128,
-    chunk_frames: int = 64,
+    chunk_frames: int = CHUNK_FRAMES,
     timeout_s: float | None = None,
     binary: str | None = None,
     *,
     strict: bool = True,
     info: VideoInfo | None = None,
+    on_info=None,
 ) -> Iterator[np.ndarray]:
     """Yield uint8 RGB chunks ``[t, H, W, 3]`` (``1 <= t <= chunk_frames``) of the whole video.
 
     The short side is scaled to ``short_side`` (aspect kept; ``None``: native size). Frames are
     read from ffmpeg's stdout as they are decoded, so memory is bounded by one chunk. See the
     module docstring for the error policy and the timeout (``timeout_s=None``: scaled by the
-    video's duration). ``info`` may pass a ``probe`` result to skip probing again.
+    video's duration).
+
+    Without ``info`` ONE ffmpeg process decodes the video and describes it (single-process
+    form); ``on_info(info, (W, H))``, if given, is called with the stream's ``VideoInfo`` and the
+    output size before the first chunk is yielded (never for a video that yields nothing).
+    With ``info`` (a ``probe`` result) the two-process form runs: that stream, that size.
     """
     if chunk_frames < 1:
         raise ValueError("chunk_frames must be >= 1")
     p = check_file(path, check_container=strict)
     binary = binary or ffmpeg_binary()
-    if info is None:
-        info = probe(p, binary=binary)
-    w, h = output_size(info.width, info.height, short_side)
-    if timeout_s is None:
-        timeout_s = default_timeout(info)
-    frame_bytes = w * h * 3
-    node = _decode_node(p, (w, h), binary, info.stream_index)
-    proc = node.run_async(cmd=_global_args(binary), pipe_stdout=True, pipe_stderr=True)
-    _enlarge_pipe(proc.stdout)
-    drain = _StderrDrain(proc.stderr)
-    drain.start()
-    dog = _Watchdog(proc, timeout_s)
-    dog.start()
+    if info is None and not _has_level_tags(binary):
+        info = probe(p, binary=binary)  # an ffmpeg older than 4.0: probe first
+    levelled = info is None
+    if levelled:
+        # before the input is described: the probe's budget (or the caller's) for opening the
+        # file and decoding the first frame; then default_timeout(info) from the start
+        timeout = float(timeout_s) if timeout_s is not None else PROBE_TIMEOUT_S
+        node, cmd = _open_node(p, short_side, binary), _open_global_args(binary)
+    else:
+        size = output_size(info.width, info.height, short_side)
+        timeout = float(timeout_s) if timeout_s is not None else default_timeout(info)
+        node, cmd = _decode_node(p, size, binary, info.stream_index), _global_args(binary)
+    proc = node.run_async(cmd=cmd, pipe_stdout=True, pipe_stderr=True)
+    try:
+        _enlarge_pipe(proc.stdout)
+        drain = _StderrDrain(proc.stderr, levelled=levelled)
+        drain.start()
+        dog = _Watchdog(proc, timeout)
+        dog.start()
+    except BaseException:
+        _kill(proc)
+        proc.wait()
+        raise
+    total = 0
 
     def timed_out() -> DecodeError:
-        return DecodeError(path, f"timed out after {timeout_s:g} s")
+        what = " (opening the file)" if info is None and timeout_s is None else ""
+        return DecodeError(path, f"timed out after {dog.timeout:g} s{what}")
 
     def decode_failed(rc, killed: bool = False) -> DecodeError:
         text = "\n".join(drain.lines)
@@ -523,9 +705,30 @@ def iter_frames(
             return DecodeError(path, f"damaged or truncated: {drain.lines[-1]}{more}")
         return DecodeError(path, f"ffmpeg failed (exit code {rc}) after {total} frames")
 
-    total = 0
     pending: list[np.ndarray] = []  # chunks held back until a second frame is known to exist
     try:
+        if levelled:
+            drain.ready.wait()  # the watchdog bounds this: killing ffmpeg ends stderr
+            if dog.fired:
+                raise timed_out()
+            if drain.input_lines:
+                info = drain.info(path)  # not a video (no video stream, cover art only): raises
+            if info is None:  # ffmpeg could not open the file (or its log is not what we know)
+                if drain.out_size is not None:
+                    _kill(proc)
+                rc = proc.wait()
+                drain.join()
+                if dog.fired:
+                    raise timed_out()
+                raise _classify_open_failure(path, "\n".join(drain.lines), rc)
+            # no output size: ffmpeg is ending without output (then there is nothing to read),
+            # or it printed no recognisable size line: output_size(info) is what the filter does
+            size = drain.out_size or output_size(info.width, info.height, short_side)
+            if timeout_s is None:
+                dog.set_timeout(default_timeout(info))
+        w, h = size
+        frame_bytes = w * h * 3
+        told = on_info is None
         while True:
             buf = np.empty((chunk_frames, h, w, 3), np.uint8)
             got = _read_full(proc.stdout, memoryview(buf).cast("B"))
@@ -542,6 +745,9 @@ def iter_frames(
             if eof:
                 break
             if total >= 2:
+                if not told:
+                    on_info(info, size)
+                    told = True
                 for chunk in pending:
                     dog.pause()  # the caller's time is not ffmpeg's
                     try:
@@ -563,6 +769,8 @@ def iter_frames(
             if total == 0:
                 raise DecodeError(path, "no frames decoded (need at least 2)")
             raise DecodeError(path, "only 1 frame decoded (need at least 2)")
+        if not told:
+            on_info(info, size)
         for chunk in pending:
             yield chunk
     finally:
@@ -579,6 +787,71 @@ def iter_frames(
             proc.stderr.close()
         except OSError:
             pass
+
+
+class DecodedVideo:
+    """One video decoded by ONE ffmpeg process (see ``open_video``).
+
+    Iterate it (once) for the uint8 ``[t, H, W, 3]`` chunks of ``iter_frames``. ``info`` (the
+    decoded stream's ``VideoInfo``: display size, fps, duration, rotation, codec) and ``size``
+    (the output ``(W, H)``) are set before the first chunk is handed over, so they are known
+    whenever at least one chunk was received, in particular after a complete iteration; they
+    stay None for a video that fails before any chunk. ``close()`` (or leaving a ``with`` block)
+    stops ffmpeg early.
+    """
+
+    def __init__(self, path, short_side: int | None = 128, chunk_frames: int = CHUNK_FRAMES,
+                 timeout_s: float | None = None, binary: str | None = None, *,
+                 strict: bool = True):
+        self.path = path
+        self.short_side = short_side
+        self.chunk_frames = chunk_frames
+        self.timeout_s = timeout_s
+        self.binary = binary
+        self.strict = strict
+        self.info: VideoInfo | None = None
+        self.size: tuple[int, int] | None = None
+        self._chunks = None
+
+    def _described(self, info: VideoInfo, size: tuple[int, int]) -> None:
+        self.info, self.size = info, size
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._chunks is not None:
+            raise RuntimeError("a DecodedVideo can be iterated only once")
+        # the module's iter_frames, looked up at call time (tests replace it to forbid ffmpeg)
+        self._chunks = iter_frames(self.path, self.short_side, self.chunk_frames,
+                                   self.timeout_s, self.binary, strict=self.strict,
+                                   on_info=self._described)
+        return self._chunks
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()
+
+    def __enter__(self) -> "DecodedVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_video(path, short_side: int | None = 128, chunk_frames: int = CHUNK_FRAMES,
+               timeout_s: float | None = None, binary: str | None = None, *,
+               strict: bool = True) -> DecodedVideo:
+    """Decode ``path`` with one ffmpeg process; nothing runs until the result is iterated::
+
+        video = open_video(path, 128)
+        for chunk in video:          # uint8 [t, H, W, 3]
+            ...
+        fps = video.info.fps         # set before the first chunk was handed over
+
+    Same checks, errors, chunks and pixels as ``iter_frames(path, ..., info=probe(path))``, minus
+    the probe's process.
+    """
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be >= 1")
+    return DecodedVideo(path, short_side, chunk_frames, timeout_s, binary, strict=strict)
 
 
 def decode_all(path, short_side: int | None = 128, **kwargs) -> np.ndarray:

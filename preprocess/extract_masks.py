@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="rebuild frames and this mask set even if cached")
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed before (unchanged files)")
     p.add_argument("--timeout", type=float, default=None, help="per-video decode timeout in seconds")
-    p.add_argument("--chunk-frames", type=int, default=64, help="frames per decode chunk (bounds memory)")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames per decode chunk (bounds memory)")
     p.add_argument("--list", action="store_true", help="list what is cached and exit")
     p.add_argument("--doctor", action="store_true", help="preflight checks only")
     args = p.parse_args(argv)

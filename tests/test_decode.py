@@ -17,9 +17,12 @@ from preprocess.decode import (
     check_file,
     decode_all,
     decode_command,
+    default_timeout,
     ffmpeg_binary,
     ffmpeg_version,
     iter_frames,
+    open_command,
+    open_video,
     output_size,
     probe,
 )
@@ -314,13 +317,38 @@ def test_awkward_paths(vids, tmp_path, name):
     assert probe(p).width == 320
     assert decode_all(p).shape == (37, 128, 171, 3)
     assert decode_command(p, (171, 128))[6] == "file:" + str(p)
+    cmd = open_command(p)
+    assert cmd[cmd.index("-i") + 1] == "file:" + str(p)
+    video = open_video(p)
+    assert sum(map(len, video)) == 37 and video.info.width == 320
 
 
-def test_timeout_kills_process(vids):
+@pytest.mark.parametrize("two_process", [False, True])
+def test_timeout_kills_process(vids, two_process):
+    info = probe(vids["long"]) if two_process else None
     before = child_pids()
     t = time.monotonic()
     with pytest.raises(DecodeError, match=r"timed out after 0\.01 s"):
-        decode_all(vids["long"], timeout_s=0.01)
+        decode_all(vids["long"], timeout_s=0.01, info=info)
+    assert time.monotonic() - t < 10
+    assert child_pids() == before
+
+
+def test_default_timeout_while_opening(vids, tmp_path, monkeypatch):
+    """Until ffmpeg has described the input, the default budget is the probe's (30 s): here an
+    ffmpeg that takes 1 s to start against a 0.2 s budget."""
+    import preprocess.decode as dec
+
+    slow = tmp_path / "slow-ffmpeg"
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec "{FF}" "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(dec, "_has_level_tags", lambda binary: True)
+    monkeypatch.setattr(dec, "_has_fps_mode", lambda binary: True)
+    monkeypatch.setattr(dec, "PROBE_TIMEOUT_S", 0.2)
+    before = child_pids()
+    t = time.monotonic()
+    with pytest.raises(DecodeError, match=r"timed out after 0\.2 s \(opening the file\)"):
+        decode_all(vids["long"], binary=str(slow))
     assert time.monotonic() - t < 10
     assert child_pids() == before
 
@@ -343,6 +371,10 @@ def test_early_close_and_consumer_exception_leave_no_process(vids):
         for _ in iter_frames(vids["long"], chunk_frames=4):
             raise KeyError("consumer failed")
     assert child_pids() == before
+    with open_video(vids["long"], chunk_frames=4) as video:
+        assert next(iter(video)).shape == (4, 128, 171, 3)
+        assert len(child_pids()) == len(before) + 1
+    assert child_pids() == before and video.info.fps == 25.0
 
 
 def test_decode_error_pickles():
@@ -350,3 +382,228 @@ def test_decode_error_pickles():
 
     e = pickle.loads(pickle.dumps(DecodeError("/x/y.avi", "file is empty (0 bytes)")))
     assert (e.path, e.reason) == ("/x/y.avi", "file is empty (0 bytes)")
+
+
+# --- one ffmpeg process per video -----------------------------------------------------------
+
+
+def two_process(path, short_side=128, **kw):
+    """The old way: probe, then decode exactly that stream at the size computed from it."""
+    info = probe(path)
+    return info, np.concatenate(list(iter_frames(path, short_side, info=info, **kw)))
+
+
+@pytest.fixture(scope="module")
+def shapes(vids, tmp_path_factory):
+    """4:3, portrait, 16:9, 1920x1080, odd sizes, anamorphic, rotated (90 and 180), and two
+    video streams where ffmpeg picks the smaller "default" one."""
+    d = tmp_path_factory.mktemp("shapes")
+    v = {}
+    for size in ("320x240", "240x320", "320x180", "1920x1080", "333x199", "199x333"):
+        v[size] = make_testsrc(d / f"{size}.mkv", size=size, frames=4,
+                               codec=("-c:v", "mpeg4", "-q:v", "3"))
+    v["sar"] = make_testsrc(d / "sar.avi", size="720x576", frames=4,
+                            codec=("-c:v", "mpeg4"), extra=("-vf", "setsar=64/45"))
+    for rot in ("90", "180"):
+        p = d / f"rot{rot}.mp4"
+        try:
+            ffmpeg("-display_rotation", rot, "-i", str(v["320x180"]), "-c", "copy", str(p))
+        except subprocess.CalledProcessError:
+            continue
+        v["rot" + rot] = p
+    p = d / "two.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-f", "lavfi", "-i",
+           "testsrc2=size=320x240:rate=25", "-frames:v", "5", "-map", "0:v", "-map", "1:v",
+           "-c:v", "mpeg4", str(p))
+    v["two"] = p
+    p = d / "audio_first.mkv"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.3", "-f", "lavfi", "-i",
+           "testsrc2=size=320x240:rate=25", "-frames:v", "5", "-map", "0:a", "-map", "1:v",
+           "-c:v", "mpeg4", str(p))
+    v["audio_first"] = p
+    v["xvid"] = vids["xvid"]
+    return v
+
+
+@pytest.mark.parametrize("key,out_wh", [
+    ("xvid", (171, 128)), ("320x240", (171, 128)), ("240x320", (128, 171)),
+    ("320x180", (228, 128)), ("1920x1080", (228, 128)), ("333x199", (214, 128)),
+    ("199x333", (128, 214)), ("sar", (160, 128)), ("rot90", (128, 228)), ("rot180", (228, 128)),
+    ("two", (171, 128)), ("audio_first", (171, 128)),
+])
+def test_single_process_identical_to_two_process(shapes, key, out_wh):
+    if key not in shapes:
+        pytest.skip("this ffmpeg has no -display_rotation")
+    p = shapes[key]
+    info, expected = two_process(p)
+    video = open_video(p, chunk_frames=3)
+    got = np.concatenate(list(video))
+    assert video.info == info and video.size == out_wh
+    assert info.stream_index == (1 if key == "audio_first" else 0)
+    assert got.shape == (len(expected), out_wh[1], out_wh[0], 3)
+    np.testing.assert_array_equal(got, expected)
+    # and both equal the bare command at that size (ffmpeg's own stream selection)
+    np.testing.assert_array_equal(got, bare_decode(p, out_wh))
+
+
+@pytest.mark.parametrize("key", ["320x240", "rot90", "333x199"])
+def test_single_process_native_size(shapes, key):
+    if key not in shapes:
+        pytest.skip("this ffmpeg has no -display_rotation")
+    info, expected = two_process(shapes[key], short_side=None)
+    video = open_video(shapes[key], short_side=None)
+    np.testing.assert_array_equal(np.concatenate(list(video)), expected)
+    assert video.size == (info.width, info.height)
+
+
+def test_single_process_vfr_and_fps(vids):
+    video = open_video(vids["vfr"], short_side=None)
+    frames = np.concatenate(list(video))
+    assert frames.shape == (30, 120, 160, 3)  # passthrough: no duplicated frames
+    np.testing.assert_allclose(frames.reshape(30, -1).mean(1), 20 + 7 * np.arange(30), atol=3)
+    assert video.info == probe(vids["vfr"]) and video.info.fps
+    np.testing.assert_array_equal(frames, two_process(vids["vfr"], short_side=None)[1])
+    v = open_video(vids["xvid"])
+    assert sum(map(len, v)) == 50
+    assert v.info == VideoInfo(320, 240, 25.0, 2.0, 0.0, 0, "mpeg4") and v.info.fps == 25.0
+
+
+def test_info_is_known_with_the_first_chunk(vids):
+    video = open_video(vids["xvid"], chunk_frames=1)
+    assert video.info is None and video.size is None  # nothing runs before iterating
+    seen = []
+    for chunk in video:
+        seen.append((video.info, video.size, chunk.shape))
+    assert len(seen) == 50
+    expected = (probe(vids["xvid"]), (171, 128), (1, 128, 171, 3))
+    assert all(s == expected for s in seen)
+    with pytest.raises(RuntimeError):
+        iter(video)
+    calls = []
+    chunks = list(iter_frames(vids["mpeg4"], chunk_frames=64,
+                              on_info=lambda i, s: calls.append((i, s))))
+    assert len(chunks) == 1 and calls == [(probe(vids["mpeg4"]), (171, 128))]
+
+
+@pytest.fixture
+def popen_calls(vids, monkeypatch):
+    """argv of every process started through subprocess (ffmpeg-python's run_async and
+    subprocess.run both go through subprocess.Popen)."""
+    calls = []
+    real = subprocess.Popen
+
+    class Counting(real):
+        def __init__(self, args, *a, **k):
+            calls.append(list(args))
+            super().__init__(args, *a, **k)
+
+    decode_all(vids["mpeg4"])  # fill the per-binary caches (ffmpeg -version runs once a process)
+    monkeypatch.setattr(subprocess, "Popen", Counting)
+    return calls
+
+
+def test_one_ffmpeg_process_per_video(vids, popen_calls):
+    paths = [vids["xvid"], vids["mpeg4"], vids["vfr"]]
+    for p in paths:
+        video = open_video(p)
+        assert sum(map(len, video)) > 2 and video.info.fps
+    assert len(popen_calls) == len(paths)
+    assert all(c[0] == FF and "-i" in c for c in popen_calls)
+    popen_calls.clear()
+    decode_all(vids["xvid"])  # iter_frames without info: single process too
+    assert len(popen_calls) == 1
+    popen_calls.clear()
+    two_process(vids["xvid"])  # the old way: probe + decode
+    assert len(popen_calls) == 2
+
+
+def test_failures_through_open_video(vids, tmp_path):
+    bad = tmp_path / "notes.avi"
+    bad.write_text("this is not a video\n" * 20)
+    video = open_video(bad)
+    with pytest.raises(DecodeError, match="not a video"):
+        list(video)
+    assert video.info is None
+    data = vids["xvid"].read_bytes()
+    half = tmp_path / "half.avi"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match="damaged or truncated"):
+        list(open_video(half))
+    assert len(list(open_video(half, strict=False))) > 0
+
+
+def test_cover_art_is_not_a_video(tmp_path):
+    """An audio file with an attached picture: ffmpeg would 'decode' the picture as 1 frame."""
+    p = tmp_path / "song.mp3"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-f", "lavfi", "-i",
+           "testsrc=size=64x64:rate=1", "-frames:v", "1", "-map", "0:a", "-map", "1:v",
+           "-c:v", "mjpeg", "-disposition:v", "attached_pic", "-c:a", "mp3", str(p))
+    with pytest.raises(DecodeError, match="not a video: ffmpeg found no video stream"):
+        probe(p)
+    assert reason(p) == "not a video: ffmpeg found no video stream"
+
+
+def test_resolution_change_mid_stream_keeps_the_first_size(tmp_path):
+    """ffmpeg keeps an output's size once it is set: the scale filter's expression is evaluated
+    for the first frames only, so chunks keep one shape (like -s WxH)."""
+    segs = []
+    for i, size in enumerate(("320x240", "320x180")):
+        segs.append(make_testsrc(tmp_path / f"s{i}.ts", size=size, frames=10,
+                                 codec=("-c:v", "mpeg2video")))
+    p = tmp_path / "change.ts"
+    p.write_bytes(segs[0].read_bytes() + segs[1].read_bytes())
+    got = decode_all(p, strict=False)
+    _, old = two_process(p, strict=False)
+    assert got.shape[1:] == old.shape[1:] == (128, 171, 3)
+    assert len(got) == len(old) >= 18
+    np.testing.assert_array_equal(got[:9], old[:9])
+
+
+def test_default_timeout_applies_once_described(vids, monkeypatch):
+    """The opening budget is replaced by default_timeout(info), counted from the start."""
+    import preprocess.decode as dec
+
+    seen = []
+    real = dec._Watchdog.set_timeout
+
+    def spy(self, t):
+        seen.append(t)
+        real(self, t)
+
+    monkeypatch.setattr(dec._Watchdog, "set_timeout", spy)
+    assert len(decode_all(vids["xvid"])) == 50
+    assert seen == [default_timeout(probe(vids["xvid"]))] == [124.0]
+    seen.clear()
+    decode_all(vids["xvid"], timeout_s=50)  # the caller's budget is never replaced
+    assert seen == []
+
+
+def test_log_parsing_levels_and_interleaved_messages():
+    """Only error/fatal/panic lines (and their untagged continuation lines) count; another
+    thread's message between two lines of the output dump does not end the dump."""
+    import io
+
+    from preprocess.decode import _StderrDrain
+
+    log = b"""[mpeg4 @ 0x55d1] [warning] ignored warning
+[info] Input #0, avi, from 'file:/x/a b.avi':
+[info]   Duration: 00:00:02.00, start: 0.000000, bitrate: 270 kb/s
+[info]   Stream #0:0: Video: mpeg4 (Simple Profile) (xvid / 0x64697678), yuv420p, 320x240 [SAR 1:1 DAR 4:3], 247 kb/s, 25 fps, 25 tbr, 25 tbn
+[info]   Stream #0:1: Audio: mp3, 44100 Hz, mono, fltp, 64 kb/s
+[info] Stream mapping:
+[info]   Stream #0:0 -> #0:0 (mpeg4 (native) -> rawvideo (native))
+[info] Output #0, rawvideo, to 'pipe:':
+[mpeg4 @ 0x55d1] [error] ac-tex damaged at 3 6
+    Last message repeated 1 times
+[mpeg4 @ 0x55d1] [info] concealing 226 DC, 226 AC, 226 MV errors in I frame
+[info]   Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24(pc, gbr/unknown/unknown, progressive), 171x128 [SAR 512:513 DAR 4:3], q=2-31, 13132 kb/s, 25 fps, 25 tbn
+[vist#0:0/mpeg4 @ 0x55d2] [dec:mpeg4 @ 0x55d3] [warning] corrupt decoded frame
+[fatal] Something fatal
+"""
+    d = _StderrDrain(io.BytesIO(log), levelled=True)
+    d.run()
+    assert d.ready.is_set() and d.out_size == (171, 128) and d.mapped == 0
+    assert list(d.lines) == ["[mpeg4] ac-tex damaged at 3 6", "Last message repeated 1 times",
+                             "Something fatal"]
+    assert d.count == 3 and d.first == "[mpeg4] ac-tex damaged at 3 6"
+    assert d.info("/x/a b.avi") == VideoInfo(320, 240, 25.0, 2.0, 0.0, 0, "mpeg4")
