@@ -1,0 +1,292 @@
+"""train/pretrain.py + train/engine.py on a tiny synthetic cache (CPU, gloo).
+
+Covers: overfitting a fixed batch, the MoCo queue/pointer/momentum math and shuffle-BN order,
+MSE / MSE-n targets and loss, the missing-mask-set message, SIGKILL + --resume reproducing the
+uninterrupted run exactly, and a 2-process torchrun (gloo) run with identical ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from preprocess.cache import MaskParams, open_cache, write_cache_from_arrays
+from train import engine as E
+from train.data import PretrainClips, make_loader
+from train.mac import MACTransform, alpha_values
+from train.pretrain import MACModel, PretrainConfig, check_config, compute_losses, mac_config, main, pretext_loss
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("MoveLeft", "MoveRight")
+
+
+def synthetic_video(n_frames: int, seed: int, direction: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """Textured background with a bright square moving horizontally: uint8 [T, H, W, 3]."""
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(40, 90, size=(h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+    out = np.repeat(bg[None], n_frames, 0)
+    for t in range(n_frames):
+        x = (8 + direction * 4 * t) % (w - 12)
+        out[t, 16:28, x:x + 12] = (230, 200, 60)
+    return out
+
+
+def build_tiny_cache(root: Path) -> Path:
+    """12 videos (6 per class); split s tests group s, trains the other 5 groups."""
+    vids = []
+    for ci, c in enumerate(CLASSES):
+        for g in range(1, 7):
+            splits = tuple(2 if g == s else 1 for s in (1, 2, 3))
+            vids.append((f"{c}/v_{c}_g{g:02d}_c01.avi", ci, splits,
+                         synthetic_video(12, ci * 100 + g, 1 if ci == 0 else -1), 25.0))
+    write_cache_from_arrays(root, "ucf101", CLASSES, vids, videos_per_shard=8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    return build_tiny_cache(tmp_path_factory.mktemp("pretrain_cache"))
+
+
+def tiny_args(cache: Path, *extra: str) -> list[str]:
+    return ["--cache-dir", str(cache), "--frames", "4", "--crop", "16", "--scales", "16", "20",
+            "--batch-size", "4", "--workers", "0", "--backbone", "r2plus1d_10", "--queue-size", "16",
+            "--eval-every", "0", "--no-progress", "--log-every", "1", *extra]
+
+
+def tiny_batch(cache: Path, **cfg_overrides) -> tuple[dict, PretrainConfig]:
+    cfg = PretrainConfig(**{"cache_dir": str(cache), "frames": 4, "crop": 16, "scales": (16, 20),
+                            "backbone": "r2plus1d_10", **cfg_overrides})
+    index = open_cache(cache, "ucf101", masks=MaskParams())
+    mcfg = mac_config(cfg)
+    loader = make_loader(PretrainClips(index, 1, "train", mcfg), 4, 0, shuffle=True, seed=0)
+    return MACTransform(mcfg, "cpu")(next(iter(loader))), cfg
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_overfits_a_fixed_batch(tiny_cache):
+    b, cfg = tiny_batch(tiny_cache, method="mac-s")
+    torch.manual_seed(0)
+    model = MACModel("r2plus1d_10", 16, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(12):
+        terms = compute_losses(model(b["query"]), b, cfg)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert losses[0] > 2.0                        # ~ln 16 at init
+    assert min(losses[-3:]) < 0.3 * losses[0], losses
+    assert terms["acc"].item() == 1.0             # train-mode BN: eval stats lag after 12 steps
+
+
+def test_moco_queue_pointer_and_momentum():
+    torch.manual_seed(0)
+    m = MACModel("r2plus1d_10", 16, contrastive=True, proj_dim=8, queue_size=8, momentum=0.9)
+    assert torch.allclose(m.queue.norm(dim=1), torch.ones(8))
+    k1, k2, k3 = (torch.nn.functional.normalize(torch.randn(4, 8), dim=1) for _ in range(3))
+    m.enqueue(k1)
+    assert int(m.queue_ptr) == 4 and torch.equal(m.queue[:4], k1)
+    m.enqueue(k2)
+    assert int(m.queue_ptr) == 0 and torch.equal(m.queue[4:], k2)      # wrapped
+    m.enqueue(k3)
+    assert int(m.queue_ptr) == 4 and torch.equal(m.queue[:4], k3) and torch.equal(m.queue[4:], k2)
+    with pytest.raises(RuntimeError, match="divisible"):
+        m.enqueue(k1[:3])
+
+    # momentum update: theta_k <- 0.9 theta_k + 0.1 theta_q, for every key parameter
+    with torch.no_grad():
+        for p in [*m.backbone.parameters(), *m.proj.parameters()]:
+            p.fill_(1.0)
+        for p in [*m.backbone_k.parameters(), *m.proj_k.parameters()]:
+            p.fill_(-1.0)
+    m.momentum_update()
+    keys = [*m.backbone_k.parameters(), *m.proj_k.parameters()]
+    assert len(keys) == len(list(m.proj.parameters())) + len(list(m.backbone.parameters())) - 2  # no fc
+    for p in keys:
+        assert torch.allclose(p, torch.full_like(p, 0.9 * -1.0 + 0.1 * 1.0))
+
+    # shuffle BN returns keys in the input order (eval mode: BN stats do not depend on the split)
+    m2 = MACModel("r2plus1d_10", 16, contrastive=True, proj_dim=8, queue_size=8, shuffle_bn_groups=2).eval()
+    x = torch.randn(4, 3, 4, 16, 16)
+    plain = torch.nn.functional.normalize(m2.proj_k(m2.backbone_k.forward_features(x)), dim=1)
+    assert torch.allclose(m2.encode_keys(x, shuffle_seed=3), plain, atol=1e-5)
+
+    # a training forward: momentum update, InfoNCE logits [B, 1 + K], enqueue of B keys
+    m2.train()
+    out = m2(x, x, shuffle_seed=1)
+    assert out["con_logits"][0].shape == (4, 9) and int(m2.queue_ptr) == 4
+    assert torch.allclose(m2.queue[:4].norm(dim=1), torch.ones(4), atol=1e-5)
+
+    with pytest.raises(SystemExit, match="divisible"):
+        check_config(PretrainConfig(queue_size=100, batch_size=32), world=1)
+    check_config(PretrainConfig(queue_size=65536, batch_size=32), world=8)
+
+
+def test_mse_and_mse_n_targets_and_loss(tiny_cache, tmp_path):
+    presets = torch.tensor(alpha_values(4))
+    b, cfg = tiny_batch(tiny_cache, method="mac-s", loss="mse")
+    assert b["alpha_target"].shape == (4, 2)
+    assert torch.isin(b["alpha_target"], presets).all()
+    assert torch.equal(presets[b["alpha_idx"]], b["alpha_target"])
+    bn, _ = tiny_batch(tiny_cache, method="mac-s", loss="mse-n")
+    t = bn["alpha_target"]
+    assert (t > 0).all() and (t <= 1).all() and (bn["label"] == -1).all()
+
+    # the loss: sigmoid of n outputs, MSE to the alphas; "correct" = nearest preset is the true one
+    head = torch.logit(b["alpha_target"].clamp(1e-4, 1 - 1e-4))
+    loss, correct = pretext_loss(head, b, "mse", 4)
+    assert loss.item() < 1e-6 and correct.all()
+    head2 = torch.zeros(4, 2)                                  # sigmoid -> 0.5 everywhere
+    loss2, _ = pretext_loss(head2, bn, "mse-n", 4)
+    assert torch.allclose(loss2, ((0.5 - t) ** 2).mean())
+
+    # end to end: the head has n outputs
+    res = main(tiny_args(tiny_cache, "--method", "mac-s", "--loss", "mse-n", "--epochs", "1",
+                         "--max-steps", "1", "--run-dir", str(tmp_path / "run")))
+    ck = E.load_checkpoint(res["checkpoint"])
+    assert ck["model"]["backbone.fc.weight"].shape == (2, 512) and ck["num_classes"] == 2
+    assert ck["partial"] and ck["epoch"] == 0 and ck["step"] == 1
+
+
+def test_missing_mask_set_prints_the_extract_command(tiny_cache, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_args(tiny_cache, "--lambda", "60", "--run-dir", str(tmp_path / "run")))
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert (f"python preprocess/extract_masks.py --dataset ucf101 --cache-dir {tiny_cache} "
+            f"--lambda 60 --m 0.5") in err, err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def _state_equal(a: dict, b: dict, path: str = "") -> list[str]:
+    """Paths where two nested checkpoint structures differ (tensors compared exactly)."""
+    if isinstance(a, torch.Tensor):
+        return [] if torch.equal(a, b) else [path]
+    if isinstance(a, np.ndarray):
+        return [] if np.array_equal(a, b) else [path]
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            return [path + " keys"]
+        return [p for k in a for p in _state_equal(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, (list, tuple)):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _state_equal(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path]
+
+
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_cache, tmp_path):
+    args = tiny_args(tiny_cache, "--epochs", "4", "--steps-per-epoch", "1", "--eval-every", "2", "--seed", "3")
+    full = main([*args, "--run-dir", str(tmp_path / "full")])
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "train/pretrain.py", *args, "--run-dir", str(run)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:    # kill once a checkpoint exists
+            if (run / "last.pt").exists():
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    ck = E.load_checkpoint(run / "last.pt")
+    assert 1 <= ck["epoch"] < 4, ck["epoch"]                      # really interrupted
+    resumed = main([*args, "--run-dir", str(run), "--resume"])
+
+    a, b = E.load_checkpoint(full["checkpoint"]), E.load_checkpoint(resumed["checkpoint"])
+    assert a["epoch"] == b["epoch"] == 4 and a["step"] == b["step"] == 4
+    for key in ("model", "optimizer", "scheduler", "moco", "rng"):
+        assert not _state_equal(a[key], b[key]), (key, _state_equal(a[key], b[key])[:5])
+    assert a["metrics"]["test_acc"] == b["metrics"]["test_acc"]
+    epochs = [r["epoch"] for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == [0, 1, 2, 3]                                # the redone epoch is logged once
+    assert not list(run.glob(".*.tmp"))                          # no torn temp checkpoint left
+    with pytest.raises(SystemExit, match="--resume"):           # never silently overwrite a run
+        main([*args, "--run-dir", str(run)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shuffle_bn_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)                                      # same model on both ranks
+        m = MACModel("r2plus1d_10", 16, contrastive=True, proj_dim=8, queue_size=8).eval()
+        torch.manual_seed(10 + rank)                              # different clips per rank
+        x = torch.randn(3, 3, 4, 16, 16)
+        plain = torch.nn.functional.normalize(m.proj_k(m.backbone_k.forward_features(x)), dim=1)
+        keys = m.encode_keys(x, shuffle_seed=5)                   # gathered, permuted, encoded, un-permuted
+        m.enqueue(keys[:2])                                       # enqueues both ranks' keys
+        torch.save({"ok": torch.allclose(keys, plain, atol=1e-5), "ptr": int(m.queue_ptr),
+                    "queue": m.queue[:4].clone(), "keys": keys[:2]}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_shuffle_bn_unpermutes_and_enqueues_all_ranks(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_shuffle_bn_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    assert r0["ok"] and r1["ok"]                                  # each rank gets its own keys back
+    assert r0["ptr"] == r1["ptr"] == 4
+    assert torch.equal(r0["queue"], r1["queue"])
+    assert torch.equal(r0["queue"], torch.cat([r0["keys"], r1["keys"]]))
+
+
+def test_torchrun_two_process_gloo(tiny_cache, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "train/pretrain.py",
+           *tiny_args(tiny_cache, "--epochs", "1", "--eval-every", "1", "--run-dir", str(run))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ck = E.load_checkpoint(run / "last.pt")
+    assert ck["world_size"] == 2 and ck["global_batch"] == 8 and len(ck["rng"]) == 2
+    assert ck["moco"]["ptr"] == 8                                 # both ranks' keys were enqueued
+    final = [r for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][-1]
+    hashes = final["rank_param_hashes"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["global_batch"] == 8
+    epoch = [r for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"][-1]
+    assert epoch["test_videos"] == 2                              # padded duplicates not counted
+
+
+def test_non_finite_guard_names_step_and_terms(tmp_path):
+    E.check_finite({"loss_cls": torch.tensor(1.5), "loss": torch.tensor(2.0)}, epoch=0, step=0)
+    with pytest.raises(E.NonFiniteLossError, match=r"epoch 3 step 17: loss_cls=nan, loss_con=0\.5, loss=inf"):
+        E.check_finite({"loss_cls": torch.tensor(float("nan")), "loss_con": torch.tensor(0.5),
+                        "loss": torch.tensor(float("inf"))}, epoch=3, step=17)
+
+
+def test_atomic_checkpoint_and_config_parsing(tmp_path):
+    p = E.save_checkpoint({"a": torch.arange(3), "rng": E.rng_state()}, tmp_path / "x.pt")
+    assert E.load_checkpoint(p)["a"].tolist() == [0, 1, 2] and not list(tmp_path.glob(".*.tmp"))
+    E.set_rng_state(E.load_checkpoint(p)["rng"])                   # weights_only round trip
+    cfg = E.parse_config(PretrainConfig, ["--no-bf16", "--milestones", "5", "7", "--lambda", "10", "--symmetric"])
+    assert cfg.bf16 is False and cfg.milestones == (5, 7) and cfg.lam == 10 and cfg.symmetric is True
+    assert E.parse_config(PretrainConfig, []).bf16 is True

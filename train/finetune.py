@@ -1,0 +1,347 @@
+"""Supervised finetuning on a labelled split (SPEC section 5): the downstream half of MAC.
+
+    python train/finetune.py --dataset ucf101 --split 1 --init runs/ucf101/<run-id>/pretrain/last.pt
+    python train/finetune.py --dataset hmdb51 --split 1 --init random --backbone r2plus1d_18
+    python train/finetune.py --dataset ucf101 --init path/to/torchvision_state_dict.pth --backbone r3d_18
+    torchrun --nproc_per_node 8 train/finetune.py ...       # --batch-size is per process
+    python train/finetune.py --dataset demo --init random --frames 8 --crop 64 --batch-size 4 --epochs 2 --workers 0
+
+--init loads a backbone strictly (any missing / unexpected / mis-shaped key is an error, and the
+report is printed and saved); the classifier is always new (dataset's classes). Frames only, no
+masks. The authors' recipe is the default: stride-2 16-frame clips, scale {112,128,144}, flip
+p 0.35, light colour jitter p 0.2, crop 112, SGD lr 0.01 momentum 0.9 wd 5e-4, 150 epochs,
+steps at 60 and 120. Every --val-every epochs the centre clip of each test video is classified
+(a cheap clip accuracy; train/evaluate.py does the 10-clip protocol); best.pt keeps the best.
+
+Run dir (default): beside the pretraining stage, runs/<ds>/<run-id>/finetune (+ "_random" for
+--init random, + "_<dataset>" when it differs from the pretraining dataset, + "_split<N>" for
+splits 2, 3). The checkpoint records dataset, split, classes and train_videos, which
+train/evaluate.py uses to refuse testing on training videos. Resume as in pretrain.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from preprocess.cache import CacheError, DecodeParams, open_cache
+from train import engine as E
+from train.data import EvalClips, LabelledClips, make_loader, set_loader_epoch
+from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
+from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone
+
+flag = E.flag
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    dataset: str = flag("ucf101", "dataset name in the cache")
+    cache_dir: str = flag("data_cache", "cache root")
+    split: int = flag(1, "official split (train part: training, test part: validation)")
+    short_side: int = flag(128, "frame set: cached short side")
+    jpeg_quality: int = flag(90, "frame set: JPEG quality")
+    init: str = flag("", "random | a pretrain/finetune checkpoint | a torchvision state dict (.pth)")
+    init_strict: bool = flag(True, "require an exact backbone key/shape match")
+    backbone: str = flag("", "default: the --init checkpoint's, else r2plus1d_18")
+    # clips (ClipConfig)
+    frames: int = flag(16, "frames per clip")
+    stride: int = flag(2, "temporal stride")
+    scales: tuple = flag((112, 128, 144), "short-side scales drawn uniformly")
+    crop: int = flag(112, "crop size")
+    flip_p: float = flag(0.35, "horizontal flip probability")
+    colour_jitter: bool = flag(True, "light colour jitter (p 0.2)")
+    norm: str = flag("kinetics", "mean/std constants", choices=("kinetics", "imagenet"))
+    dropout: float = flag(0.5, "dropout before the classifier")
+    # optimisation
+    epochs: int = flag(150, "epochs")
+    batch_size: int = flag(32, "clips per process and step")
+    lr: float = flag(0.01, "SGD learning rate")
+    momentum: float = flag(0.9, "SGD momentum")
+    weight_decay: float = flag(5e-4, "SGD weight decay")
+    milestones: tuple = flag((60, 120), "MultiStepLR epochs")
+    lr_gamma: float = flag(0.1, "MultiStepLR factor")
+    clip_grad: float = flag(0.0, "gradient norm clip (0 = off, the recipe)")
+    # system
+    seed: int = flag(0, "seed")
+    workers: int = flag(8, "DataLoader workers per process")
+    device: str = flag("auto", "auto | cuda | cpu")
+    bf16: bool = flag(True, "bf16 autocast (CUDA only)")
+    channels_last: bool = flag(True, "channels_last_3d (CUDA only)")
+    compile: bool = flag(False, "torch.compile the model")
+    sync_bn: bool = flag(False, "SyncBN under DDP (CUDA)")
+    deterministic: bool = flag(False, "deterministic CUDA kernels, no cuDNN autotuning (slower)")
+    # run bookkeeping
+    run_dir: str = flag("", "default: see the module docstring")
+    run_id: str = flag("", "run id when --init is not a run's checkpoint")
+    resume: bool = flag(False, "continue from <run-dir>/last.pt if it exists")
+    log_every: int = flag(20, "steps between metrics.jsonl records")
+    val_every: int = flag(5, "epochs between centre-clip validations (0 = only at the end)")
+    val_short_side: int = flag(0, "validation short side (0: 128 * crop / 112)")
+    val_limit: int = flag(0, "max validation videos (0 = all)")
+    save_every: int = flag(0, "epochs between kept epoch_XXXX.pt (0 = only last/best)")
+    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)")
+    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap)")
+    progress: bool = flag(True, "tqdm progress bar")
+
+
+def read_init(init: str) -> tuple[dict | None, dict]:
+    """(state dict, info) of --init: ours (pretrain/finetune checkpoints), a torchvision-format
+    state dict, or a dict wrapping one under "state_dict"/"model"."""
+    if init == "random":
+        return None, {"kind": "random"}
+    path = Path(init)
+    if not path.exists():
+        raise SystemExit(f"--init {init}: no such file (use --init random for a random init)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:    # a foreign pickle with python objects: only because the user named it
+        print(f"[finetune] --init {init}: not loadable with weights_only=True ({type(e).__name__}); "
+              "unpickling it fully", file=sys.stderr)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    info = {"path": str(path.resolve()), "kind": "state_dict"}
+    if isinstance(obj, dict) and obj.get("kind") in ("pretrain", "finetune"):
+        info.update(kind=obj["kind"], backbone_name=obj.get("backbone_name"), dataset=obj.get("dataset"),
+                    epoch=obj.get("epoch"), step=obj.get("step"))
+        return (obj.get("backbone") or obj["model"]), info
+    for key in ("state_dict", "model"):           # common wrappers of foreign checkpoints
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key], info
+    if not isinstance(obj, dict):
+        raise SystemExit(f"--init {init}: not a state dict or checkpoint ({type(obj).__name__})")
+    return obj, info
+
+
+def default_run_dir(cfg: FinetuneConfig, info: dict) -> Path:
+    stage = "finetune" + ("_random" if info["kind"] == "random" else "")
+    p = Path(info.get("path", ""))
+    if info["kind"] in ("pretrain", "finetune") and p.parent.name.startswith(("pretrain", "finetune")):
+        root, root_ds = p.parent.parent, info.get("dataset")       # beside the pretraining stage
+    else:
+        rid = cfg.run_id or ("random_" + (cfg.backbone or "r2plus1d_18") if info["kind"] == "random" else p.stem)
+        root, root_ds = Path("runs") / cfg.dataset / rid, cfg.dataset
+    if cfg.dataset != root_ds:
+        stage += f"_{cfg.dataset}"
+    return root / (stage + (f"_split{cfg.split}" if cfg.split != 1 else ""))
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: E.Dist, cl: bool = False) -> dict:
+    """Clip accuracy of the centre clip of each test video (deduplicated across ranks)."""
+    model.eval()
+    vids, correct, losses = [], [], []
+    for i, batch in enumerate(loader):
+        if cfg.val_limit and i * cfg.batch_size * d.world_size >= cfg.val_limit:
+            break
+        b = eval_transform(batch, cfg.norm, d.device)
+        x = b["clips"].flatten(0, 1)                           # [B, 1, 3, T, S, S] -> [B, 3, T, S, S]
+        x = x.contiguous(memory_format=torch.channels_last_3d) if cl else x
+        with E.autocast(d, cfg.bf16):
+            logits = model(x).float()
+        losses += F.cross_entropy(logits, b["label"], reduction="none").tolist()
+        correct += (logits.argmax(1) == b["label"]).float().tolist()
+        vids += batch["video"].tolist()
+    model.train()
+    _, vals = E.gather_unique(vids, list(zip(correct, losses)), d)
+    n = max(len(vals), 1)
+    return {"val_acc": sum(v[0] for v in vals) / n, "val_loss": sum(v[1] for v in vals) / n,
+            "val_videos": len(vals)}
+
+
+def main(argv=None) -> dict:
+    cfg = E.parse_config(FinetuneConfig, argv, __doc__)
+    d = E.setup_distributed(cfg.device)
+    ok = False
+    try:
+        result = train(cfg, d)
+        ok = True
+        return result
+    finally:
+        E.teardown_distributed(d, ok)
+
+
+def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
+    log = print if d.is_main else (lambda *a, **k: None)
+    if not cfg.init:
+        raise SystemExit("pass --init random, --init <pretrain checkpoint> or --init <state dict .pth>")
+    sd, info = read_init(cfg.init)
+    backbone = cfg.backbone or info.get("backbone_name") or "r2plus1d_18"
+    if backbone not in BACKBONES:
+        raise SystemExit(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, info)
+    log(f"[finetune] config:\n{E.format_config(cfg)}\n  backbone = {backbone}, world_size = {d.world_size}, "
+        f"global batch = {cfg.batch_size * d.world_size}, device = {d.device}, run_dir = {run_dir}")
+    E.configure_backends(d, cfg.deterministic)
+
+    decode = DecodeParams(cfg.short_side, cfg.jpeg_quality)
+    try:
+        index = open_cache(cfg.cache_dir, cfg.dataset, decode, None)   # frames only
+    except CacheError as e:
+        if d.is_main:
+            print(f"[finetune] cannot open the cache: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    ccfg = ClipConfig(T=cfg.frames, stride=cfg.stride, scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p,
+                      colour=ColourJitter.light() if cfg.colour_jitter else ColourJitter.off(),
+                      norm=cfg.norm, seed=cfg.seed)
+    train_ds = LabelledClips(index, cfg.split, "train", ccfg)
+    loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, distributed=d.distributed,
+                         seed=cfg.seed)
+    steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(train_ds)} training videos < one global batch; lower --batch-size")
+    val_ds = EvalClips(index, cfg.split, "test", num_clips=1, T=cfg.frames, stride=cfg.stride,
+                       short_side=cfg.val_short_side or round(cfg.crop * 128 / 112), crop=cfg.crop)
+    val_loader = make_loader(val_ds, cfg.batch_size, min(cfg.workers, 4), shuffle=False,
+                             distributed=d.distributed, seed=cfg.seed, persistent_workers=False)
+    train_videos = [str(x) for x in index.names[train_ds.videos]]
+
+    # model: torchvision-named backbone + new fc; dropout as a pre-hook on fc keeps the state
+    # dict exactly torchvision's, so evaluate/retrieve load it with build_backbone + strict
+    E.seed_everything(cfg.seed)
+    model = build_backbone(backbone, num_classes=len(index.classes))
+    if cfg.dropout:
+        p = cfg.dropout
+        model.fc.register_forward_pre_hook(lambda mod, inp: (F.dropout(inp[0], p, mod.training),))
+    if sd is not None:
+        try:
+            report = load_backbone(model, sd, strict=cfg.init_strict)
+        except Exception as e:
+            raise SystemExit(f"[finetune] --init {cfg.init} does not fit the {backbone} backbone "
+                             f"(choose it with --backbone {'|'.join(BACKBONES)}):\n{e}") from None
+        info["report"] = {"loaded": len(report.loaded), "missing": report.missing,
+                          "unexpected": report.unexpected, "mismatched": [list(map(str, m)) for m in report.mismatched],
+                          "dropped": report.dropped, "ignored": len(report.ignored)}
+        log(f"[finetune] init from {cfg.init} ({info['kind']}):\n{report.summary()}")
+    model = model.to(d.device)
+    model = E.maybe_sync_bn(model, d, cfg.sync_bn)
+    cl = E.use_channels_last(d, cfg.channels_last)
+    if cl:
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
+
+    if (run_dir / "last.pt").exists() and not cfg.resume:   # before touching the run dir
+        raise SystemExit(f"{run_dir / 'last.pt'} exists: pass --resume to continue that run, "
+                         "or choose another --run-dir")
+    run_dir = E.prepare_run_dir(run_dir, cfg, d, {"backbone": backbone, "init": info,
+                                                   "global_batch": cfg.batch_size * d.world_size})
+    last = run_dir / "last.pt"
+    start_epoch, step, metrics, best = 0, 0, {}, {"val_acc": -1.0, "epoch": None}
+    if cfg.resume and last.exists():
+        ck = E.load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        E.restore_rng_states(ck.get("rng"), d)
+        changed = {k: (v, ck["config"].get(k)) for k, v in E.config_dict(cfg).items()
+                   if ck["config"].get(k) != v and k not in ("resume", "epochs", "progress", "workers")}
+        if changed:
+            log(f"[finetune] warning: resuming with a different config (now, then): {changed}")
+        start_epoch, step, metrics, best = ck["epoch"], ck["step"], ck.get("metrics", {}), ck["best"]
+        log(f"[finetune] resumed {last}: epoch {start_epoch}, step {step}")
+    if cfg.compile:
+        model.compile()        # in place: state-dict names stay unprefixed
+    ddp = E.wrap_ddp(model, d)
+    mlog = E.MetricsLog(run_dir / "metrics.jsonl", d.is_main)
+    mlog.truncate_after(step)           # forget what a killed run logged past its checkpoint
+
+    def save(epoch_done: int, partial: bool, is_best: bool) -> None:
+        rng = E.gather_rng_states(d)           # collective
+        if not d.is_main:
+            return
+        ck = {"kind": "finetune", "config": E.config_dict(cfg), "backbone_name": backbone,
+              "model": model.state_dict(), "backbone": backbone_state_dict(model), "epoch": epoch_done,
+              "step": step, "partial": partial, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "scaler": None, "rng": rng, "moco": None, "dataset": cfg.dataset, "split": cfg.split,
+              "classes": list(index.classes), "train_videos": train_videos, "init": info,
+              "world_size": d.world_size, "global_batch": cfg.batch_size * d.world_size,
+              "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode), "masks": None},
+              "metrics": metrics, "best": best}
+        E.save_checkpoint(ck, last)
+        if is_best:
+            E.save_checkpoint(ck, run_dir / "best.pt")
+        if cfg.save_every and not partial and epoch_done % cfg.save_every == 0:
+            E.save_checkpoint(ck, run_dir / f"epoch_{epoch_done:04d}.pt")
+
+    stopped = bool(cfg.max_steps and step >= cfg.max_steps)
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        E.seed_everything(E.derive_seed(cfg.seed, epoch, d.rank))
+        set_loader_epoch(loader, epoch)
+        model.train()
+        sums, n_done, t_epoch = {}, 0, time.perf_counter()
+        win, win_n, data_t = {}, 0, 0.0
+        t_win = t_last = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (d.is_main and cfg.progress),
+                   dynamic_ncols=True, leave=False)
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            data_t += time.perf_counter() - t_last
+            b = clip_transform(batch, ccfg, d.device)
+            x = b["clips"].contiguous(memory_format=torch.channels_last_3d) if cl else b["clips"]
+            with E.autocast(d, cfg.bf16):
+                logits = ddp(x)
+            loss = F.cross_entropy(logits.float(), b["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or float("inf"))
+            E.check_finite({"loss": loss, "grad_norm": gn}, epoch, step, d)   # before the update
+            terms = {"loss": loss.detach(), "acc": (logits.argmax(1) == b["label"]).float().mean(), "grad_norm": gn}
+            opt.step()
+            step, n_done, win_n = step + 1, n_done + 1, win_n + 1
+            for k, v in terms.items():
+                win[k] = win.get(k, 0.0) + v.detach().float()
+            stopped = bool(cfg.max_steps and step >= cfg.max_steps)
+            bar.update(1)
+            if step % cfg.log_every == 0 or n_done == steps_per_epoch or stopped:
+                vals = {k: float(v) / win_n for k, v in win.items()}
+                wall = time.perf_counter() - t_win
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v * win_n
+                mlog.write(kind="train", epoch=epoch, step=step, **vals, lr=opt.param_groups[0]["lr"],
+                           data_time=data_t / win_n, step_time=wall / win_n,
+                           clips_per_s=win_n * cfg.batch_size * d.world_size / max(wall, 1e-9))
+                bar.set_postfix(loss=f"{vals['loss']:.3f}", acc=f"{vals['acc']:.3f}")
+                win, win_n, data_t, t_win = {}, 0, 0.0, time.perf_counter()
+            t_last = time.perf_counter()
+            if stopped:
+                break
+        bar.close()
+        partial = n_done < steps_per_epoch
+        keys = sorted(sums)
+        tot = E.all_reduce_sum([sums[k] for k in keys] + [n_done], d)
+        metrics = {"epoch": epoch, "step": step, **{k: v / max(tot[-1], 1) for k, v in zip(keys, tot)},
+                   "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch}
+        E.broadcast_buffers(model, d)
+        is_best = False
+        if not partial:
+            sched.step()
+        last_epoch = partial or epoch + 1 == cfg.epochs
+        if last_epoch or (cfg.val_every and (epoch + 1) % cfg.val_every == 0):
+            metrics.update(validate(model, val_loader, cfg, d, cl))
+            if metrics["val_acc"] > best["val_acc"]:
+                best, is_best = {"val_acc": metrics["val_acc"], "epoch": epoch}, True
+        mlog.write(kind="epoch", **metrics, partial=partial, best_val_acc=best["val_acc"])
+        log(f"[finetune] epoch {epoch} step {step}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        save(epoch if partial else epoch + 1, partial, is_best)
+
+    digests = E.gather_objects(E.param_hash(model), d)
+    if d.is_main:
+        mlog.write(kind="final", epoch=cfg.epochs, step=step, best=best, rank_param_hashes=digests)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks disagree on the parameters: {digests}")
+    return {"run_dir": run_dir, "checkpoint": last, "best": run_dir / "best.pt", "step": step,
+            "metrics": metrics, "best_val": best, "init": info}
+
+
+if __name__ == "__main__":
+    main()

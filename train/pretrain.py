@@ -1,0 +1,501 @@
+"""MAC self-supervised pretraining (SPEC sections 2-3): MAC-S / MAC-SC, CE or MSE objectives.
+
+    python train/pretrain.py --dataset ucf101 --lambda 30 --m 0.5 --method mac-sc --n 2 --k 4 --backbone r2plus1d_18 --epochs 300
+    torchrun --nproc_per_node 8 train/pretrain.py ...       # --batch-size is per process
+    python train/pretrain.py --dataset demo --frames 8 --crop 64 --batch-size 4 --epochs 2 --workers 0   # CPU smoke
+
+Rerunning the same command with --resume continues from <run-dir>/last.pt (everything restored:
+model, optimizer, scheduler, MoCo queue+pointer, every rank's RNG, epoch, step). Checkpoints are
+written at epoch ends; samples are a pure function of (seed, epoch, item) and the global RNGs are
+reseeded from (seed, epoch, rank) at each epoch start, so a run killed at any point and resumed
+ends where the uninterrupted run ends (the interrupted epoch is redone from its start):
+bit-for-bit on CPU (tested); on CUDA add --deterministic, else cuDNN autotuning and atomic-add
+kernels make any two runs, resumed or not, differ in the last bits.
+
+Shuffle BN (MoCo): under DDP the key clips of all ranks are gathered, randomly permuted, each
+rank encodes its share, and the keys are gathered and un-permuted (MoCo's reference; the
+permutation comes from a (seed, step) generator, identical on every rank, so nothing is
+broadcast). On one process there is no other GPU to shuffle to: the key batch is permuted and
+encoded in --shuffle-bn-groups (default 2) sub-batches, each with its own BN statistics, then
+un-permuted. A key is thus normalised with the statistics of a random half of the batch, not the
+full-batch statistics its query saw, so a positive pair no longer shares identical batch
+statistics (the shortcut shuffle BN exists to remove), as on 2 GPUs. Queries keep full-batch BN:
+splitting them too would change the statistics the pretext head trains on. Sub-batches never go
+below 2 clips; --shuffle-bn-groups 1 turns it off.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
+from train import engine as E
+from train.data import PretrainClips, make_loader, set_loader_epoch
+from train.mac import ColourJitter, MACConfig, MACTransform, alpha_values
+from train.models import BACKBONES, FEATURE_DIM, backbone_state_dict, build_backbone
+
+flag = E.flag
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    # data: which cached frames / mask set (preprocess/extract_masks.py builds them)
+    dataset: str = flag("ucf101", "dataset name in the cache")
+    cache_dir: str = flag("data_cache", "cache root")
+    split: int = flag(1, "official split whose part is used")
+    part: str = flag("train", "videos to pretrain on", choices=("train", "all"))
+    short_side: int = flag(128, "frame set: cached short side")
+    jpeg_quality: int = flag(90, "frame set: JPEG quality")
+    lam: int = flag(30, "mask set: threshold lambda", name="--lambda")
+    m: float = flag(0.5, "mask set: weight of the old background")
+    mask_mode: str = flag("soft", "mask set: soft | hard", choices=("soft", "hard"))
+    dilate: bool = flag(True, "mask set: 2x2 dilation")
+    # the MAC sample
+    method: str = flag("mac-sc", "mac-s: alpha classification; mac-sc: + MoCo v2", choices=("mac-s", "mac-sc"))
+    n: int = flag(2, "temporal segments (MAC-2 / MAC-4)")
+    k: int = flag(4, "alpha values per segment")
+    loss: str = flag("ce", "ce over k^n classes | mse (preset alphas) | mse-n (alphas ~ U(0,1])",
+                     choices=("ce", "mse", "mse-n"))
+    reverse: bool = flag(False, "attenuate the background instead of the foreground")
+    blend_space: str = flag("normalised", "blend after mean/std normalisation (reference) or on pixels",
+                            choices=("normalised", "pixel"))
+    frames: int = flag(16, "frames per clip")
+    strides: tuple = flag((1, 2, 3, 4), "temporal strides drawn uniformly")
+    scales: tuple = flag((112, 128, 144), "short-side scales drawn uniformly")
+    crop: int = flag(112, "crop size")
+    flip_p: float = flag(0.5, "horizontal flip probability")
+    colour_jitter: bool = flag(True, "brightness/contrast/hue/saturation jitter (p 0.8 each)")
+    greyscale: bool = flag(True, "greyscale p 0.2")
+    norm: str = flag("kinetics", "mean/std constants", choices=("kinetics", "imagenet"))
+    # model / objective
+    backbone: str = flag("r2plus1d_18", "backbone", choices=BACKBONES)
+    dropout: float = flag(0.5, "dropout before the pretext head")
+    proj_hidden: int = flag(512, "MoCo projection MLP hidden width")
+    proj_dim: int = flag(128, "MoCo embedding size")
+    queue_size: int = flag(65536, "MoCo queue length (divisible by the global batch)")
+    moco_momentum: float = flag(0.999, "key encoder EMA momentum")
+    temperature: float = flag(0.2, "InfoNCE temperature")
+    cls_weight: float = flag(1.0, "weight of the pretext (alpha) loss")
+    con_weight: float = flag(0.5, "weight of the contrastive loss")
+    symmetric: bool = flag(False, "symmetric InfoNCE (both views as query; 2x the compute)")
+    shuffle_bn_groups: int = flag(2, "single-process shuffle-BN: key sub-batches (1 = off)")
+    # optimisation
+    epochs: int = flag(300, "epochs")
+    batch_size: int = flag(32, "clips per process and step")
+    lr: float = flag(0.01, "SGD learning rate")
+    momentum: float = flag(0.9, "SGD momentum")
+    weight_decay: float = flag(1e-4, "SGD weight decay")
+    milestones: tuple = flag((100, 200), "MultiStepLR epochs")
+    lr_gamma: float = flag(0.1, "MultiStepLR factor")
+    clip_grad: float = flag(40.0, "gradient norm clip (0 = off)")
+    # system
+    seed: int = flag(0, "seed: data order, samples, init, dropout")
+    workers: int = flag(8, "DataLoader workers per process")
+    device: str = flag("auto", "auto | cuda | cpu")
+    bf16: bool = flag(True, "bf16 autocast (CUDA only)")
+    channels_last: bool = flag(True, "channels_last_3d (CUDA only)")
+    compile: bool = flag(False, "torch.compile the backbones")
+    sync_bn: bool = flag(False, "SyncBN in the query encoder under DDP (CUDA)")
+    deterministic: bool = flag(False, "deterministic CUDA kernels, no cuDNN autotuning (slower)")
+    # run bookkeeping
+    run_dir: str = flag("", "default runs/<dataset>/<run-id>/pretrain")
+    run_id: str = flag("", "default derived from the method and mask settings")
+    resume: bool = flag(False, "continue from <run-dir>/last.pt if it exists")
+    log_every: int = flag(20, "steps between metrics.jsonl records")
+    eval_every: int = flag(10, "epochs between test-split pretext accuracy (0 = never)")
+    eval_limit: int = flag(0, "max test videos for the pretext accuracy (0 = all)")
+    save_every: int = flag(50, "epochs between kept epoch_XXXX.pt (last.pt: every epoch)")
+    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)")
+    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap; smoke runs)")
+    progress: bool = flag(True, "tqdm progress bar")
+
+
+def mac_config(cfg: PretrainConfig) -> MACConfig:
+    cj = cfg.colour_jitter
+    colour = ColourJitter(p_brightness=0.8 * cj, p_contrast=0.8 * cj, p_hue_saturation=0.8 * cj,
+                          p_greyscale=0.2 * cfg.greyscale)
+    return MACConfig(T=cfg.frames, strides=cfg.strides, n_segments=cfg.n, k=cfg.k, reverse=cfg.reverse,
+                     blend_space=cfg.blend_space, loss=cfg.loss, key_view=cfg.method == "mac-sc",
+                     scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p, colour=colour, norm=cfg.norm,
+                     seed=cfg.seed)
+
+
+def default_run_id(cfg: PretrainConfig) -> str:
+    rid = f"{cfg.method}-{cfg.n}_k{cfg.k}_{cfg.backbone}_lam{cfg.lam}_m{cfg.m:g}"
+    if cfg.loss != "ce":
+        rid += f"_{cfg.loss}"
+    if cfg.mask_mode != "soft" or not cfg.dilate:
+        rid += f"_{cfg.mask_mode}{'' if cfg.dilate else '_nodilate'}"
+    return rid + ("_reverse" if cfg.reverse else "") + ("_sym" if cfg.symmetric else "")
+
+
+# ------------------------------------------------------------------------------------------
+# Model: query encoder + pretext head (+ MoCo v2 key encoder, projection and queue)
+# ------------------------------------------------------------------------------------------
+
+def projection(hidden: int, dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(FEATURE_DIM, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+class MACModel(nn.Module):
+    """``backbone`` (torchvision names; its ``fc`` is the pretext head: k^n logits or n alphas),
+    and for MAC-SC ``proj``, a momentum copy ``backbone_k``/``proj_k`` and the key queue."""
+
+    def __init__(self, backbone: str, n_out: int, dropout: float = 0.5, contrastive: bool = False,
+                 proj_hidden: int = 512, proj_dim: int = 128, queue_size: int = 65536,
+                 momentum: float = 0.999, temperature: float = 0.2, shuffle_bn_groups: int = 2,
+                 seed: int = 0):
+        super().__init__()
+        self.backbone = build_backbone(backbone, num_classes=n_out)
+        self.dropout = nn.Dropout(dropout)
+        self.contrastive = contrastive
+        self.m, self.T, self.groups = momentum, temperature, max(1, shuffle_bn_groups)
+        if contrastive:
+            self.proj = projection(proj_hidden, proj_dim)
+            self.backbone_k = copy.deepcopy(self.backbone)
+            self.backbone_k.fc = nn.Identity()            # the key encoder needs no pretext head
+            self.proj_k = copy.deepcopy(self.proj)
+            for p in [*self.backbone_k.parameters(), *self.proj_k.parameters()]:
+                p.requires_grad_(False)
+            g = torch.Generator().manual_seed(seed)
+            self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim, generator=g), dim=1))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def head(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.backbone.fc(self.dropout(feat))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+    def _pairs(self):
+        q = dict(self.backbone.named_parameters()) | {"p." + k: v for k, v in self.proj.named_parameters()}
+        k = dict(self.backbone_k.named_parameters()) | {"p." + n: v for n, v in self.proj_k.named_parameters()}
+        return [k[n] for n in k], [q[n] for n in k]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q (parameters only, as MoCo; BN buffers of the
+        key encoder are its own running statistics)."""
+        pk, pq = self._pairs()
+        torch._foreach_mul_(pk, self.m)
+        torch._foreach_add_(pk, [p.detach().to(k.dtype) for p, k in zip(pq, pk)], alpha=1 - self.m)
+
+    @torch.no_grad()
+    def encode_keys(self, x: torch.Tensor, shuffle_seed: int) -> torch.Tensor:
+        """Key embeddings with shuffle BN (see the module docstring); same order as x."""
+        fmt = (torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous()
+               and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+        # gathers and gathers-by-index return standard layout: restore the input's layout
+        enc = lambda t: F.normalize(self.proj_k(self.backbone_k.forward_features(
+            t.contiguous(memory_format=fmt))).float(), dim=1)
+        g = torch.Generator().manual_seed(int(shuffle_seed))    # same permutation on every rank
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world, rank, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
+            xs = E.concat_all_gather(x)
+            perm = torch.randperm(xs.shape[0], generator=g).to(x.device)
+            k = enc(xs[perm.view(world, b)[rank]])              # this rank's share of shuffled keys
+            return E.concat_all_gather(k)[torch.argsort(perm).view(world, b)[rank]]
+        groups = min(self.groups, x.shape[0] // 2)             # >= 2 clips per BN sub-batch
+        if groups <= 1:
+            return enc(x)
+        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+        k = torch.cat([enc(c) for c in x[perm].tensor_split(groups)])
+        return k[torch.argsort(perm)]
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Push the keys of ALL ranks (gathered) into the ring buffer; the pointer wraps."""
+        keys = E.concat_all_gather(keys)
+        n, size = keys.shape[0], self.queue.shape[0]
+        if size % n:
+            raise RuntimeError(f"queue size {size} is not divisible by the {n} keys per step")
+        ptr = int(self.queue_ptr)
+        self.queue[ptr:ptr + n] = keys.to(self.queue.dtype)
+        self.queue_ptr.fill_((ptr + n) % size)
+
+    def _infonce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(q.device.type, enabled=False):     # logits / 0.2 over 65k keys: fp32
+            q = F.normalize(q.float(), dim=1)
+            l_pos = (q * k).sum(1, keepdim=True)
+            l_neg = q @ self.queue.clone().detach().T          # clone: the queue changes below
+            return torch.cat([l_pos, l_neg], 1) / self.T        # the positive is class 0
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor | None = None, shuffle_seed: int = 0,
+                symmetric: bool = False) -> dict:
+        feat = self.backbone.forward_features(x_q)
+        out = {"head": self.head(feat)}
+        if self.contrastive and x_k is not None:
+            self.momentum_update()
+            k = self.encode_keys(x_k, shuffle_seed)
+            out["con_logits"] = [self._infonce(self.proj(feat), k)]
+            keys = [k]
+            if symmetric:   # the unblended view as query against the blended view's key
+                q2 = self.proj(self.backbone.forward_features(x_k))
+                k2 = self.encode_keys(x_q, shuffle_seed + 1)
+                out["con_logits"].append(self._infonce(q2, k2))
+                keys.append(k2)
+            self.enqueue(torch.cat(keys))
+        return out
+
+
+def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, per-clip correct) of the alpha objective.
+    ce: cross-entropy over the k^n tuple classes. mse / mse-n: sigmoid of n outputs vs the
+    alphas, MSE; "correct" = every segment's prediction within half the preset spacing of its
+    alpha (for mse: the nearest preset alpha is the true one)."""
+    head = head.float()
+    if loss == "ce":
+        return F.cross_entropy(head, b["label"]), head.argmax(1) == b["label"]
+    pred, target = torch.sigmoid(head), b["alpha_target"].float()
+    if loss == "mse":
+        presets = torch.tensor(alpha_values(k), device=head.device)
+        nearest = (pred[..., None] - presets).abs().argmin(-1)
+        return F.mse_loss(pred, target), (nearest == b["alpha_idx"]).all(1)
+    return F.mse_loss(pred, target), ((pred - target).abs() < 0.5 / (k - 1)).all(1)
+
+
+def compute_losses(out: dict, b: dict, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
+    cls, correct = pretext_loss(out["head"], b, cfg.loss, cfg.k)
+    terms = {"loss_cls": cls, "acc": correct.float().mean()}
+    total = cfg.cls_weight * cls
+    if "con_logits" in out:
+        con = [F.cross_entropy(lg, torch.zeros(lg.shape[0], dtype=torch.long, device=lg.device))
+               for lg in out["con_logits"]]
+        terms["loss_con"] = sum(con) / len(con)
+        terms["acc_con"] = (out["con_logits"][0].argmax(1) == 0).float().mean()
+        total = total + cfg.con_weight * terms["loss_con"]
+    terms["loss"] = total
+    return terms
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+
+def check_config(cfg: PretrainConfig, world: int) -> None:
+    gb = cfg.batch_size * world * (2 if cfg.symmetric else 1)
+    if cfg.method == "mac-sc" and cfg.queue_size % gb:
+        raise SystemExit(f"--queue-size {cfg.queue_size} must be divisible by the keys enqueued per step "
+                         f"({cfg.batch_size} per process x {world} processes"
+                         f"{' x 2 (symmetric)' if cfg.symmetric else ''} = {gb}), so the ring buffer "
+                         f"never splits a batch; e.g. --queue-size {max(gb, cfg.queue_size // gb * gb)}")
+    if cfg.frames % cfg.n:
+        raise SystemExit(f"--frames {cfg.frames} is not divisible into --n {cfg.n} equal segments")
+
+
+@torch.no_grad()
+def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: E.Dist, limit: int = 0,
+                     cl: bool = False) -> dict:
+    """Pretext accuracy/loss on held-out videos (fixed draws: epoch 0 of the eval dataset)."""
+    model.eval()
+    vids, corr, losses = [], [], []
+    for i, batch in enumerate(loader):
+        if limit and i * cfg.batch_size * d.world_size >= limit:
+            break
+        b = tf(batch)
+        x = b["query"].contiguous(memory_format=torch.channels_last_3d) if cl else b["query"]
+        with E.autocast(d, cfg.bf16):
+            head = model.classify(x)
+        loss, c = pretext_loss(head, b, cfg.loss, cfg.k)
+        vids.append(batch["video"]), corr.append(c.cpu()), losses.append(loss.item() * len(c))
+    model.train()
+    v, c = E.gather_unique(torch.cat(vids).tolist(), torch.cat(corr).float().tolist(), d)
+    n = len(c)
+    return {"test_acc": sum(c) / max(n, 1), "test_videos": n,
+            "test_loss": E.all_reduce_sum([sum(losses)], d)[0] / max(E.all_reduce_sum([len(torch.cat(corr))], d)[0], 1)}
+
+
+def main(argv=None) -> dict:
+    cfg = E.parse_config(PretrainConfig, argv, __doc__)
+    d = E.setup_distributed(cfg.device)
+    ok = False
+    try:
+        result = train(cfg, d)
+        ok = True
+        return result
+    finally:
+        E.teardown_distributed(d, ok)
+
+
+def train(cfg: PretrainConfig, d: E.Dist) -> dict:
+    log = print if d.is_main else (lambda *a, **k: None)
+    check_config(cfg, d.world_size)
+    run_dir = Path(cfg.run_dir or Path("runs") / cfg.dataset / (cfg.run_id or default_run_id(cfg)) / "pretrain")
+    log(f"[pretrain] config:\n{E.format_config(cfg)}\n  world_size = {d.world_size}, global batch = "
+        f"{cfg.batch_size * d.world_size}, device = {d.device}, run_dir = {run_dir}")
+    E.configure_backends(d, cfg.deterministic)
+
+    # data: the frame set and the mask set of (lambda, m, mode, dilate)
+    decode = DecodeParams(cfg.short_side, cfg.jpeg_quality)
+    masks = MaskParams(cfg.lam, cfg.m, cfg.mask_mode, cfg.dilate)
+    try:
+        index = open_cache(cfg.cache_dir, cfg.dataset, decode, masks)
+    except CacheError as e:
+        msg = str(e)
+        if "extract_masks.py" not in msg:    # the fix must always be on screen
+            from preprocess.cache import extract_command
+            msg += f"\nBuild it with:\n  {extract_command(cfg.dataset, cfg.cache_dir, decode, masks)}"
+        if d.is_main:
+            print(f"[pretrain] cannot open the cache: {msg}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    mcfg = mac_config(cfg)
+    train_ds = PretrainClips(index, cfg.split, cfg.part, mcfg)
+    loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, distributed=d.distributed,
+                         seed=cfg.seed)
+    steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(train_ds)} training videos < one global batch "
+                         f"({cfg.batch_size} x {d.world_size}); lower --batch-size")
+    eval_cfg = dataclasses.replace(mcfg, key_view=False)
+    eval_loader = None
+    if cfg.eval_every and len(index.subset(cfg.split, "test")):
+        eval_ds = PretrainClips(index, cfg.split, "test", eval_cfg)
+        eval_loader = make_loader(eval_ds, cfg.batch_size, min(cfg.workers, 2), shuffle=False,
+                                  distributed=d.distributed, seed=cfg.seed, persistent_workers=False)
+    tf, eval_tf = MACTransform(mcfg, d.device), MACTransform(eval_cfg, d.device)
+
+    # model (same init on every rank; DDP also broadcasts rank 0's)
+    E.seed_everything(cfg.seed)
+    n_out = mcfg.num_classes if cfg.loss == "ce" else cfg.n
+    model = MACModel(cfg.backbone, n_out, cfg.dropout, cfg.method == "mac-sc", cfg.proj_hidden, cfg.proj_dim,
+                     cfg.queue_size, cfg.moco_momentum, cfg.temperature,
+                     cfg.shuffle_bn_groups if not d.distributed else 1, cfg.seed).to(d.device)
+    if cfg.sync_bn and d.distributed:       # query side only: the key encoder keeps shuffle BN
+        model.backbone = E.maybe_sync_bn(model.backbone, d, True)
+    cl = E.use_channels_last(d, cfg.channels_last)
+    if cl:
+        model = model.to(memory_format=torch.channels_last_3d)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
+
+    # resume
+    if (run_dir / "last.pt").exists() and not cfg.resume:   # before touching the run dir
+        raise SystemExit(f"{run_dir / 'last.pt'} exists: pass --resume to continue that run, "
+                         "or choose another --run-dir")
+    run_dir = E.prepare_run_dir(run_dir, cfg, d, {"global_batch": cfg.batch_size * d.world_size,
+                                                   "num_classes": n_out, "mac": mcfg.to_dict()})
+    last = run_dir / "last.pt"
+    start_epoch, step, metrics = 0, 0, {}
+    if cfg.resume and last.exists():
+        ck = E.load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        E.restore_rng_states(ck.get("rng"), d)
+        changed = {k: (v, ck["config"].get(k)) for k, v in E.config_dict(cfg).items()
+                   if ck["config"].get(k) != v and k not in ("resume", "epochs", "progress", "workers")}
+        if changed:
+            log(f"[pretrain] warning: resuming with a different config (now, then): {changed}")
+        start_epoch, step, metrics = ck["epoch"], ck["step"], ck.get("metrics", {})
+        log(f"[pretrain] resumed {last}: epoch {start_epoch}, step {step}"
+            + (" (partial epoch: it is redone from its start)" if ck.get("partial") else ""))
+    if cfg.compile:   # compile the encoders' bodies only: state-dict names stay unprefixed
+        model.backbone.forward_features = torch.compile(model.backbone.forward_features)
+        if model.contrastive:
+            model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
+    ddp = E.wrap_ddp(model, d)
+    mlog = E.MetricsLog(run_dir / "metrics.jsonl", d.is_main)
+    mlog.truncate_after(step)           # forget what a killed run logged past its checkpoint
+
+    def save(epoch_done: int, partial: bool = False) -> None:
+        rng = E.gather_rng_states(d)              # collective: every rank takes part
+        if not d.is_main:
+            return
+        ck = {"kind": "pretrain", "config": E.config_dict(cfg), "backbone_name": cfg.backbone,
+              "model": model.state_dict(), "backbone": backbone_state_dict(model.backbone),
+              "epoch": epoch_done, "step": step, "partial": partial, "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "scaler": None, "rng": rng,
+              "moco": ({"queue": model.queue, "ptr": int(model.queue_ptr)} if model.contrastive else None),
+              "dataset": cfg.dataset, "split": cfg.split, "mac": mcfg.to_dict(), "num_classes": n_out,
+              "world_size": d.world_size, "global_batch": cfg.batch_size * d.world_size,
+              "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode),
+                        "masks": dataclasses.asdict(masks)}, "metrics": metrics}
+        E.save_checkpoint(ck, last)
+        if cfg.save_every and not partial and epoch_done % cfg.save_every == 0:
+            E.save_checkpoint(ck, run_dir / f"epoch_{epoch_done:04d}.pt")
+
+    stopped = bool(cfg.max_steps and step >= cfg.max_steps)
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        E.seed_everything(E.derive_seed(cfg.seed, epoch, d.rank))   # dropout etc.: f(seed, epoch, rank)
+        set_loader_epoch(loader, epoch)
+        model.train()
+        sums, n_done, t_epoch = {}, 0, time.perf_counter()
+        win, win_n, data_t = {}, 0, 0.0
+        t_win = t_last = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (d.is_main and cfg.progress),
+                   dynamic_ncols=True, leave=False)
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            data_t += time.perf_counter() - t_last
+            b = tf(batch)                                  # blend + jitter + normalise, on device
+            xq, xk = b["query"], b.get("key")
+            if cl:
+                xq = xq.contiguous(memory_format=torch.channels_last_3d)
+                xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
+            with E.autocast(d, cfg.bf16):
+                out = ddp(xq, xk, shuffle_seed=E.derive_seed(cfg.seed, step, 1), symmetric=cfg.symmetric)
+            terms = compute_losses(out, b, cfg)            # fp32 losses outside autocast
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
+            # one sync per step; a non-finite step is never applied
+            E.check_finite({k_: v for k_, v in terms.items() if k_.startswith(("loss", "grad"))}, epoch, step, d)
+            opt.step()
+            step, n_done, win_n = step + 1, n_done + 1, win_n + 1
+            for k_, v in terms.items():
+                win[k_] = win.get(k_, 0.0) + v.detach().float()
+            stopped = bool(cfg.max_steps and step >= cfg.max_steps)
+            bar.update(1)
+            if step % cfg.log_every == 0 or n_done == steps_per_epoch or stopped:
+                vals = {k_: float(v) / win_n for k_, v in win.items()}   # one sync per window
+                wall = time.perf_counter() - t_win
+                for k_, v in vals.items():
+                    sums[k_] = sums.get(k_, 0.0) + v * win_n
+                mlog.write(kind="train", epoch=epoch, step=step, **vals, lr=opt.param_groups[0]["lr"],
+                           data_time=data_t / win_n, step_time=wall / win_n,
+                           clips_per_s=win_n * cfg.batch_size * d.world_size / max(wall, 1e-9))
+                bar.set_postfix(loss=f"{vals['loss']:.3f}", acc=f"{vals['acc']:.3f}")
+                win, win_n, data_t, t_win = {}, 0, 0.0, time.perf_counter()
+            t_last = time.perf_counter()
+            if stopped:
+                break
+        bar.close()
+        partial = n_done < steps_per_epoch                  # only a --max-steps stop cuts an epoch
+        keys = sorted(sums)
+        tot = E.all_reduce_sum([sums[k_] for k_ in keys] + [n_done], d)
+        metrics = {"epoch": epoch, "step": step, **{k_: v / max(tot[-1], 1) for k_, v in zip(keys, tot)},
+                   "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch}
+        E.broadcast_buffers(model, d)      # every rank evaluates / saves rank 0's BN statistics
+        if not partial:
+            sched.step()
+            if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
+        mlog.write(kind="epoch", **metrics, partial=partial)
+        log(f"[pretrain] epoch {epoch} step {step}: " + ", ".join(
+            f"{k_}={v:.4g}" for k_, v in metrics.items() if isinstance(v, float)))
+        save(epoch if partial else epoch + 1, partial)
+
+    digests = E.gather_objects(E.param_hash(model), d)   # every rank must hold the same model
+    if d.is_main:
+        mlog.write(kind="final", epoch=cfg.epochs, step=step, rank_param_hashes=digests)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks disagree on the parameters: {digests}")
+    return {"run_dir": run_dir, "checkpoint": last, "step": step, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    main()
