@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# The whole MAC pipeline, end to end, resumable:
+#
+#   bash run_all.sh                                   # = demo: synthetic data, CPU, ~15 minutes
+#   bash run_all.sh ucf101 [--data-root data/ucf101]  # the paper's setting (GPU)
+#   bash run_all.sh hmdb51 [--data-root data/hmdb51] [--ucf-root data/ucf101]
+#
+# Options:  --data-root DIR   dataset root (default data/<dataset>)
+#           --ucf-root DIR    hmdb51 only: UCF101 root for the pretraining (default data/ucf101)
+#           --run-id ID       run directory runs/<dataset>/<ID> (default: the preset's name)
+#           --pretrain-run ID hmdb51 only: the UCF101 run whose pretraining to use or create
+#                             (runs/ucf101/<ID>/pretrain; default ucf101, the ucf101 preset's run)
+#           --runs-root DIR   default runs;  --cache-dir DIR  default data_cache
+#           --allow-cpu       run the ucf101/hmdb51 presets without a GPU (very slow)
+# Overrides (after the options): STAGE.flag=value, STAGE in demo | extract | pretrain | finetune
+#   (both finetunings) | evaluate | retrieve | train (pretrain + finetune). Lists: comma-separated;
+#   booleans: true/false. Example: pretrain.epochs=5 finetune.batch-size=16 train.workers=4
+#
+# Stages: [data (demo)] -> preflight -> extract -> pretrain -> finetune [+ finetune_random] ->
+# evaluate [+ evaluate_random] -> retrieve [+ retrieve_random] -> summary. Each writes
+# <run>/stages/<stage>.done after it succeeded; rerunning the same command skips finished stages
+# and resumes the interrupted one from its last checkpoint. A run directory remembers the
+# preset and overrides it was started with and refuses different ones (use another --run-id).
+{ # the whole script is one block: bash parses it completely before running, so editing this file
+  # (or a git pull) while a run is in progress cannot change what that run executes
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source scripts/env.sh            # creates/activates .venv with the pinned requirements
+PY=python
+
+say() { printf '[run_all] %s\n' "$*"; }
+die() { printf '[run_all] error: %s\n' "$*" >&2; exit "${2:-2}"; }
+
+# ------------------------------------------------------------------------------ arguments
+PRESET=demo
+if [[ $# -gt 0 && $1 != -* && $1 != *=* ]]; then PRESET=$1; shift; fi
+case $PRESET in demo|ucf101|hmdb51) ;; *) die "unknown preset '$PRESET' (demo | ucf101 | hmdb51)";; esac
+DATA_ROOT="" UCF_ROOT="data/ucf101" RUN_ID="$PRESET" PT_RUN=ucf101 RUNS_ROOT=runs CACHE_DIR=data_cache ALLOW_CPU=0
+OVERRIDES=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --data-root) DATA_ROOT=$2; shift 2;;
+    --ucf-root) UCF_ROOT=$2; shift 2;;
+    --run-id) RUN_ID=$2; shift 2;;
+    --pretrain-run) PT_RUN=$2; shift 2;;
+    --runs-root) RUNS_ROOT=$2; shift 2;;
+    --cache-dir) CACHE_DIR=$2; shift 2;;
+    --allow-cpu) ALLOW_CPU=1; shift;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0;;
+    *=*) OVERRIDES+=("$1"); shift;;
+    *) die "unknown argument '$1' (overrides look like pretrain.epochs=5; see --help)";;
+  esac
+done
+DATASET=$PRESET
+DATA_ROOT=${DATA_ROOT:-data/$DATASET}
+RUN_DIR="$RUNS_ROOT/$DATASET/$RUN_ID"
+
+# overrides for one stage -> command-line flags
+flags_for() {   # flags_for STAGE [ALIAS...]: prints one flag/value per line
+  local o key val stage
+  for o in "${OVERRIDES[@]+"${OVERRIDES[@]}"}"; do
+    key=${o%%=*} val=${o#*=} stage=${key%%.*} key=${key#*.}
+    [[ " $* " == *" $stage "* ]] || continue
+    key=${key//_/-}
+    case $val in
+      true) echo "--$key";;
+      false) echo "--no-$key";;
+      *) echo "--$key"; tr ',' '\n' <<<"$val";;
+    esac
+  done
+}
+for o in "${OVERRIDES[@]+"${OVERRIDES[@]}"}"; do
+  case ${o%%.*} in demo|extract|pretrain|finetune|evaluate|retrieve|train) ;;
+    *) die "override '$o': the stage must be one of demo, extract, pretrain, finetune, evaluate, retrieve, train";; esac
+done
+
+# ------------------------------------------------------------------------------ presets
+# Everything not set here is the trainer's default, i.e. the paper's recipe (SPEC sections 2-5).
+MAC=(--method mac-sc --n 2 --k 4 --lambda 30 --m 0.5)
+case $PRESET in
+  demo)   # 2-core CPU, <= 15 min: R(2+1)D-10, 8-frame clips at 64x64, short schedules
+    BACKBONE=r2plus1d_10
+    CLIP=(--frames 8 --crop 64 --scales 64 72 80)
+    PRETRAIN=("${MAC[@]}" --backbone $BACKBONE "${CLIP[@]}" --epochs 30 --batch-size 8 --queue-size 256
+              --lr 0.01 --milestones 100 --eval-every 0 --log-every 9 --workers 1)
+    FINETUNE=("${CLIP[@]}" --stride 2 --epochs 12 --batch-size 8 --lr 0.01 --milestones 8 --val-every 0
+              --log-every 9 --workers 1)
+    EVAL=(--num-clips 10 --workers 1 --batch-size 4)
+    RETRIEVE=(--num-clips 10 --workers 1 --batch-size 4)
+    RANDOM_BASELINE=1;;
+  ucf101|hmdb51)   # the paper: MAC-SC-2, R(2+1)D-18, lambda 30, m 0.5, k 4, 300 / 150 epochs, split 1
+    BACKBONE=r2plus1d_18
+    PRETRAIN=("${MAC[@]}" --backbone $BACKBONE --epochs 300)
+    FINETUNE=(--epochs 150)
+    EVAL=(--num-clips 10)
+    RETRIEVE=(--num-clips 10)
+    RANDOM_BASELINE=0;;
+esac
+SPLIT=1
+# the pretraining dataset (hmdb51 pretrains on UCF101 and reuses a ucf101 run's pretraining)
+if [[ $PRESET == hmdb51 ]]; then
+  PT_DATASET=ucf101 PT_ROOT=$UCF_ROOT PT_DIR="$RUNS_ROOT/ucf101/$PT_RUN/pretrain"
+else
+  PT_DATASET=$DATASET PT_ROOT=$DATA_ROOT PT_DIR="$RUN_DIR/pretrain"
+fi
+mapfile -t X_EXTRACT < <(flags_for extract)
+mapfile -t X_PRETRAIN < <(flags_for pretrain train)
+mapfile -t X_FINETUNE < <(flags_for finetune train)
+mapfile -t X_EVAL < <(flags_for evaluate)
+mapfile -t X_RETRIEVE < <(flags_for retrieve)
+mapfile -t X_DEMO < <(flags_for demo)
+# the mask parameters (also used by extract): overridable as pretrain.lambda=10 pretrain.m=0.1
+LAMBDA=30 M=0.5
+for ((i = 0; i < ${#X_PRETRAIN[@]}; i++)); do
+  case ${X_PRETRAIN[i]} in --lambda) LAMBDA=${X_PRETRAIN[i + 1]};; --m) M=${X_PRETRAIN[i + 1]};; esac
+done
+
+# ------------------------------------------------------------------------------ checks
+if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then
+  $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' ||
+    die "the $PRESET preset is the paper's setting (300 + 150 epochs of R(2+1)D-18) and needs a CUDA GPU.
+Try the CPU demo: bash run_all.sh demo   (or pass --allow-cpu to run it anyway)"
+fi
+mkdir -p "$RUN_DIR/stages"
+# what the run's results depend on (not where the videos lie); checked once a stage past the
+# preflight has finished, so fixing a wrong --data-root after a failed preflight is no problem
+SIGNATURE="preset=$PRESET pretrain_run=$PT_RUN cache_dir=$CACHE_DIR overrides=${OVERRIDES[*]+"${OVERRIDES[*]}"}"
+started=$(find "$RUN_DIR/stages" -name '*.done' ! -name 'data.done' ! -name 'preflight*.done' | head -1)
+if [[ -n $started && -f $RUN_DIR/run_args.txt && $(cat "$RUN_DIR/run_args.txt") != "$SIGNATURE" ]]; then
+  die "$RUN_DIR was started with other settings:
+  $(cat "$RUN_DIR/run_args.txt")
+now:
+  $SIGNATURE
+Resume with the original settings, or start a new run with --run-id NEW_ID."
+fi
+echo "$SIGNATURE" >"$RUN_DIR/run_args.txt"
+say "preset $PRESET: dataset $DATASET at $DATA_ROOT, run directory $RUN_DIR"
+
+# ------------------------------------------------------------------------------ stage runner
+stage() {   # stage NAME COMMAND...: run unless <run>/stages/NAME.done exists; time it; mark it
+  local name=$1; shift
+  local marker="$RUN_DIR/stages/$name.done"
+  SKIPPED=0
+  if [[ -f $marker ]]; then
+    say "stage $name: done already ($marker), skipping"
+    SKIPPED=1
+    return 0
+  fi
+  say "=== stage $name: $*"
+  local t0 rc=0
+  t0=$(date +%s.%N)
+  "$@" || rc=$?
+  if [[ $rc != 0 ]]; then
+    say "stage $name FAILED (exit $rc). Fix the cause and rerun the same command: finished stages are skipped and $name resumes."
+    exit "$rc"
+  fi
+  $PY - "$marker" "$name" "$t0" "$(date +%s.%N)" "$@" <<'EOF'
+import datetime, json, os, sys
+marker, name, t0, t1, *cmd = sys.argv[1:]
+rec = {"stage": name, "wall_seconds": round(float(t1) - float(t0), 2), "command": cmd,
+       "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+open(marker + ".tmp", "w").write(json.dumps(rec) + "\n")
+os.replace(marker + ".tmp", marker)
+EOF
+  say "stage $name finished in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }') s"
+}
+
+preflight() {   # dataset layout, ffmpeg, disk; on a missing dataset: where to get it, and the demo
+  local ds=$1 root=$2
+  if ! $PY preprocess/extract_masks.py --doctor --dataset "$ds" --data-root "$root" --cache-dir "$CACHE_DIR" \
+      "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"; then
+    cat >&2 <<EOF
+[run_all] preflight failed for $ds at $root (details above).$(
+  [[ $ds != "$DATASET" ]] && printf '\n[run_all] (the %s preset pretrains on UCF101: pass --ucf-root DIR, or run "bash run_all.sh ucf101" first)' "$PRESET")
+[run_all] Put the dataset there in the layout shown (or pass --data-root DIR), or try the
+[run_all] self-contained demo first:   bash run_all.sh demo
+EOF
+    return 2
+  fi
+}
+
+extract() {     # idempotent: cached frames / masks are not recomputed
+  $PY preprocess/extract_masks.py --dataset "$1" --data-root "$2" --cache-dir "$CACHE_DIR" \
+    --lambda "$LAMBDA" --m "$M" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"
+}
+
+finetune() {    # finetune NAME INIT
+  $PY train/finetune.py --dataset "$DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" --init "$2" \
+    --backbone $BACKBONE --run-dir "$RUN_DIR/$1" --resume "${FINETUNE[@]}" \
+    "${X_FINETUNE[@]+"${X_FINETUNE[@]}"}"
+}
+
+evaluate() {    # evaluate FINETUNE_STAGE OUT_STAGE
+  local ck="$RUN_DIR/$1/best.pt"
+  [[ -f $ck ]] || ck="$RUN_DIR/$1/last.pt"
+  $PY train/evaluate.py --checkpoint "$ck" --cache-dir "$CACHE_DIR" --out-dir "$RUN_DIR/$2" \
+    "${EVAL[@]}" "${X_EVAL[@]+"${X_EVAL[@]}"}"
+}
+
+retrieve() {    # retrieve OUT_STAGE --checkpoint X | --init random
+  local out=$1; shift
+  $PY train/retrieve.py "$@" --dataset "$DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" \
+    --out-dir "$RUN_DIR/$out" "${RETRIEVE[@]}" "${X_RETRIEVE[@]+"${X_RETRIEVE[@]}"}"
+}
+
+pretrain() {
+  $PY train/pretrain.py --dataset "$PT_DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" --run-dir "$PT_DIR" \
+    --resume "${PRETRAIN[@]}" "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}"
+}
+
+# ------------------------------------------------------------------------------ the pipeline
+T_START=$(date +%s)
+if [[ $PRESET == demo ]]; then
+  stage data $PY preprocess/make_demo.py --root "$DATA_ROOT" "${X_DEMO[@]+"${X_DEMO[@]}"}"
+fi
+REUSE_PT=0
+if [[ $PT_DATASET != "$DATASET" && -f $PT_DIR/last.pt && -f $RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done ]]; then
+  REUSE_PT=1
+  say "reusing the UCF101 pretraining of run $PT_RUN: $PT_DIR/last.pt"
+  [[ -f $RUN_DIR/stages/pretrain.done ]] || cp "$RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done" "$RUN_DIR/stages/"
+fi
+if [[ $PT_DATASET != "$DATASET" && $REUSE_PT == 0 ]]; then
+  stage preflight_$PT_DATASET preflight "$PT_DATASET" "$PT_ROOT"
+fi
+stage preflight preflight "$DATASET" "$DATA_ROOT"
+if [[ $PT_DATASET != "$DATASET" && $REUSE_PT == 0 ]]; then
+  stage extract_$PT_DATASET extract "$PT_DATASET" "$PT_ROOT"
+fi
+stage extract extract "$DATASET" "$DATA_ROOT"
+stage pretrain pretrain     # hmdb51: into runs/ucf101/<run-id>/pretrain (a finished one is a no-op)
+stage finetune finetune finetune "$PT_DIR/last.pt"
+if [[ $RANDOM_BASELINE == 1 ]]; then stage finetune_random finetune finetune_random random; fi
+stage evaluate evaluate finetune evaluate
+if [[ $RANDOM_BASELINE == 1 ]]; then stage evaluate_random evaluate finetune_random evaluate_random; fi
+stage retrieve retrieve retrieve --checkpoint "$PT_DIR/last.pt"
+if [[ $RANDOM_BASELINE == 1 ]]; then
+  stage retrieve_random retrieve retrieve_random --init random --backbone $BACKBONE --config-from "$PT_DIR/last.pt"
+fi
+stage summary $PY train/report.py --run-dir "$RUN_DIR" --preset "$PRESET" --cache-dir "$CACHE_DIR" \
+  --pretrain-dir "$PT_DIR"
+if [[ $SKIPPED == 1 ]]; then cat "$RUN_DIR/results_table.md"; fi   # report.py printed it otherwise
+say "done in $(( $(date +%s) - T_START )) s (this invocation): $RUN_DIR/results.json, $RUN_DIR/summary.md"
+exit 0
+}

@@ -1,0 +1,89 @@
+"""The whole pipeline through run_all.sh on a tiny generated dataset in UCF101's layout
+(make_demo: 2 classes x 3 groups x 1 clip), tiny config; then a second run that must skip every
+finished stage via its marker; then the guards (changed settings, missing dataset)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["demo.classes=2", "demo.groups=3", "demo.clips=1", "demo.frames=16",
+        "train.frames=4", "train.crop=32", "train.scales=32,36", "train.batch-size=2", "train.epochs=1",
+        "train.workers=0", "train.progress=false", "pretrain.queue-size=16",
+        "evaluate.num-clips=2", "evaluate.workers=0", "retrieve.num-clips=2", "retrieve.workers=0",
+        "extract.workers=1"]
+STAGES = ["data", "preflight", "extract", "pretrain", "finetune", "finetune_random", "evaluate",
+          "evaluate_random", "retrieve", "retrieve_random", "summary"]
+
+
+def run_all(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(["bash", str(REPO / "run_all.sh"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _common(tmp: Path) -> list[str]:
+    return ["--data-root", str(tmp / "data"), "--runs-root", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"),
+            "--run-id", "tiny"]
+
+
+@pytest.mark.slow
+def test_chain_demo_tiny_and_resume(tmp_path):
+    from train.report import EVAL_KEYS, RETRIEVAL_KEYS
+
+    r = run_all(tmp_path, "demo", *_common(tmp_path), *TINY)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    run = tmp_path / "runs" / "demo" / "tiny"
+    res = json.loads((run / "results.json").read_text())
+    assert res["missing"] == []
+    for stage in ("evaluate", "evaluate_random"):
+        for k in EVAL_KEYS:
+            assert 0.0 <= res["metrics"][stage][k] <= 100.0, (stage, k)
+    for stage in ("retrieve", "retrieve_random"):
+        assert set(RETRIEVAL_KEYS) <= set(res["metrics"][stage])
+    for stage in ("pretrain", "finetune", "finetune_random"):
+        assert {"loss", "acc", "epochs"} <= set(res["metrics"][stage]) and res["configs"][stage]["epochs"] == 1
+        assert res["seeds"][stage] == 0 and res["devices"][stage]
+    assert res["configs"]["pretrain"]["crop"] == 32 and res["configs"]["finetune"]["init"].endswith("last.pt")
+    assert res["mask_params"]["lambda"] == 30 and res["mask_params"]["m"] == 0.5
+    assert res["cache_manifest_hash"] and "commit" in res["git"]
+    assert set(STAGES) - {"summary"} <= set(res["wall_seconds"])
+    # the random baseline retrieval saw the same clips as the pretrained one
+    assert res["configs"]["retrieve_random"]["crop"] == res["configs"]["retrieve"]["crop"] == 32
+    assert (run / "summary.md").read_text().count("| MAC-pretrained |") == 1
+    assert (run / "curves_pretrain.png").exists() and (run / "curves_finetune.png").exists()
+    assert (run / "evaluate" / "confusion.png").exists()
+    assert "| random init |" in r.stdout                     # the table is printed
+    markers = {s: (run / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
+
+    # second run: every stage skipped via its marker, nothing recomputed, the table printed again
+    r2 = run_all(tmp_path, "demo", *_common(tmp_path), *TINY)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    for s in STAGES:
+        assert f"stage {s}: done already" in r2.stdout
+    assert "=== stage" not in r2.stdout and "| MAC-pretrained |" in r2.stdout
+    assert markers == {s: (run / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
+
+    # an interrupted stage resumes: drop the last two markers and the summary, rerun
+    for s in ("retrieve_random", "summary"):
+        (run / "stages" / f"{s}.done").unlink()
+    r3 = run_all(tmp_path, "demo", *_common(tmp_path), *TINY)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "=== stage retrieve_random" in r3.stdout and "=== stage pretrain" not in r3.stdout
+
+    # the same run id with other settings is refused before anything runs
+    r4 = run_all(tmp_path, "demo", *_common(tmp_path), *TINY, "finetune.lr=0.5")
+    assert r4.returncode != 0 and "started with other settings" in r4.stderr
+
+
+def test_missing_dataset_explains_layout(tmp_path):
+    r = run_all(tmp_path, "ucf101", "--data-root", str(tmp_path / "nope"), "--runs-root", str(tmp_path / "runs"),
+                "--cache-dir", str(tmp_path / "cache"), "--allow-cpu")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "Expected layout" in out and "ucfTrainTestlist" in out and "bash run_all.sh demo" in out
+    assert "crcv.ucf.edu" in out
