@@ -188,10 +188,16 @@ def _state_equal(a: dict, b: dict, path: str = "") -> list[str]:
 
 def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_cache, tmp_path):
     args = tiny_args(tiny_cache, "--epochs", "4", "--steps-per-epoch", "1", "--eval-every", "2", "--seed", "3")
-    full = main([*args, "--run-dir", str(tmp_path / "full")])
+    # Every part runs in a fresh process with the same thread count: the test process's own
+    # state (thread pools, oneDNN caches left by earlier tests) may change the last bits of a
+    # float reduction, which says nothing about resuming.
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    script = [sys.executable, "train/pretrain.py", *args]
+    subprocess.run([*script, "--run-dir", str(tmp_path / "full")], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    full = {"checkpoint": tmp_path / "full" / "last.pt"}
 
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "train/pretrain.py", *args, "--run-dir", str(run)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -207,7 +213,8 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_cache, tmp_path):
         proc.wait()
     ck = E.load_checkpoint(run / "last.pt")
     assert 1 <= ck["epoch"] < 4, ck["epoch"]                      # really interrupted
-    resumed = main([*args, "--run-dir", str(run), "--resume"])
+    subprocess.run([*script, "--run-dir", str(run), "--resume"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    resumed = {"checkpoint": run / "last.pt"}
 
     a, b = E.load_checkpoint(full["checkpoint"]), E.load_checkpoint(resumed["checkpoint"])
     assert a["epoch"] == b["epoch"] == 4 and a["step"] == b["step"] == 4
