@@ -25,7 +25,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from preprocess.cache import (DEFAULT_VIDEOS_PER_SHARD, CacheError, DecodeParams, MaskParams, frame_set_dir,

@@ -387,7 +387,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import torch
 
     from train.engine import load_checkpoint
     from train.models import build_backbone
