@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench_decode import make_videos  # benchmarks/ is on sys.path when run as a script
 from preprocess.decode import ffmpeg_binary, ffmpeg_version, output_size, probe
+from preprocess.extract_masks import available_cores
 
 UCF101_FRAMES = 2_500_000
 
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--frames", type=int, default=175)
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--workers", type=int, default=available_cores())
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--long-minutes", type=float, default=5.0, help="0 skips the memory measurement")
     ap.add_argument("--demo-root", type=Path, default=Path("data/demo"))

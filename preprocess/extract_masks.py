@@ -38,6 +38,13 @@ EST_BYTES_PER_FRAME = 6500       # JPEG q90 4:2:0 at 128x171, measured on the de
 EST_BYTES_PER_MASK = 1500        # zlib'd soft mask at 128x171
 
 
+def available_cores() -> int:
+    """Cores this process may use (the affinity mask on Linux, e.g. under a cluster scheduler)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     dataset: str
@@ -68,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--short-side", type=int, default=128)
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--videos-per-shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--workers", type=int, default=available_cores(), help="parallel worker processes (default: all cores)")
     p.add_argument("--shard-index", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--force", action="store_true", help="rebuild frames and this mask set even if cached")

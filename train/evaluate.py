@@ -377,7 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--short-side", type=int, default=None, help="default 128 for crop 112 (scaled with the crop)")
     p.add_argument("--cache-dir", default=None, help="default: the checkpoint's, else data_cache")
     p.add_argument("--batch-size", type=int, default=4, help="videos per batch (each num_clips clips)")
-    p.add_argument("--workers", type=int, default=min(4, len(os.sched_getaffinity(0))))
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N videos (smoke tests)")
     p.add_argument("--out-dir", type=Path, default=None,

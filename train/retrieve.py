@@ -163,7 +163,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS))
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--batch-size", type=int, default=4, help="videos per batch")
-    p.add_argument("--workers", type=int, default=min(4, len(os.sched_getaffinity(0))))
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of --init random")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries and N gallery videos")
