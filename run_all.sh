@@ -194,8 +194,13 @@ EOF
 }
 
 extract() {     # idempotent: cached frames / masks are not recomputed
+  local rc=0
   $PY preprocess/extract_masks.py --dataset "$1" --data-root "$2" --cache-dir "$CACHE_DIR" \
-    --lambda "$LAMBDA" --m "$M" --mode "$MASK_MODE" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"
+    --lambda "$LAMBDA" --m "$M" --mode "$MASK_MODE" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
+  # exit 1: some videos could not be decoded (listed above and in failures.txt); every other
+  # video is cached, so training goes on without them, as it would with the videos missing
+  if [[ $rc == 1 ]]; then say "warning: some $1 videos failed to decode and are left out (see above)"; rc=0; fi
+  return $rc
 }
 
 finetune() {    # finetune NAME INIT
