@@ -115,19 +115,20 @@ mapfile -t X_FINETUNE < <(flags_for finetune train)
 mapfile -t X_EVAL < <(flags_for evaluate)
 mapfile -t X_RETRIEVE < <(flags_for retrieve)
 mapfile -t X_DEMO < <(flags_for demo)
-# the mask parameters (also used by extract): overridable as pretrain.lambda=10 pretrain.m=0.1
-# pretrain.mask-mode=soft
-MASK_MODE=soft
-LAMBDA=30 M=0.5
-for ((i = 0; i < ${#PRETRAIN[@]}; i++)); do   # the preset's own mask mode (demo: hard)
-  case ${PRETRAIN[i]} in --mask-mode) MASK_MODE=${PRETRAIN[i + 1]};; esac
-done
-for ((i = 0; i < ${#X_PRETRAIN[@]}; i++)); do
-  case ${X_PRETRAIN[i]} in
-    --lambda) LAMBDA=${X_PRETRAIN[i + 1]};; --m) M=${X_PRETRAIN[i + 1]};;
-    --mask-mode) MASK_MODE=${X_PRETRAIN[i + 1]};;
-  esac
-done
+# the mask parameters (also used by extract, which caches one mask set per stride the
+# pretraining draws): overridable as pretrain.lambda=10 pretrain.m=0.1 pretrain.strides=1,2
+LAMBDA=30 M=0.5 STRIDES=(1 2 3 4)
+scan_mask_flags() {   # scan_mask_flags FLAG...: the last --lambda / --m / --strides wins
+  local i j
+  local -a a=("$@")
+  for ((i = 0; i < ${#a[@]}; i++)); do
+    case ${a[i]} in
+      --lambda) LAMBDA=${a[i + 1]};; --m) M=${a[i + 1]};;
+      --strides) STRIDES=(); for ((j = i + 1; j < ${#a[@]} && ${a[j]} != -*; j++)); do STRIDES+=("${a[j]}"); done;;
+    esac
+  done
+}
+scan_mask_flags "${PRETRAIN[@]}" "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}"
 
 # ------------------------------------------------------------------------------ checks
 if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then
@@ -196,7 +197,7 @@ EOF
 extract() {     # idempotent: cached frames / masks are not recomputed
   local rc=0
   $PY preprocess/extract_masks.py --dataset "$1" --data-root "$2" --cache-dir "$CACHE_DIR" \
-    --lambda "$LAMBDA" --m "$M" --mode "$MASK_MODE" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
+    --lambda "$LAMBDA" --m "$M" --strides "${STRIDES[@]}" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
   # exit 1: some videos could not be decoded (listed above and in failures.txt); every other
   # video is cached, so training goes on without them, as it would with the videos missing
   if [[ $rc == 1 ]]; then say "warning: some $1 videos failed to decode and are left out (see above)"; rc=0; fi

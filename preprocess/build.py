@@ -14,8 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from preprocess.cache import (DecodeParams, MaskParams, ShardWriter, VideoRecord, decode_frame, encode_mask,
-                              encode_video, mask_set_dir, shard_name)
+from preprocess.cache import (DecodeParams, MaskSet, ShardWriter, VideoRecord, decode_frame, diff_streams,
+                              encode_video, mask_chunk, mask_set_dir, shard_name)
 
 READ_CHUNK_FRAMES = 256  # cached frames decoded per step when adding a mask set (bounded memory)
 
@@ -38,7 +38,7 @@ class ShardJob:
     decode: DecodeParams
     videos: tuple[SourceVideo, ...]
     build_frames: bool                  # False: frames are current, compute masks from them
-    mask_sets: tuple[MaskParams, ...]   # mask sets to (re)build for this shard
+    mask_sets: tuple[MaskSet, ...]      # mask sets (lambda, m, stride) to (re)build for this shard
     frames_uid: str | None = None       # uid of the current frame shard when build_frames is False
     ffmpeg: str | None = None
     chunk_frames: int = 16  # with the 1 MiB pipe, ffmpeg decodes ahead while a chunk is processed
@@ -53,16 +53,6 @@ class ShardResult:
     bytes_written: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path, reason)
-
-
-def _mask_streams(mask_sets: tuple[MaskParams, ...]) -> dict:
-    from preprocess.masks import MaskStream
-
-    return {p: MaskStream(p.lam, p.m, p.mode, p.dilate) for p in mask_sets}
-
-
-def _finish_streams(streams: dict) -> dict[MaskParams, list[bytes]]:
-    return {p: [encode_mask(m) for m in s.finish()] for p, s in streams.items()}
 
 
 def _report(progress, frames: int) -> None:
@@ -101,14 +91,13 @@ def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, prog
             # one ffmpeg process per video: it decodes and describes the video (src.info)
             src = open_video(video.path, short_side=job.decode.short_side, chunk_frames=job.chunk_frames,
                              timeout_s=job.timeout_s, binary=job.ffmpeg)
-            streams = _mask_streams(job.mask_sets)
+            streams = diff_streams(job.mask_sets)
             height = width = 0
             for chunk in src:
-                jpegs, masks = encode_video(chunk, job.decode, streams)
-                writer.add_frames(jpegs, masks)
+                # masks come from the JPEG pixels the trainer reads (see cache.encode_video)
+                writer.add_frames(*encode_video(chunk, job.decode, streams))
                 n += len(chunk)
                 height, width = chunk.shape[1:3]
-            writer.add_frames(None, _finish_streams(streams))
             if n < 2:
                 raise DecodeError(video.path, f"only {n} frame(s) decoded (need at least 2)")
         except (DecodeError, ValueError) as e:
@@ -134,15 +123,14 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
         offsets = f["jpeg_offsets"][()]
         blob = f["jpeg"]
         for i, name in enumerate(names):
-            streams = _mask_streams(job.mask_sets)
+            streams = diff_streams(job.mask_sets)
             first, n = int(cols["first_frame"][i]), int(cols["n_frames"][i])
             for lo in range(first, first + n, READ_CHUNK_FRAMES):
                 hi = min(lo + READ_CHUNK_FRAMES, first + n)
                 span = blob[offsets[lo]:offsets[hi]]
                 frames = np.stack([decode_frame(span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]])
                                    for g in range(lo, hi)])
-                writer.add_frames(None, {p: [encode_mask(m) for m in s.push(frames)] for p, s in streams.items()})
-            writer.add_frames(None, _finish_streams(streams))
+                writer.add_frames(None, *mask_chunk(frames, streams))
             writer.end_video(VideoRecord(name, int(cols["labels"][i]), tuple(int(x) for x in cols["splits"][i]), n,
                                          float(cols["fps"][i]), int(cols["height"][i]), int(cols["width"][i]),
                                          int(cols["source_size"][i]), int(cols["source_mtime_ns"][i])))

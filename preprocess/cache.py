@@ -6,9 +6,19 @@ per parameter set, so adding a set never rewrites frames or other sets):
     data_cache/<dataset>/<decode key>/              e.g. data_cache/ucf101/s128_q90_420/
         frames/shard-00000.h5 ...                   JPEG frames of videos 0..S-1 (sorted by path)
         frames/manifest.json                        per-video index of the whole frame set
-        masks-<mask key>/shard-00000.h5 ...         e.g. masks-lam30_m0.5_soft_dilate/
-        masks-<mask key>/manifest.json
+        masks-<lam/m>_stride<s>/shard-00000.h5 ...  e.g. masks-lam30_m0.5_stride2/: one mask set
+        masks-<lam/m>_stride<s>/manifest.json       per (lambda, m) and temporal stride s
         failures.txt                                the last run's failures, one line per video
+
+A mask set (lambda, m, stride s) stores, for every frame t of every video, the thresholded
+difference D(t) of Algorithm 1 (SPEC section 1: |I(t) - BG| where it exceeds lambda, else 0)
+against a background that runs over every s-th frame of the video, one phase per start offset
+t mod s: a stride-s training clip t0, t0+s, ... reads the differences of its own frame sequence,
+as the reference computes them per clip, except that the background at the clip's first frame
+carries the phase's history (the reference starts it at the clip). D is neither stretched nor
+dilated: the loader applies the per-frame min-max stretch over the clip's crop (exactly as the
+reference, which computes masks after cropping), the dilation and the first-mask rule, so the
+mask mode (soft/hard) and the dilation are sample-time options, not cache keys.
 
 Shard files (HDF5). Every frame of every video is stored as one independently decodable record in
 a flat uint8 blob, with an int64 offsets table: a clip read is one contiguous HDF5 read of the
@@ -16,8 +26,10 @@ byte range spanning the clip plus one small decode per needed frame.
 
     frames shard: jpeg[bytes], jpeg_offsets[F+1], and per video: names, labels, splits[V,3],
                   n_frames, first_frame, fps, height, width, source_size, source_mtime_ns
-    mask shard:   data[bytes] (uint8 HxW per frame, deflated with zlib's run-length strategy), offsets[F+1], names, n_frames
-                  attrs frames_uid = the uid of the frame shard the masks were computed from
+    mask shard:   data[bytes] (D, uint8 HxW per frame, deflated with zlib's run-length strategy), offsets[F+1],
+                  names, n_frames; attrs frames_uid = the uid of the frame shard the masks were computed
+                  from, masks = {lam, m, stride}, mask_format, stats (mean soft mask and coverage on a
+                  sample of frames, for `extract_masks.py --list`)
 
 Each shard is written to a temporary file and renamed into place when complete, so a file named
 shard-*.h5 is always whole. Validity: a frame shard is current when its decode parameters, video
@@ -45,6 +57,12 @@ import numpy as np
 import simplejpeg
 
 FORMAT_VERSION = 1
+# Mask sets: 2 = per-stride thresholded differences D with the reference's background arithmetic
+# (w = 1 - m; BG = trunc(w I + (1 - w) BG)). Format 1 (one set of soft masks per video over
+# consecutive frames, the update written (1 - m) I + m BG) is detected and never read.
+MASK_FORMAT = 2
+DEFAULT_STRIDES = (1, 2, 3, 4)
+MASK_STATS_EVERY = 4  # one frame in 4 feeds the per-set statistics (mean mask value, coverage)
 DEFAULT_VIDEOS_PER_SHARD = 32
 BLOB_CHUNK_BYTES = 1 << 16  # small: the last, partly filled chunk of a shard is allocated whole
 MASK_ZLIB_LEVEL = 1
@@ -68,30 +86,63 @@ class DecodeParams:
 
 @dataclass(frozen=True)
 class MaskParams:
-    """Everything that determines a mask set (together with the frame set it is computed from)."""
+    """Algorithm 1's parameters: the threshold lambda and m, the weight of the OLD background."""
 
     lam: int = 30
     m: float = 0.5
-    mode: str = "soft"
-    dilate: bool = True
 
     def key(self) -> str:
-        return f"lam{self.lam}_m{self.m:g}_{self.mode}_{'dilate' if self.dilate else 'nodilate'}"
+        return f"lam{self.lam}_m{self.m:g}"
+
+    def at(self, stride: int) -> "MaskSet":
+        return MaskSet(self.lam, self.m, int(stride))
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """One stored mask set: Algorithm 1's parameters and the temporal stride of its phases.
+    Together with the frame set it is computed from, this determines every stored byte."""
+
+    lam: int = 30
+    m: float = 0.5
+    stride: int = 1
+
+    @property
+    def params(self) -> MaskParams:
+        return MaskParams(self.lam, self.m)
+
+    def key(self) -> str:
+        return f"{self.params.key()}_stride{self.stride}"
 
 
 def frame_set_dir(cache_dir: str | Path, dataset: str, decode: DecodeParams) -> Path:
     return Path(cache_dir) / dataset / decode.key()
 
 
-def mask_set_dir(frame_set: Path, masks: MaskParams) -> Path:
-    return frame_set / f"masks-{masks.key()}"
+def mask_set_dir(frame_set: Path, mask_set: MaskSet) -> Path:
+    return frame_set / f"masks-{mask_set.key()}"
+
+
+def old_mask_sets(frame_set: Path) -> list[Path]:
+    """Mask-set folders of an older format (e.g. masks-lam30_m0.5_soft_dilate: soft masks per
+    video over consecutive frames): never read, reported so that the user can replace them."""
+    old = []
+    for manifest in sorted(frame_set.glob("masks-*/manifest.json")):
+        try:
+            fmt = json.loads(manifest.read_text()).get("mask_format", 1)
+        except (OSError, ValueError):
+            continue
+        if fmt != MASK_FORMAT:
+            old.append(manifest.parent)
+    return old
 
 
 def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}.h5"
 
 
-def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, masks: MaskParams | None) -> str:
+def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, masks: MaskParams | None,
+                    strides: Sequence[int] = DEFAULT_STRIDES) -> str:
     """The exact command that builds what `open_cache` was asked for."""
     cmd = ["python preprocess/extract_masks.py", f"--dataset {dataset}"]
     if str(cache_dir) != "data_cache":
@@ -100,10 +151,8 @@ def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, m
         cmd.append(f"--short-side {decode.short_side} --jpeg-quality {decode.jpeg_quality}")
     if masks is not None:
         cmd.append(f"--lambda {masks.lam} --m {masks.m:g}")
-        if masks.mode != "soft":
-            cmd.append(f"--mode {masks.mode}")
-        if not masks.dilate:
-            cmd.append("--no-dilate")
+        if tuple(strides) != DEFAULT_STRIDES:
+            cmd.append("--strides " + " ".join(str(s) for s in strides))
     return " ".join(cmd)
 
 
@@ -145,7 +194,8 @@ def _tmp_path(final: Path) -> Path:
 def software_versions() -> dict[str, str]:
     import numba
 
-    return {"format": str(FORMAT_VERSION), "numpy": np.__version__, "h5py": h5py.__version__,
+    return {"format": str(FORMAT_VERSION), "mask_format": str(MASK_FORMAT), "numpy": np.__version__,
+            "h5py": h5py.__version__,
             "hdf5": h5py.version.hdf5_version, "numba": numba.__version__,
             "simplejpeg": simplejpeg.__version__}
 
@@ -188,15 +238,56 @@ class VideoRecord:
     source_mtime_ns: int
 
 
-class ShardWriter:
-    """Writes one frame shard and, alongside, one mask shard per mask parameter set.
+@dataclass
+class MaskStats:
+    """Sums over sampled frames of a mask set: the mean soft mask value (dilated, the reference's
+    default mask, stretched over the whole frame) and the coverage (share of non-zero pixels)."""
 
-    Usage: `add_frames(records, masks_by_set)` per decoded chunk, `end_video(row)` per video,
-    `fail(...)` for a video that could not be processed, then `commit()` (atomic rename of every
-    file) or `abort()`. Either all files of the shard appear complete, or none changes.
+    frames: int = 0
+    pixels: int = 0
+    mask_sum: float = 0.0     # sum of mask values / 255
+    nonzero: int = 0
+
+    def add_diffs(self, diffs: np.ndarray) -> None:
+        """Account for sampled frames of D uint8 [t, H, W] (every MASK_STATS_EVERY-th one)."""
+        from preprocess.masks import masks_from_diffs
+
+        sample = diffs[::MASK_STATS_EVERY]
+        if len(sample) == 0:
+            return
+        masks = masks_from_diffs(sample, "soft", True)
+        self.frames += len(sample)
+        self.pixels += masks.size
+        self.mask_sum += float(masks.sum(dtype=np.int64)) / 255.0
+        self.nonzero += int(np.count_nonzero(masks))
+
+    def merge(self, other: "MaskStats") -> None:
+        self.frames += other.frames
+        self.pixels += other.pixels
+        self.mask_sum += other.mask_sum
+        self.nonzero += other.nonzero
+
+    @property
+    def mean(self) -> float:
+        return self.mask_sum / self.pixels if self.pixels else float("nan")
+
+    @property
+    def coverage(self) -> float:
+        return self.nonzero / self.pixels if self.pixels else float("nan")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ShardWriter:
+    """Writes one frame shard and, alongside, one shard per mask set (lambda, m, stride).
+
+    Usage: `add_frames(records, masks_by_set, diffs_by_set)` per decoded chunk, `end_video(row)`
+    per video, `fail(...)` for a video that could not be processed, then `commit()` (atomic rename
+    of every file) or `abort()`. Either all files of the shard appear complete, or none changes.
     """
 
-    def __init__(self, frames_path: Path | None, mask_paths: dict[MaskParams, Path], *,
+    def __init__(self, frames_path: Path | None, mask_paths: dict[MaskSet, Path], *,
                  dataset: str, shard_id: int, decode: DecodeParams, frames_uid: str | None,
                  extra_attrs: dict | None = None):
         self.frames_path, self.mask_paths = frames_path, dict(mask_paths)
@@ -206,6 +297,8 @@ class ShardWriter:
         self.failures: list[dict] = []
         self._frames_in_video = 0
         self._masks_in_video = {p: 0 for p in self.mask_paths}
+        self._stats = {p: MaskStats() for p in self.mask_paths}
+        self._stats_video = {p: MaskStats() for p in self.mask_paths}
         common = {"format_version": FORMAT_VERSION, "dataset": dataset, "shard_id": shard_id,
                   "decode": json.dumps(asdict(decode)), "versions": json.dumps(software_versions()),
                   **(extra_attrs or {})}
@@ -220,7 +313,10 @@ class ShardWriter:
                 f = self._open(path, params)
                 f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(),
                                 "frames_uid": self.uid, "masks": json.dumps(asdict(params)),
-                                "codec": "zlib-rle"})
+                                "mask_format": MASK_FORMAT, "codec": "zlib-rle",
+                                "content": "Algorithm 1 thresholded difference D per frame, against the "
+                                           "background of the frame's phase (t mod stride); not stretched, "
+                                           "not dilated"})
                 self._blobs[params] = _BlobWriter(f, "data")
         except BaseException:
             self.abort()
@@ -231,13 +327,18 @@ class ShardWriter:
         self._files[key] = h5py.File(_tmp_path(final), "w")
         return self._files[key]
 
-    def add_frames(self, jpegs: Sequence[bytes] | None, masks: dict[MaskParams, Sequence[bytes]]) -> None:
+    def add_frames(self, jpegs: Sequence[bytes] | None, masks: dict[MaskSet, Sequence[bytes]],
+                   diffs: dict[MaskSet, np.ndarray] | None = None) -> None:
+        """Append a chunk: JPEG records, mask records per set, and (for the statistics) the
+        chunk's D arrays per set."""
         if jpegs is not None:
             self._blobs["frames"].append(jpegs)
             self._frames_in_video += len(jpegs)
         for params, recs in masks.items():
             self._blobs[params].append(recs)
             self._masks_in_video[params] += len(recs)
+        for params, d in (diffs or {}).items():
+            self._stats_video[params].add_diffs(d)
 
     def end_video(self, row: VideoRecord) -> None:
         counts = set(self._masks_in_video.values())
@@ -248,6 +349,9 @@ class ShardWriter:
         self.rows.append(row)
         self._frames_in_video = 0
         self._masks_in_video = {p: 0 for p in self._masks_in_video}
+        for p, st in self._stats_video.items():
+            self._stats[p].merge(st)
+        self._stats_video = {p: MaskStats() for p in self._stats_video}
 
     def fail(self, name: str, reason: str, source_size: int, source_mtime_ns: int) -> None:
         """Drop the partial records of the current video and remember why it failed."""
@@ -257,6 +361,7 @@ class ShardWriter:
             blob.data.resize((blob.offsets[-1],))
         self._frames_in_video = 0
         self._masks_in_video = {p: 0 for p in self._masks_in_video}
+        self._stats_video = {p: MaskStats() for p in self._stats_video}
         self.failures.append({"name": name, "reason": reason, "source_size": source_size,
                               "source_mtime_ns": source_mtime_ns})
 
@@ -271,6 +376,8 @@ class ShardWriter:
                          data=np.asarray(self._blobs[key].offsets, dtype=np.int64))
         f.attrs["failed"] = json.dumps(self.failures)
         f.attrs["n_videos"] = len(rows)
+        if key != "frames":
+            f.attrs["stats"] = json.dumps(self._stats[key].to_dict())
         if key == "frames":
             f.create_dataset("labels", data=np.array([r.label for r in rows], dtype=np.int32))
             f.create_dataset("splits", data=np.array([r.splits for r in rows], dtype=np.int8).reshape(-1, 3))
@@ -352,7 +459,9 @@ def frames_shard_is_current(info: ShardInfo, decode: DecodeParams, planned: Sequ
     return None
 
 
-def mask_shard_is_current(info: ShardInfo, masks: MaskParams, frames_uid: str) -> str | None:
+def mask_shard_is_current(info: ShardInfo, masks: MaskSet, frames_uid: str) -> str | None:
+    if int(info.attrs.get("mask_format", 1)) != MASK_FORMAT:
+        return f"mask format {int(info.attrs.get('mask_format', 1))} (current: {MASK_FORMAT})"
     if json.loads(info.attrs.get("masks", "{}")) != asdict(masks):
         return "mask parameters differ"
     if str(info.attrs.get("frames_uid")) != frames_uid:
@@ -398,9 +507,10 @@ def write_frames_manifest(frame_set: Path, dataset: str, classes: Sequence[str],
     return manifest
 
 
-def write_masks_manifest(frame_set: Path, masks: MaskParams, frames_manifest: dict) -> dict:
+def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict) -> dict:
     mdir = mask_set_dir(frame_set, masks)
     present, stale = [], []
+    stats = MaskStats()
     for shard_id in frames_manifest["shards_present"]:
         path = mdir / shard_name(shard_id)
         if not path.exists():
@@ -408,9 +518,13 @@ def write_masks_manifest(frame_set: Path, masks: MaskParams, frames_manifest: di
         info = read_shard_info(path)
         if mask_shard_is_current(info, masks, frames_manifest["shard_uids"][str(shard_id)]) is None:
             present.append(shard_id)
+            stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
         else:
             stale.append(shard_id)
-    manifest = {"format_version": FORMAT_VERSION, "masks": asdict(masks), "shards_present": present,
+    manifest = {"format_version": FORMAT_VERSION, "mask_format": MASK_FORMAT, "masks": asdict(masks),
+                "stats": {**stats.to_dict(), "mean": stats.mean if stats.pixels else None,
+                          "coverage": stats.coverage if stats.pixels else None},
+                "shards_present": present,
                 "stale": stale, "frames_shard_uids": {str(k): frames_manifest["shard_uids"][str(k)] for k in present},
                 "complete": frames_manifest["complete"] and len(present) == frames_manifest["n_shards"]}
     mdir.mkdir(parents=True, exist_ok=True)
@@ -443,6 +557,7 @@ class CacheIndex:
     decode: DecodeParams
     masks: MaskParams | None
     manifest_hash: str
+    strides: tuple[int, ...] = ()     # the cached mask sets' strides (masks is not None)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -458,16 +573,27 @@ class CacheIndex:
     def frames_path(self, shard: int) -> Path:
         return self.root / "frames" / shard_name(shard)
 
-    def masks_path(self, shard: int) -> Path:
-        assert self.masks is not None
-        return mask_set_dir(self.root, self.masks) / shard_name(shard)
+    def mask_set(self, stride: int) -> MaskSet:
+        if self.masks is None:
+            raise CacheError("this CacheIndex was opened without mask sets (open_cache(..., masks=MaskParams(...)))")
+        if int(stride) not in self.strides:
+            raise CacheError(f"stride {stride} is not among the mask sets opened ({self.strides}); open the "
+                             f"cache with strides including it, after building it with:\n  "
+                             f"{extract_command(self.dataset, self.root.parent.parent, self.decode, self.masks, (int(stride),))}")
+        return self.masks.at(stride)
+
+    def masks_path(self, shard: int, stride: int) -> Path:
+        return mask_set_dir(self.root, self.mask_set(stride)) / shard_name(shard)
 
 
 def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
-               decode: DecodeParams = DecodeParams(), masks: MaskParams | None = None) -> CacheIndex:
-    """Load the index of a frame set (and check a mask set), or explain exactly what to run."""
+               decode: DecodeParams = DecodeParams(), masks: MaskParams | None = None,
+               strides: Sequence[int] = DEFAULT_STRIDES) -> CacheIndex:
+    """Load the index of a frame set and check the mask sets of (masks, stride) for every
+    stride in `strides`, or explain exactly what to run."""
     root = frame_set_dir(cache_dir, dataset, decode)
-    fix = extract_command(dataset, cache_dir, decode, masks)
+    strides = tuple(int(x) for x in strides) if masks is not None else ()
+    fix = extract_command(dataset, cache_dir, decode, masks, strides or DEFAULT_STRIDES)
     manifest_path = root / "frames" / "manifest.json"
     if not manifest_path.exists():
         others = sorted(p.name for p in (Path(cache_dir) / dataset).glob("*/frames/manifest.json"))
@@ -484,16 +610,15 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
         raise CacheError(f"{manifest_path}: frame cache incomplete, shards {missing[:10]} missing "
                          f"(an interrupted run, or parts of a --num-shards job not merged yet). Finish it with:\n  {fix}")
     digest = hashlib.sha256(raw)
-    if masks is not None:
-        mpath = mask_set_dir(root, masks) / "manifest.json"
+    for stride in strides:
+        mset = masks.at(stride)
+        mpath = mask_set_dir(root, mset) / "manifest.json"
         if not mpath.exists():
-            have = sorted(p.parent.name for p in root.glob("masks-*/manifest.json"))
-            raise CacheError(f"mask set {masks.key()} is not cached for {dataset} ({mpath} missing; cached: "
-                             f"{', '.join(have) or 'none'}).\nBuild it with:\n  {fix}")
+            raise CacheError(_missing_mask_set_message(root, dataset, mset, mpath, fix))
         mraw = mpath.read_bytes()
         mman = json.loads(mraw)
         if not mman["complete"] or mman["frames_shard_uids"] != {k: manifest["shard_uids"][k] for k in mman["frames_shard_uids"]}:
-            raise CacheError(f"{mpath}: mask set {masks.key()} is incomplete or was computed from other frames "
+            raise CacheError(f"{mpath}: mask set {mset.key()} is incomplete or was computed from other frames "
                              f"(stale shards {mman.get('stale', [])}). Rebuild it with:\n  {fix}")
         digest.update(mraw)
     v = manifest["videos"]
@@ -508,7 +633,45 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
         splits=np.array([x["splits"] for x in v], dtype=np.int8).reshape(-1, 3),
         shard=np.array([x["shard"] for x in v], dtype=np.int32),
         first_frame=np.array([x["first_frame"] for x in v], dtype=np.int64),
-        decode=decode, masks=masks, manifest_hash=digest.hexdigest()[:16])
+        decode=decode, masks=masks, manifest_hash=digest.hexdigest()[:16], strides=strides)
+
+
+def _missing_mask_set_message(root: Path, dataset: str, mset: MaskSet, mpath: Path, fix: str) -> str:
+    have = sorted(p.parent.name for p in root.glob("masks-*/manifest.json"))
+    old = old_mask_sets(root)
+    msg = (f"mask set {mset.key()} is not cached for {dataset} ({mpath} missing; cached: "
+           f"{', '.join(have) or 'none'}).\n")
+    if old:
+        msg += (f"This cache holds mask sets of an older format ({', '.join(p.name for p in old)}): soft masks "
+                f"computed once per video over consecutive frames, much weaker than the reference's for "
+                f"strides 2-4, and no longer read. Add the per-stride sets from the cached frames (no video is "
+                f"decoded again; the frames stay as they are) with:\n  {fix}\n"
+                f"then delete the old folders: rm -r {' '.join(str(p) for p in old)}")
+    else:
+        msg += f"Build it with:\n  {fix}"
+    return msg
+
+
+def clip_stride(indices: np.ndarray) -> tuple[int, bool]:
+    """(stride s, regular) of a clip's frame indices t0, t0 + s, t0 + 2s, ...; regular is False
+    when the clip runs past the end of its video, as the reference samples it: the indices are
+    clamped to the last frame (a last step shorter than s, then repeats). ValueError for
+    anything else."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"clip indices must be a non-empty 1-D array, got shape {idx.shape}")
+    steps = np.diff(idx)
+    if steps.size == 0:
+        return 1, True
+    s = int(steps[0])
+    if s >= 1 and (steps == s).all():
+        return s, True
+    k = int(np.flatnonzero(steps != s)[0])                     # first step that is not s
+    tail = steps[k + 1:] if 0 < steps[k] < s else steps[k:]    # one shorter step is allowed
+    if s < 1 or (tail != 0).any():
+        raise ValueError(f"clip indices must step by a constant stride >= 1 (a clip past the end of its video "
+                         f"then repeats the last index), got {idx.tolist()}")
+    return s, False
 
 
 class ClipReader:
@@ -520,15 +683,19 @@ class ClipReader:
 
     def __init__(self, index: CacheIndex):
         self.index = index
-        self._files: dict[tuple[str, int], tuple[h5py.File, h5py.Dataset, np.ndarray]] = {}
+        self._files: dict[tuple[object, int], tuple[h5py.File, h5py.Dataset, np.ndarray]] = {}
 
     def __getstate__(self) -> dict:
         return {"index": self.index, "_files": {}}
 
-    def _open(self, kind: str, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray]:
+    def _path(self, kind: object, shard: int) -> Path:
+        """kind: "frames", or a stride (int) for that stride's mask set."""
+        return self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard, int(kind))
+
+    def _open(self, kind: object, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray]:
         key = (kind, shard)
         if key not in self._files:
-            path = self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard)
+            path = self._path(kind, shard)
             try:
                 f = h5py.File(path, "r")
                 blob = f["jpeg" if kind == "frames" else "data"]
@@ -538,7 +705,7 @@ class ClipReader:
             self._files[key] = (f, blob, offsets)
         return self._files[key]
 
-    def _records(self, kind: str, video: int, indices: np.ndarray) -> list[np.ndarray]:
+    def _records(self, kind: object, video: int, indices: np.ndarray) -> list[np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
         n = int(self.index.n_frames[video])
         if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
@@ -551,7 +718,7 @@ class ClipReader:
         try:
             span = blob[start:stop]  # one contiguous read covering the whole clip
         except OSError as e:
-            path = self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard)
+            path = self._path(kind, shard)
             raise CacheError(f"{path}: read failed ({e}); the shard is damaged, rebuild it") from e
         recs = [span[offsets[g] - start:offsets[g + 1] - start] for g in global_idx]
         return recs
@@ -564,16 +731,54 @@ class ClipReader:
             decode_frame(record, frame)  # straight into the clip array, no stacking copy
         return out
 
-    def masks(self, video: int, indices: np.ndarray) -> np.ndarray:
-        """uint8 [T,H,W] masks (0..255) of frames `indices` of video `video`."""
-        if self.index.masks is None:
-            raise CacheError("this CacheIndex was opened without a mask set (open_cache(..., masks=MaskParams(...)))")
+    def diffs(self, video: int, indices: np.ndarray, stride: int) -> np.ndarray:
+        """uint8 [T,H,W]: the stored thresholded differences D of frames `indices` in the mask set
+        of `stride` (frame t against the background of its phase t mod stride)."""
+        self.index.mask_set(stride)          # a clear error if that stride was not opened
         h, w = int(self.index.heights[video]), int(self.index.widths[video])
-        recs = self._records("masks", video, indices)
+        recs = self._records(int(stride), video, indices)
         out = np.empty((len(recs), h, w), np.uint8)
-        for record, mask in zip(recs, out):
-            mask[...] = decode_mask(record, h, w)
+        for record, d in zip(recs, out):
+            d[...] = decode_mask(record, h, w)
         return out
+
+    def clip_diffs(self, video: int, indices: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [T,H,W]: the thresholded differences D of the clip `indices` (t0, t0 + s, ...),
+        with the clip's first-mask rule applied (D[0] = D[1]). A regular clip reads them from the
+        mask set of stride s. A clip past the end of its video (clamped indices: only videos
+        shorter than the clip's span) is computed from its own frames with Algorithm 1 (exact;
+        pass `frames`, the clip's decoded frames, to avoid decoding them again)."""
+        from preprocess.masks import stride_diffs
+
+        indices = np.asarray(indices, dtype=np.int64)
+        stride, regular = clip_stride(indices)
+        if regular:
+            d = self.diffs(video, indices, stride)
+        else:
+            if self.index.masks is None:
+                raise CacheError("this CacheIndex was opened without mask sets (open_cache(..., masks=MaskParams(...)))")
+            if frames is None:
+                frames = self.frames(video, indices)
+            d = stride_diffs(frames, self.index.masks.lam, self.index.masks.m, 1)
+        if len(d) >= 2:
+            d[0] = d[1]        # the first mask is replaced by the second (on D: the same thing)
+        return d
+
+    def masks(self, video: int, indices: np.ndarray, mode: str = "soft", dilate: bool = True) -> np.ndarray:
+        """uint8 [T,H,W]: the masks of the clip `indices` of video `video` at cached resolution,
+        before any spatial augmentation, as a stride-s clip gets them from the cache.
+
+        `indices` are a clip's frames: t0, t0 + s, t0 + 2s, ... (a constant step s >= 1, which
+        selects the mask set of stride s; clamped to the last frame past the end of the video,
+        as `train.mac.sample_clip_indices` and the reference sample them). Per frame the D is
+        stretched over the whole frame (soft) or thresholded (hard) and dilated, and the clip's
+        first mask is replaced by its second, as Algorithm 1 does for a clip. For a clip that
+        starts at its phase's first frame (t0 < s) or runs past the video's end, the result is
+        bit-exact to Algorithm 1 run on `frames(video, indices)`; for later starts the
+        background carries the phase's earlier frames (SPEC section 1 gives the agreement)."""
+        from preprocess.masks import masks_from_diffs
+
+        return masks_from_diffs(self.clip_diffs(video, indices), mode, dilate)
 
     def close(self) -> None:
         for f, _, _ in self._files.values():
@@ -591,40 +796,68 @@ class ClipReader:
 # Building a cache from arrays (tests, synthetic data): the same writer and mask code as the
 # ffmpeg pipeline, minus the decoding.
 
-def encode_video(frames_chunk: np.ndarray, decode: DecodeParams, streams: dict) -> tuple[list[bytes], dict]:
-    """JPEG-encode a chunk of frames and feed the decoded JPEG pixels to each mask stream.
+def diff_streams(mask_sets: Sequence[MaskSet]) -> dict:
+    """One DiffStream per (lambda, m) of `mask_sets`, computing exactly the strides asked of it
+    (one grey conversion per frame serves them all)."""
+    from preprocess.masks import DiffStream
 
-    Returns the JPEG records and, per mask parameter set, the mask records that became final.
+    strides: dict = {}
+    for ms in mask_sets:
+        strides.setdefault(ms.params, []).append(ms.stride)
+    return {p: DiffStream(p.lam, p.m, tuple(sorted(set(s)))) for p, s in strides.items()}
+
+
+def mask_chunk(decoded: np.ndarray, streams: dict, only: Sequence[MaskSet] | None = None
+               ) -> tuple[dict[MaskSet, list[bytes]], dict[MaskSet, np.ndarray]]:
+    """Feed decoded frames [t,H,W,3] to the streams: (records, D arrays) per mask set (restricted
+    to `only` when given)."""
+    from preprocess.masks import grey_opencv
+
+    grey = grey_opencv(decoded)
+    records, diffs = {}, {}
+    for p, stream in streams.items():
+        for stride, d in stream.push_grey(grey).items():
+            ms = p.at(stride)
+            if only is None or ms in only:
+                records[ms] = [encode_mask(x) for x in d]
+                diffs[ms] = d
+    return records, diffs
+
+
+def encode_video(frames_chunk: np.ndarray, decode: DecodeParams, streams: dict
+                 ) -> tuple[list[bytes], dict[MaskSet, list[bytes]], dict[MaskSet, np.ndarray]]:
+    """JPEG-encode a chunk of frames and feed the decoded JPEG pixels to the diff streams.
+
+    Returns the JPEG records and, per mask set, the D records and arrays of the chunk.
     """
     jpegs = [encode_frame(f, decode) for f in frames_chunk]
     decoded = np.stack([decode_frame(j) for j in jpegs])
-    return jpegs, {p: [encode_mask(m) for m in s.push(decoded)] for p, s in streams.items()}
+    records, diffs = mask_chunk(decoded, streams)
+    return jpegs, records, diffs
 
 
 def write_cache_from_arrays(cache_dir: str | Path, dataset: str, classes: Sequence[str],
                             videos: Iterable[tuple[str, int, tuple[int, int, int], np.ndarray, float]],
                             decode: DecodeParams = DecodeParams(), masks: Sequence[MaskParams] = (MaskParams(),),
-                            videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD) -> Path:
-    """Write a complete cache from in-memory videos [(rel_path, label, splits, frames uint8 [T,H,W,3], fps)]."""
-    from preprocess.masks import MaskStream
-
+                            videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD,
+                            strides: Sequence[int] = DEFAULT_STRIDES) -> Path:
+    """Write a complete cache from in-memory videos [(rel_path, label, splits, frames uint8 [T,H,W,3], fps)],
+    with the mask sets of every (lambda, m) in `masks` at every stride in `strides`."""
     videos = sorted(videos, key=lambda v: v[0])
     root = frame_set_dir(cache_dir, dataset, decode)
     n_shards = max(1, -(-len(videos) // videos_per_shard))
+    sets = [p.at(s) for p in masks for s in strides]
     for shard_id in range(n_shards):
         writer = ShardWriter(root / "frames" / shard_name(shard_id),
-                             {p: mask_set_dir(root, p) / shard_name(shard_id) for p in masks},
+                             {ms: mask_set_dir(root, ms) / shard_name(shard_id) for ms in sets},
                              dataset=dataset, shard_id=shard_id, decode=decode, frames_uid=None)
         for name, label, splits, frames, fps in videos[shard_id * videos_per_shard:(shard_id + 1) * videos_per_shard]:
-            streams = {p: MaskStream(p.lam, p.m, p.mode, p.dilate) for p in masks}
-            jpegs, mrecs = encode_video(frames, decode, streams)
-            for p, s in streams.items():
-                mrecs[p] += [encode_mask(m) for m in s.finish()]
-            writer.add_frames(jpegs, mrecs)
+            jpegs, mrecs, diffs = encode_video(frames, decode, diff_streams(sets))
+            writer.add_frames(jpegs, mrecs, diffs)
             writer.end_video(VideoRecord(name, int(label), tuple(splits), len(frames), float(fps),
                                          frames.shape[1], frames.shape[2], 0, 0))
         writer.commit()
     manifest = write_frames_manifest(root, dataset, classes, decode, n_shards, videos_per_shard)
-    for p in masks:
-        write_masks_manifest(root, p, manifest)
+    for ms in sets:
+        write_masks_manifest(root, ms, manifest)
     return root

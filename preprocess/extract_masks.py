@@ -3,12 +3,17 @@
     python preprocess/extract_masks.py --lambda 30 --m 0.5             # UCF101 under data/ucf101
     python preprocess/extract_masks.py --dataset hmdb51 --data-root /data/hmdb51 --lambda 10 --m 0.5
     python preprocess/extract_masks.py --dataset demo                  # the built-in demo set
-    python preprocess/extract_masks.py --list                          # what is cached
+    python preprocess/extract_masks.py --lambda 30 --m 0.5 --strides 5 # add stride 5 (no decoding)
+    python preprocess/extract_masks.py --list                          # what is cached, mask statistics
     python preprocess/extract_masks.py --doctor                        # preflight only
 
-Frames are cached once per dataset and decode parameters; each (lambda, m, mode, dilation) gets its
-own mask set beside them. Running again with the same parameters recomputes nothing; a new lambda/m
-computes masks from the cached frames without running ffmpeg; a changed source file is redone.
+Frames are cached once per dataset and decode parameters; each (lambda, m, stride) gets its own
+mask set beside them: the thresholded differences of Algorithm 1 with the background run over
+every stride-th frame, which is what a clip of that stride computes in the reference (the
+trainer draws strides 1-4, the default --strides). The soft/hard mode and the dilation are
+applied per clip by the trainer, over its crop, so they are not part of the cache. Running again
+with the same parameters recomputes nothing; a new lambda/m/stride computes masks from the cached
+frames without running ffmpeg and touches no other file; a changed source file is redone.
 Cluster job arrays: `--shard-index I --num-shards N` builds the shards with id % N == I, into the
 same (shared) cache directory; the last part to finish writes the complete manifest, and rerunning
 without --shard-index afterwards only verifies and indexes.
@@ -28,9 +33,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess.cache import (DEFAULT_VIDEOS_PER_SHARD, CacheError, DecodeParams, MaskParams, frame_set_dir,
-                              frames_shard_is_current, mask_set_dir, mask_shard_is_current, read_shard_info,
-                              shard_name, write_frames_manifest, write_masks_manifest)
+from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FORMAT, CacheError, DecodeParams,
+                              MaskParams, MaskSet, frame_set_dir, frames_shard_is_current, mask_set_dir,
+                              mask_shard_is_current, old_mask_sets, read_shard_info, shard_name,
+                              write_frames_manifest, write_masks_manifest)
 from preprocess.build import ShardJob, ShardResult, SourceVideo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +58,7 @@ class ExtractConfig:
     cache_dir: Path
     decode: DecodeParams
     masks: MaskParams
+    strides: tuple[int, ...]
     videos_per_shard: int
     workers: int
     shard_index: int
@@ -68,10 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default="ucf101", choices=("ucf101", "hmdb51", "folder", "demo"))
     p.add_argument("--data-root", type=Path, help="dataset root (default data/<dataset>)")
     p.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
-    p.add_argument("--lambda", dest="lam", type=int, default=30, help="threshold lambda (paper: 10, 30, 60)")
-    p.add_argument("--m", type=float, default=0.5, help="weight of the OLD background (paper: 0.1, 0.5, 1)")
-    p.add_argument("--mode", choices=("soft", "hard"), default="soft")
-    p.add_argument("--dilate", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--lambda", dest="lam", type=int, default=30, help="threshold lambda, 0..255 (paper: 10, 30, 60)")
+    p.add_argument("--m", type=float, default=0.5, help="weight of the OLD background, 0..1 (paper: 0.1, 0.5, 1)")
+    p.add_argument("--strides", type=int, nargs="+", default=list(DEFAULT_STRIDES),
+                   help="temporal strides to cache mask sets for (the trainer's --strides)")
     p.add_argument("--short-side", type=int, default=128)
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--videos-per-shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD)
@@ -85,10 +92,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="list what is cached and exit")
     p.add_argument("--doctor", action="store_true", help="preflight checks only")
     args = p.parse_args(argv)
-    if not 0 <= args.shard_index < args.num_shards:
-        p.error(f"--shard-index must be in 0..{args.num_shards - 1}")
+    # Run-level values are checked here, before any video is touched: a bad value is a problem of
+    # the command, never recorded as a failure of the videos.
+    if not 0 <= args.lam <= 255:
+        p.error(f"--lambda {args.lam}: must be an integer in 0..255 (grey levels; the paper uses 10, 30, 60)")
+    if not 0.0 <= args.m <= 1.0:   # also rejects nan
+        p.error(f"--m {args.m}: must be in [0, 1] (the weight of the old background; the paper uses 0.1, 0.5, 1)")
+    if min(args.strides) < 1 or len(set(args.strides)) != len(args.strides):
+        p.error(f"--strides {' '.join(map(str, args.strides))}: must be distinct integers >= 1")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        p.error(f"--shard-index {args.shard_index} --num-shards {args.num_shards}: need num-shards >= 1 and "
+                f"0 <= shard-index < num-shards")
     if args.workers < 1 or args.videos_per_shard < 1:
         p.error("--workers and --videos-per-shard must be >= 1")
+    if not 16 <= args.short_side <= 4096 or not 1 <= args.jpeg_quality <= 100:
+        p.error("--short-side must be in 16..4096 and --jpeg-quality in 1..100")
+    if args.chunk_frames < 1 or (args.timeout is not None and not args.timeout > 0):
+        p.error("--chunk-frames must be >= 1 and --timeout > 0")
     return args
 
 
@@ -96,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         dataset=args.dataset, data_root=args.data_root or Path("data") / args.dataset, cache_dir=args.cache_dir,
         decode=DecodeParams(args.short_side, args.jpeg_quality),
-        masks=MaskParams(args.lam, args.m, args.mode, args.dilate), videos_per_shard=args.videos_per_shard,
+        masks=MaskParams(args.lam, args.m), strides=tuple(sorted(args.strides)), videos_per_shard=args.videos_per_shard,
         workers=args.workers, shard_index=args.shard_index, num_shards=args.num_shards, force=args.force,
         retry_failed=args.retry_failed, timeout_s=args.timeout, chunk_frames=args.chunk_frames)
 
@@ -109,32 +129,43 @@ def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None)
     frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
     n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     jobs, skipped, notes = [], 0, []
+    wanted = requested_sets(cfg)
+    cached = _cached_mask_sets(frame_set)
     for shard_id in range(cfg.shard_index, n_shards, cfg.num_shards):
         part = tuple(videos[shard_id * cfg.videos_per_shard:(shard_id + 1) * cfg.videos_per_shard])
         fpath = frame_set / "frames" / shard_name(shard_id)
-        mpath = mask_set_dir(frame_set, cfg.masks) / shard_name(shard_id)
-        for stale in list(fpath.parent.glob(f".{fpath.name}.tmp-*")) + list(mpath.parent.glob(f".{mpath.name}.tmp-*")):
-            stale.unlink(missing_ok=True)  # left by a killed run; never mistaken for a shard
+        mpaths = {ms: mask_set_dir(frame_set, ms) / shard_name(shard_id) for ms in wanted}
+        for path in (fpath, *mpaths.values()):
+            for stale in path.parent.glob(f".{path.name}.tmp-*"):
+                stale.unlink(missing_ok=True)  # left by a killed run; never mistaken for a shard
         why = "forced" if cfg.force else _frames_stale(fpath, cfg, part)
         if why is None:
             info = read_shard_info(fpath)
-            mask_why = _mask_stale(mpath, cfg.masks, info.uid)
-            if mask_why is None:
+            todo = []
+            for ms, mpath in mpaths.items():
+                mask_why = _mask_stale(mpath, ms, info.uid)
+                if mask_why is not None:
+                    notes.append(f"shard {shard_id}: mask set {ms.key()}: {mask_why}")
+                    todo.append(ms)
+            if not todo:
                 skipped += len(part)
                 continue
-            notes.append(f"shard {shard_id}: mask set {cfg.masks.key()}: {mask_why}")
             jobs.append(ShardJob(cfg.dataset, shard_id, frame_set, cfg.decode,
-                                 tuple(v for v in part if v.name in set(info.names)), False, (cfg.masks,),
+                                 tuple(v for v in part if v.name in set(info.names)), False, tuple(todo),
                                  frames_uid=info.uid, chunk_frames=cfg.chunk_frames))
             skipped += len(part) - len(jobs[-1].videos)  # known failures stay failed
         else:
             notes.append(f"shard {shard_id}: frames: {why}")
             # Rebuilding frames invalidates every mask set of this shard: rebuild the cached ones too.
-            other_sets = [s for s in _cached_mask_sets(frame_set) if s != cfg.masks and (mask_set_dir(frame_set, s) / shard_name(shard_id)).exists()]
+            others = [ms for ms in cached if ms not in wanted and (mask_set_dir(frame_set, ms) / shard_name(shard_id)).exists()]
             jobs.append(ShardJob(cfg.dataset, shard_id, frame_set, cfg.decode, part, True,
-                                 (cfg.masks, *other_sets), ffmpeg=ffmpeg, chunk_frames=cfg.chunk_frames,
+                                 (*wanted, *others), ffmpeg=ffmpeg, chunk_frames=cfg.chunk_frames,
                                  timeout_s=cfg.timeout_s))
     return jobs, skipped, notes
+
+
+def requested_sets(cfg: ExtractConfig) -> tuple[MaskSet, ...]:
+    return tuple(cfg.masks.at(s) for s in cfg.strides)
 
 
 def _frames_stale(path: Path, cfg: ExtractConfig, part: tuple[SourceVideo, ...]) -> str | None:
@@ -150,7 +181,7 @@ def _frames_stale(path: Path, cfg: ExtractConfig, part: tuple[SourceVideo, ...])
     return why
 
 
-def _mask_stale(path: Path, masks: MaskParams, frames_uid: str) -> str | None:
+def _mask_stale(path: Path, masks: MaskSet, frames_uid: str) -> str | None:
     if not path.exists():
         return "not cached"
     try:
@@ -159,12 +190,15 @@ def _mask_stale(path: Path, masks: MaskParams, frames_uid: str) -> str | None:
         return f"damaged ({e})"
 
 
-def _cached_mask_sets(frame_set: Path) -> list[MaskParams]:
+def _cached_mask_sets(frame_set: Path) -> list[MaskSet]:
+    """The mask sets of the current format that have a manifest (older formats are skipped)."""
     sets = []
     for manifest in sorted(frame_set.glob("masks-*/manifest.json")):
         try:
-            sets.append(MaskParams(**json.loads(manifest.read_text())["masks"]))
-        except (ValueError, KeyError, TypeError):
+            m = json.loads(manifest.read_text())
+            if m.get("mask_format") == MASK_FORMAT:
+                sets.append(MaskSet(**m["masks"]))
+        except (OSError, ValueError, KeyError, TypeError):
             continue
     return sets
 
@@ -306,12 +340,34 @@ def list_cache(cache_dir: Path) -> None:
         rows.append(f"{m['dataset']:<8} {frame_set.name:<16} frames  videos={len(m['videos']):<6} "
                     f"failed={len(m['failed']):<4} frames={n_frames:<9} size={size / 1e6:9.1f} MB "
                     f"{'complete' if m['complete'] else 'INCOMPLETE'}  {m['decode']}")
-        for mm in sorted(frame_set.glob("masks-*/manifest.json")):
+        old = set(old_mask_sets(frame_set))
+        for mm in sorted(frame_set.glob("masks-*/manifest.json"), key=_set_order):
             mk = json.loads(mm.read_text())
             msize = sum(p.stat().st_size for p in mm.parent.glob("shard-*.h5"))
-            rows.append(f"{'':<8} {'':<16} {mm.parent.name:<40} size={msize / 1e6:9.1f} MB "
-                        f"{'complete' if mk['complete'] else 'INCOMPLETE'}  {mk['masks']}")
+            if mm.parent in old:
+                rows.append(f"{'':<8} {'':<16} {mm.parent.name:<34} size={msize / 1e6:9.1f} MB  OLD FORMAT, not "
+                            f"read (per-video masks); add per-stride sets with extract_masks.py, then delete it")
+                continue
+            rows.append(f"{'':<8} {'':<16} {mm.parent.name:<34} size={msize / 1e6:9.1f} MB "
+                        f"{'complete  ' if mk['complete'] else 'INCOMPLETE'}  {_stats_text(mk.get('stats'))}")
     print("\n".join(rows) if rows else f"nothing cached under {cache_dir}")
+
+
+def _set_order(manifest: Path):
+    """Mask sets listed by (lambda, m, stride), numerically."""
+    try:
+        ms = json.loads(manifest.read_text())["masks"]
+        return (0, ms["lam"], ms["m"], ms.get("stride", 0), "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return (1, 0, 0, 0, manifest.parent.name)
+
+
+def _stats_text(stats: dict | None) -> str:
+    """'mean mask 0.052, coverage 0.18' (soft, dilated, over sampled frames), or why unknown."""
+    if not stats or not stats.get("pixels"):
+        return "mask statistics: none (no frames)"
+    return (f"mean mask {stats['mask_sum'] / stats['pixels']:.3f}, coverage {stats['nonzero'] / stats['pixels']:.3f} "
+            f"({stats['frames']:,} sampled frames)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [ShardJob(**{**j.__dict__, "ffmpeg": binary}) if j.build_frames else j for j in jobs]
     if not jobs:
         print(f"[extract] everything is cached already ({skipped} videos, {cfg.decode.key()}, "
-              f"masks {cfg.masks.key()}): nothing to do")
+              f"masks {cfg.masks.key()} at strides {', '.join(map(str, cfg.strides))}): nothing to do")
     else:
         for note in notes[:10]:
             print(f"[extract] {note}")
@@ -362,8 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     # Index what is on disk now (all parts of a job array write the same cache directory).
     n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     manifest = write_frames_manifest(frame_set, cfg.dataset, index.classes, cfg.decode, n_shards, cfg.videos_per_shard)
-    for params in {cfg.masks, *_cached_mask_sets(frame_set)}:
-        write_masks_manifest(frame_set, params, manifest)
+    mask_manifests = {ms: write_masks_manifest(frame_set, ms, manifest)
+                      for ms in {*requested_sets(cfg), *_cached_mask_sets(frame_set)}}
+    for ms in requested_sets(cfg):
+        print(f"[extract] mask set {ms.key()}: {_stats_text(mask_manifests[ms]['stats'])}")
+    old = old_mask_sets(frame_set)
+    if old:
+        print(f"[extract] note: older-format mask sets are not read any more and can be deleted: "
+              f"rm -r {' '.join(str(p) for p in old)}")
 
     failures = [f for r in results for f in r.failures]
     fresh = {name for name, _, _ in failures}

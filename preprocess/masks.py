@@ -1,43 +1,61 @@
 """Foreground masks (MAC paper, Algorithm 1), bit-exact to the reference implementation.
 
-See SPEC.md section 1. Per video, over consecutive frames, on the grey image ``I(t)``::
+See SPEC.md section 1. Over a sequence of frames, on the grey image ``I(t)``::
 
     I       = (9798 R + 19235 G + 3735 B + 2**14) >> 15        (OpenCV's uint8 RGB->grey)
     BG      = I(0)                                              (uint8)
     for t = 0 .. T-1:                                           (the update runs on frame 0 too)
         diff(t) = |I(t) - BG|                                   (integers)
-        D(t)    = diff(t) where diff(t) > lam, else 0
+        D(t)    = diff(t) where diff(t) > lam, else 0           (the thresholded difference)
         mask(t) = soft: trunc((D - min D) / ((max D - min D) + 2.22e-16) * 255)   (float64)
                   hard: 255 where D > 0, else 0
         mask(t) = max(mask[y, x], mask[y-1, x], mask[y, x-1])   (if dilate; outside ignored)
-        BG      = uint8(trunc((1 - m) * I(t) + m * BG))         (float64, m weights the OLD BG)
+        w       = 1 - m                                         (the reference's `momentum`)
+        BG      = uint8(trunc(w * I(t) + (1 - w) * BG))         (float64; m weights the OLD BG)
     mask(0) = mask(1)                                           (the first mask is always empty)
+
+The reference runs this on each training clip's own frames (a stride-s clip compares frames s
+apart, and its background starts at the clip's first frame). The cache therefore stores, per
+stride s, the thresholded difference ``D`` of every frame against a background that runs over
+every s-th frame of the video (one phase per start offset, ``t mod s``): a stride-s clip reads
+the D of its own frame sequence, and the clip-level steps (min-max stretch over the crop,
+dilation, first-mask rule) run in the loader, where the crop is known. ``D`` is thresholded but
+neither stretched nor dilated, so the soft/hard mode and the dilation are sample-time choices.
 
 Public API
 ----------
 ``foreground_masks(frames, lam=30, m=0.5, mode="soft", dilate=True)``
-    uint8 [T,H,W,3] RGB -> uint8 [T,H,W]; the fast (numba) implementation.
+    uint8 [T,H,W,3] RGB -> uint8 [T,H,W]: Algorithm 1 on consecutive frames, the fast (numba)
+    implementation (used on each augmented clip by the loader's exact mode).
 ``foreground_masks_reference(...)``
     same signature and result: a plain vectorised-numpy twin written for clarity (the tests
     compare the two bit for bit).
-``grey_opencv(frames)``
-    uint8 [...,3] RGB -> uint8 [...]: OpenCV's fixed-point grey conversion.
-``MaskStream(lam=30, m=0.5, mode="soft", dilate=True)``
-    the same masks computed over decode chunks with the background carried across chunks:
-    ``push(rgb [t,H,W,3])`` / ``push_grey(grey [t,H,W])`` return the masks final so far (mask 0 is
-    held back until mask 1 is known), ``finish()`` returns the rest (raises ValueError if fewer
-    than 2 frames were pushed in total). The concatenation of everything returned equals
-    ``foreground_masks(all frames)`` for any chunking. ``push`` and ``push_grey`` may be mixed
-    (``push_grey(grey_opencv(rgb))`` is exactly ``push(rgb)``).
 ``foreground_masks_grey(grey, ...)``
     one-shot variant for callers that already hold OpenCV-converted grey frames [T,H,W].
+``grey_opencv(frames)``
+    uint8 [...,3] RGB -> uint8 [...]: OpenCV's fixed-point grey conversion.
+``DiffStream(lam=30, m=0.5, strides=(1, 2, 3, 4))``
+    the per-stride thresholded differences of a video fed in decode chunks:
+    ``push(rgb [t,H,W,3])`` / ``push_grey(grey [t,H,W])`` return ``{stride: D uint8 [t,H,W]}``
+    for the frames pushed, frame ``i`` compared with the background of its phase ``i mod s``
+    (the first frame of a phase starts its background, so its D is 0). Concatenating the
+    returned chunks equals ``stride_diffs(all frames, ...)`` for any chunking.
+``stride_diffs(frames, lam, m, stride)`` / ``stride_diffs_reference(...)``
+    one-shot per-stride D of RGB frames [T,H,W,3] -> uint8 [T,H,W] (numba / numpy twin).
+``masks_from_diffs(D, mode="soft", dilate=True)`` / ``masks_from_diffs_reference(...)``
+    uint8 [T,H,W] -> uint8 [T,H,W]: the stretch (min-max per frame over the given D, so over
+    the crop when D is a crop) or the hard threshold, and the dilation, bit-exact to the steps
+    of Algorithm 1 (no first-mask rule: the caller applies it to the clip). So
+    ``foreground_masks(x)`` == ``masks_from_diffs(stride_diffs(x, stride=1))`` with mask 0
+    replaced by mask 1, and for any stride s and phase p the masks of the frame sequence
+    ``x[p::s]`` are ``masks_from_diffs(stride_diffs(x, stride=s)[p::s])`` with the same rule.
 
 Implementation notes
 --------------------
 The kernels are ``@njit(cache=True, nogil=True)`` and strictly serial: parallelism is across
 videos in worker processes, so ``NUMBA_NUM_THREADS`` has no effect on them (there is no prange;
-they never start numba's thread pool). They are pure: the background state comes in as an argument
-and the new state goes out as a result.
+they never start numba's thread pool). Background state comes in as an argument and goes out
+as a result (or is updated in an array the caller owns).
 
 Per frame, over L1-resident buffers (one frame of 112x112 is 12.5 KB per plane):
 
@@ -49,13 +67,14 @@ Per frame, over L1-resident buffers (one frame of 112x112 is 12.5 KB per plane):
 
 Exactness without float64 per pixel:
 
-* BG update: ``trunc(w_new * I + w_old * BG)`` with ``w_new = 1.0 - m``, ``w_old = m`` is a
-  function of two bytes, so a 256x256 uint8 table built once per ``m`` with exactly that numpy
-  float64 expression reproduces it bit for bit. When that table equals an integer formula
-  ``(A * I + B * BG) >> S`` at all 65,536 entries (dyadic m such as 0.5, 0.25, 0 or 1: the float
-  arithmetic is then exact) the kernel uses the formula, which vectorises; the check is
-  exhaustive, so this is exact by construction. Other m (0.1, 0.3, ...) use the table (a gather,
-  about 1.5x slower overall).
+* BG update: ``trunc(w * I + (1 - w) * BG)`` with ``w = 1.0 - m`` is a function of two bytes,
+  so a 256x256 uint8 table built once per ``m`` with exactly that numpy float64 expression
+  reproduces it bit for bit. Writing it as ``(1 - m) * I + m * BG`` instead would differ for
+  m = 0.1 (``1 - (1 - 0.1)`` is not ``0.1`` in floating point): 358 of the 65,536 entries.
+  When the table equals an integer formula ``(A * I + B * BG) >> S`` at all 65,536 entries
+  (dyadic m such as 0.5, 0.25, 0 or 1: the float arithmetic is then exact) the kernel uses the
+  formula, which vectorises; the check is exhaustive, so this is exact by construction. Other m
+  (0.1, 0.3, ...) use the table (a gather, about 1.5x slower overall).
 * Soft normalisation: the value of a pixel depends only on ``k = D - min D`` and on the frame's
   range ``R = max D - min D`` (both integers in 0..255). For every R a multiplier K is found at
   import such that ``(k * K) >> 16`` (uint32) equals the reference's float64 expression for every
@@ -63,7 +82,8 @@ Exactness without float64 per pixel:
   at all. If some R had no such K (it does not happen on IEEE float64), frames with that range
   fall back to a 256-entry table evaluated per frame with the float64 expression itself.
   Both the multiplier and the table are non-decreasing in k, so ``max(f(a), f(b), f(c)) ==
-  f(max(a, b, c))``: dilation is done on D and the value computed once per pixel.
+  f(max(a, b, c))``: dilation is done on D and the value computed once per pixel. The same
+  argument makes stretching a stored D later (over a crop) exact.
 """
 
 from __future__ import annotations
@@ -79,7 +99,11 @@ __all__ = [
     "foreground_masks_reference",
     "foreground_masks_grey",
     "grey_opencv",
-    "MaskStream",
+    "DiffStream",
+    "stride_diffs",
+    "stride_diffs_reference",
+    "masks_from_diffs",
+    "masks_from_diffs_reference",
     "bg_update_table",
     "soft_values",
     "EPS",
@@ -193,11 +217,11 @@ def grey_opencv(frames: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 def bg_update_table(m: float) -> np.ndarray:
-    """uint8 [256 (I), 256 (BG)]: ``uint8(trunc((1.0 - m) * I + m * BG))`` in float64.
-
-    Exactly the per-pixel expression of the reference (and of the numpy twin)."""
+    """uint8 [256 (I), 256 (BG)]: ``uint8(trunc(w * I + (1.0 - w) * BG))`` with ``w = 1.0 - m``,
+    in float64: exactly the per-pixel expression of the reference, whose parameter is the new
+    frame's weight ``w`` (its ``momentum``), and of the numpy twin."""
     w_new = 1.0 - float(m)
-    w_old = float(m)
+    w_old = 1.0 - w_new
     i = np.arange(256, dtype=np.float64)[:, None]
     b = np.arange(256, dtype=np.float64)[None, :]
     return (w_new * i + w_old * b).astype(np.uint8)
@@ -218,7 +242,7 @@ def _bg_plan(m: float):
     ii = np.arange(256, dtype=np.int64)[:, None]
     bb = np.arange(256, dtype=np.int64)[None, :]
     for s in range(0, 9):
-        a = round((1.0 - m) * (1 << s))
+        a = round((1.0 - m) * (1 << s))   # candidate only: accepted if exhaustively equal
         b = (1 << s) - a
         if a < 0 or b < 0:
             continue
@@ -494,8 +518,8 @@ def foreground_masks_reference(frames: np.ndarray, lam=30, m=0.5, mode: str = "s
     lam_i, m_f, soft, dil = _check_params(lam, m, mode, dilate)
     frames = _check_rgb(frames)
     grey = _grey_numpy(frames)
-    w_new = 1.0 - m_f   # weight of the new frame (the reference's `momentum`)
-    w_old = m_f         # weight of the old background (the paper's m)
+    w_new = 1.0 - m_f     # weight of the new frame (the reference's `momentum`)
+    w_old = 1.0 - w_new   # computed as the reference does: not m itself (m = 0.1 differs)
     T, H, W = grey.shape
     out = np.empty((T, H, W), np.uint8)
     bg = grey[0].copy()                                        # BG(0) = I(0), uint8
@@ -516,71 +540,182 @@ def foreground_masks_reference(frames: np.ndarray, lam=30, m=0.5, mode: str = "s
 
 
 # --------------------------------------------------------------------------------------------
-# streaming
+# per-stride thresholded differences, and masks from them
 # --------------------------------------------------------------------------------------------
 
-class MaskStream:
-    """Foreground masks over decode chunks, the background carried across chunks.
+@njit(cache=True, nogil=True)
+def _diffs_kernel(grey, t0, stride, bgs, lam, plan, table, a, b, s):
+    """grey uint8 [T,H,W]: frames t0 .. t0+T-1 of a video. bgs uint8 [stride, H*W]: the
+    background of each phase (frame t belongs to phase t % stride), updated in place. A frame
+    with t < stride starts its phase's background (BG = I, so its D is 0).
+    Returns D uint8 [T,H,W], the thresholded difference of each frame against its phase's
+    background (Algorithm 1's diff > lam, before any normalisation or dilation)."""
+    T, H, W = grey.shape
+    N = H * W
+    out = np.empty((T, H, W), np.uint8)
+    gf = grey.reshape(T, N)
+    of = out.reshape(T, N)
+    table_flat = table.reshape(65536)
+    bg_next = np.empty(N, np.uint8)
+    for i in range(T):
+        t = t0 + i
+        ph = t % stride
+        bg = bgs[ph]
+        g = gf[i]
+        if t < stride:
+            bg[:] = g
+        _diff_into(g, bg, of[i], np.int32(lam), np.int32(255), np.int32(0))
+        if plan == 1:
+            _bg_arith(g, bg, bg_next, np.uint32(a), np.uint32(b), np.uint32(s))
+        else:
+            _bg_table(g, bg, bg_next, table_flat)
+        bg[:] = bg_next
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _masks_from_diffs_kernel(diffs, soft, dilate, mults):
+    """diffs uint8 [T,H,W] (C-contiguous) -> masks uint8 [T,H,W]: per frame, the min/max of D
+    over the whole given array, then the exact soft values (or 255) with the fused dilation."""
+    T, H, W = diffs.shape
+    N = H * W
+    out = np.empty((T, H, W), np.uint8)
+    dm = np.empty((H, W), np.uint8)
+    lut = np.zeros(256, np.uint8)
+    for t in range(T):
+        d2 = diffs[t]
+        o2 = out[t]
+        if not soft:
+            _out_hard(d2, o2, dilate)
+            continue
+        mn = np.int32(255)
+        mx = np.int32(0)
+        df = d2.reshape(N)
+        for i in range(N):
+            v = np.int32(df[i])
+            mn = min(mn, v)
+            mx = max(mx, v)
+        if mults[mx - mn] >= 0:
+            _out_soft_fixed(d2, o2, mn, mults[mx - mn], dilate)
+        else:
+            _out_soft_table(d2, dm, o2.reshape(N), mn, mx, lut, dilate)
+    return out
+
+
+def _check_strides(strides) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in strides)
+    except TypeError:
+        out = (int(strides),)
+    if not out or min(out) < 1 or len(set(out)) != len(out):
+        raise ValueError(f"strides must be distinct integers >= 1, got {strides!r}")
+    return out
+
+
+def _check_diffs(diffs, what="diffs"):
+    if not isinstance(diffs, np.ndarray) or diffs.dtype != np.uint8 or diffs.ndim != 3:
+        got = getattr(diffs, "shape", type(diffs).__name__)
+        raise ValueError(f"{what} must be a uint8 numpy array [T, H, W], got {got}")
+    if diffs.shape[1] < 1 or diffs.shape[2] < 1:
+        raise ValueError(f"{what} must have H >= 1 and W >= 1, got {diffs.shape}")
+    return np.ascontiguousarray(diffs)
+
+
+def masks_from_diffs(diffs: np.ndarray, mode: str = "soft", dilate: bool = True) -> np.ndarray:
+    """Masks from thresholded differences D uint8 [T, H, W]: per frame the reference's soft
+    stretch over the given pixels (``trunc((D - min D) / ((max D - min D) + 2.22e-16) * 255)``)
+    or the hard 255, then the 2x2 elliptical dilation. Bit-exact to those steps of Algorithm 1;
+    the first-mask rule is the caller's (it belongs to a clip, not to a frame)."""
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected 'soft' or 'hard'")
+    diffs = _check_diffs(diffs)
+    if diffs.shape[0] == 0:
+        return np.empty(diffs.shape, np.uint8)
+    return _masks_from_diffs_kernel(diffs, mode == "soft", bool(dilate), _SOFT_MULTS)
+
+
+def masks_from_diffs_reference(diffs: np.ndarray, mode: str = "soft", dilate: bool = True) -> np.ndarray:
+    """Plain numpy twin of masks_from_diffs (same result bit for bit)."""
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected 'soft' or 'hard'")
+    diffs = _check_diffs(diffs)
+    out = np.empty(diffs.shape, np.uint8)
+    for t, D in enumerate(diffs.astype(np.int64)):
+        if mode == "soft":
+            mask = ((D - D.min()) / ((D.max() - D.min()) + 2.22e-16) * 255).astype(np.uint8)
+        else:
+            mask = np.where(D > 0, 255, 0).astype(np.uint8)
+        out[t] = _dilate_reference(mask) if dilate else mask
+    return out
+
+
+def stride_diffs(frames: np.ndarray, lam=30, m=0.5, stride: int = 1) -> np.ndarray:
+    """Per-stride thresholded differences of a whole video, RGB uint8 [T, H, W, 3] -> uint8
+    [T, H, W]: frame t against the background of its phase t % stride (see DiffStream)."""
+    frames = _check_rgb(frames, min_frames=0)
+    return DiffStream(lam, m, (stride,)).push(frames)[_check_strides((stride,))[0]]
+
+
+def stride_diffs_reference(frames: np.ndarray, lam=30, m=0.5, stride: int = 1) -> np.ndarray:
+    """Plain numpy twin of stride_diffs: Algorithm 1's D run separately over each phase's
+    frame sequence ``frames[p::stride]``."""
+    lam_i, m_f, _, _ = _check_params(lam, m, "soft", True)
+    (stride,) = _check_strides((stride,))
+    grey = _grey_numpy(_check_rgb(frames, min_frames=0)).astype(np.int32)
+    w_new = 1.0 - m_f
+    w_old = 1.0 - w_new
+    out = np.zeros(grey.shape, np.uint8)
+    for p in range(min(stride, len(grey))):
+        bg = grey[p].astype(np.uint8)                          # BG(0) = I(0) of the phase
+        for t in range(p, len(grey), stride):
+            diff = np.abs(grey[t] - bg.astype(np.int32))
+            out[t] = np.where(diff <= lam_i, 0, diff)
+            bg = (w_new * grey[t].astype(np.float64) + w_old * bg.astype(np.float64)).astype(np.uint8)
+    return out
+
+
+class DiffStream:
+    """Per-stride thresholded differences over decode chunks, every phase's background carried
+    across chunks.
 
     ``push(rgb)`` (uint8 [t,H,W,3]) or ``push_grey(grey)`` (uint8 [t,H,W], from grey_opencv)
-    returns the masks that are final so far, uint8 [k,H,W]; mask 0 is held back until mask 1 is
-    known (it is replaced by mask 1). ``finish()`` returns whatever is left (uint8 [k,H,W]) and
-    raises ValueError if fewer than 2 frames were pushed in total. Concatenating every returned
-    array gives exactly ``foreground_masks(all frames, ...)``, whatever the chunking. Chunks of
-    0 frames are allowed. All chunks must have the same H, W.
+    returns ``{stride: D uint8 [t,H,W]}`` for exactly the frames pushed: frame i of the video is
+    compared with the background that ran over frames i - s, i - 2s, ... of its phase i % s (the
+    first frame of each phase starts that background: its D is 0). Concatenating the returned
+    chunks gives ``stride_diffs(all frames, lam, m, s)`` whatever the chunking; for stride 1 it
+    is Algorithm 1's D of the consecutive frames. All chunks must have the same H, W.
     """
 
-    def __init__(self, lam=30, m=0.5, mode: str = "soft", dilate: bool = True):
-        self._lam, self._m, self._soft, self._dilate = _check_params(lam, m, mode, dilate)
+    def __init__(self, lam=30, m=0.5, strides=(1, 2, 3, 4)):
+        self._lam, self._m, _, _ = _check_params(lam, m, "soft", True)
+        self.strides = _check_strides(strides)
         self._plan = _bg_plan(self._m)
-        self._bg = None          # uint8 [H, W] background state
+        self._bgs: dict[int, np.ndarray] = {}
         self._hw = None
-        self._n = 0              # frames pushed so far
-        self._finished = False
+        self._n = 0
 
     @property
     def frames_seen(self) -> int:
         return self._n
 
-    def push(self, frames: np.ndarray) -> np.ndarray:
+    def push(self, frames: np.ndarray) -> dict[int, np.ndarray]:
         frames = _check_rgb(frames, "push: frames", min_frames=0)
-        return self._push(frames, True)
+        return self._push(grey_opencv(frames))
 
-    def push_grey(self, grey: np.ndarray) -> np.ndarray:
-        grey = _check_grey(grey, "push_grey: grey", min_frames=0)
-        return self._push(grey, False)
+    def push_grey(self, grey: np.ndarray) -> dict[int, np.ndarray]:
+        return self._push(_check_grey(grey, "push_grey: grey", min_frames=0))
 
-    def _push(self, x: np.ndarray, is_rgb: bool) -> np.ndarray:
-        if self._finished:
-            raise ValueError("MaskStream: push after finish()")
-        hw = tuple(x.shape[1:3])
+    def _push(self, grey: np.ndarray) -> dict[int, np.ndarray]:
+        hw = tuple(grey.shape[1:3])
         if self._hw is None:
             self._hw = hw
+            self._bgs = {s: np.zeros((s, hw[0] * hw[1]), np.uint8) for s in self.strides}
         elif hw != self._hw:
-            raise ValueError(f"MaskStream: frame size changed from {self._hw} to {hw}")
-        t = x.shape[0]
-        if t == 0:
-            return np.empty((0, *hw), np.uint8)
-        if self._bg is None:
-            self._bg = grey_opencv(x[0]) if is_rgb else x[0].copy()
-        plan, table, a, b, s = self._plan
-        kern = _masks_rgb_kernel if is_rgb else _masks_grey_kernel
-        masks, self._bg = kern(x, self._bg, self._lam, plan, table, a, b, s, self._soft, self._dilate,
-                               _SOFT_MULTS)
-        n0 = self._n
-        self._n += t
-        if n0 == 0:
-            # masks[0] is the (empty) mask 0: it becomes a copy of mask 1 once that is known.
-            if t == 1:
-                return np.empty((0, *hw), np.uint8)
-            return np.concatenate([masks[1:2], masks[1:]])
-        if n0 == 1:
-            return np.concatenate([masks[0:1], masks])
-        return masks
-
-    def finish(self) -> np.ndarray:
-        if self._n < 2:
-            raise ValueError(f"MaskStream: fewer than 2 frames pushed (got {self._n}); "
-                             "the first mask is replaced by the second, so at least 2 are needed")
-        self._finished = True
-        return np.empty((0, *self._hw), np.uint8)
+            raise ValueError(f"DiffStream: frame size changed from {self._hw} to {hw}")
+        if grey.shape[0] == 0:
+            return {s: np.empty((0, *hw), np.uint8) for s in self.strides}
+        plan, table, a, b, sh = self._plan
+        out = {s: _diffs_kernel(grey, self._n, s, self._bgs[s], self._lam, plan, table, a, b, sh)
+               for s in self.strides}
+        self._n += grey.shape[0]
+        return out

@@ -9,7 +9,7 @@ import pytest
 
 from preprocess.cache import (CacheError, ClipReader, DecodeParams, MaskParams, decode_frame, encode_frame,
                               open_cache, write_cache_from_arrays)
-from preprocess.masks import foreground_masks
+from preprocess.masks import foreground_masks, foreground_masks_reference, stride_diffs_reference
 from tests.conftest import moving_square_video
 
 
@@ -39,11 +39,44 @@ def test_round_trip_frames_and_masks(cache):
         # Frames are stored as JPEG (lossy) ...
         assert got.shape == frames.shape and np.abs(got.astype(int) - frames).mean() < 4
         # ... and masks are exactly those of the stored pixels.
-        expect = foreground_masks(np.stack([decode_frame(encode_frame(f, DecodeParams())) for f in frames]))
-        np.testing.assert_array_equal(reader.masks(vi, np.arange(len(frames))), expect)
+        stored = np.stack([decode_frame(encode_frame(f, DecodeParams())) for f in frames])
+        np.testing.assert_array_equal(reader.masks(vi, np.arange(len(frames))), foreground_masks(stored))
         idx = np.array([3, 1, 1, len(frames) - 1])
-        np.testing.assert_array_equal(reader.masks(vi, idx), expect[idx])
         np.testing.assert_array_equal(reader.frames(vi, idx), got[idx])
+
+
+def test_per_stride_masks_are_algorithm_1_on_the_strides_frames(cache):
+    """For every stride s and phase p, the clip p, p+s, p+2s, ... reads exactly the masks of
+    Algorithm 1 run on that frame sequence (numba kernel and numpy twin), in both modes."""
+    cache_dir, videos = cache
+    for lam in (30, 10):
+        index = open_cache(cache_dir, "toy", masks=MaskParams(lam=lam))
+        reader = ClipReader(index)
+        for vi, (_, _, _, frames, _) in enumerate(sorted(videos)):
+            stored = reader.frames(vi, np.arange(len(frames)))
+            for s in index.strides:
+                np.testing.assert_array_equal(reader.diffs(vi, np.arange(len(frames)), s),
+                                              stride_diffs_reference(stored, lam, 0.5, s))
+                for p in range(s):
+                    idx = np.arange(p, len(frames), s)
+                    for mode in ("soft", "hard"):
+                        want = foreground_masks_reference(stored[idx], lam, 0.5, mode)
+                        np.testing.assert_array_equal(foreground_masks(reader.frames(vi, idx), lam, 0.5, mode), want)
+                        np.testing.assert_array_equal(reader.masks(vi, idx, mode), want)
+            # a clip past the video's end (clamped indices, as sampled for short videos) gets
+            # Algorithm 1 on its own frames
+            for s in (2, 3):
+                idx = np.minimum(np.arange(1, 1 + 16 * s, s), len(frames) - 1)
+                np.testing.assert_array_equal(reader.masks(vi, idx), foreground_masks_reference(stored[idx], lam))
+
+
+def test_masks_need_clip_indices(cache):
+    reader = ClipReader(open_cache(cache[0], "toy", masks=MaskParams()))
+    for bad in ([3, 1, 1, 4], [0, 2, 4, 5, 6], [0, 2, 3, 3, 4]):
+        with pytest.raises(ValueError, match="constant stride"):
+            reader.masks(0, np.array(bad))
+    with pytest.raises(CacheError, match="stride 5"):
+        reader.masks(0, np.array([0, 5, 10]))
 
 
 def test_reader_opens_lazily_and_pickles(cache):
@@ -94,8 +127,9 @@ def test_damaged_shard_is_named(cache):
 
 def test_shard_layout_is_self_describing(cache):
     index = open_cache(cache[0], "toy", masks=MaskParams())
-    with h5py.File(index.masks_path(0), "r") as f:
-        assert f.attrs["kind"] == "masks" and '"lam": 30' in f.attrs["masks"]
+    with h5py.File(index.masks_path(0, 3), "r") as f:
+        assert f.attrs["kind"] == "masks" and '"lam": 30' in f.attrs["masks"] and '"stride": 3' in f.attrs["masks"]
+        assert f.attrs["mask_format"] == 2
         assert "numba" in f.attrs["versions"]
     with h5py.File(index.frames_path(0), "r") as f:
         assert f.attrs["kind"] == "frames" and '"short_side": 128' in f.attrs["decode"]

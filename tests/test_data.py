@@ -78,39 +78,63 @@ def test_pretrain_item(cache):
         ds[len(ds)]
 
 
-def test_pretrain_item_is_the_cached_clip(cache):
-    """The item's frames and masks are the cached frames/masks at the drawn clip, through the
-    drawn spatial parameters: masks stay aligned with their frames."""
-    cfg = MACConfig(seed=0)
+@pytest.mark.parametrize("scales", [(128,), (112, 128, 144)])
+def test_pretrain_item_is_the_cached_clip(cache, scales):
+    """The item's frames are the cached frames of the drawn clip through the drawn spatial
+    parameters. In the exact mode its masks are Algorithm 1 on exactly those augmented frames,
+    bit for bit; in the cache mode they are identical to that whenever the stored differences
+    are the clip's own (the clip starts its stride's phase, or runs past the video's end) and
+    the crop needs no resize (scale 128 on a 128-pixel cache), and close otherwise."""
+    import dataclasses
+
+    from preprocess.masks import foreground_masks
+
+    cfg = MACConfig(seed=0, scales=scales)
     ds = PretrainClips(cache, 1, "all", cfg)
+    exact = PretrainClips(cache, 1, "all", dataclasses.replace(cfg, mask_source="clip"))
     reader = ClipReader(cache)
-    seen_short = False
+    seen = {"short": 0, "phase_start": 0, "other": 0}
     for i in range(len(ds)):
-        for epoch in (0, 1, 2):
+        for epoch in range(6):
             ds.set_epoch(epoch)
-            it = ds[i]
+            exact.set_epoch(epoch)
+            it, ex = ds[i], exact[i]
+            for k in it:
+                if k != "masks":
+                    assert torch.equal(it[k], ex[k]), k          # the mask source changes no draw
             v = int(it["video"])
             assert v == ds.videos[i]
             start, stride = it["clip"].tolist()
             n = int(cache.n_frames[v])
             idx = sample_clip_indices(n, 16, stride, start)
-            fr, mk = reader.frames(v, idx), reader.masks(v, idx)
-            f, m = apply_spatial(fr, mk, SpatialParams.from_array(it["spatial"]))
+            fr = reader.frames(v, idx)
+            sp = SpatialParams.from_array(it["spatial"])
+            f, _ = apply_spatial(fr, None, sp)
             np.testing.assert_array_equal(it["frames"].numpy(), f)
-            np.testing.assert_array_equal(it["masks"].numpy(), m)
+            np.testing.assert_array_equal(ex["masks"].numpy(), foreground_masks(f))
             kf, _ = apply_spatial(fr, None, SpatialParams.from_array(it["key_spatial"]))
             np.testing.assert_array_equal(it["key_frames"].numpy(), kf)
-            if (idx == n - 1).sum() > 1:                 # short video: last frame repeated
-                seen_short = True
+            short = (idx == n - 1).sum() > 1
+            own = short or start < stride
+            if own and sp.size == sp.out:
+                np.testing.assert_array_equal(it["masks"].numpy(), ex["masks"].numpy())
+            else:
+                a, b = it["masks"].numpy().astype(float), ex["masks"].numpy().astype(float)
+                assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.6
+            seen["short" if short else "phase_start" if start < stride else "other"] += 1
+            if short:                                   # short video: last frame repeated
                 last = np.flatnonzero(idx == n - 1)
                 assert all(torch.equal(it["frames"][last[0]], it["frames"][j]) for j in last)
     reader.close()
-    assert seen_short
+    assert min(seen.values()) > 0, seen
 
 
 def test_pretrain_options(cache, cache_no_masks):
-    with pytest.raises(ValueError, match="mask set"):
+    with pytest.raises(ValueError, match="mask parameters"):
         PretrainClips(cache_no_masks, 1, "train", MACConfig())
+    with pytest.raises(ValueError, match=r"strides \[5\]"):
+        PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5)))
+    PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5), mask_source="clip"))[0]
     it = PretrainClips(cache, 1, "train", MACConfig(key_view=False, n_segments=4, loss="mse-n"))[1]
     assert "key_frames" not in it and "key_jitter" not in it
     assert it["alpha"].shape == (4,) and int(it["label"]) == -1

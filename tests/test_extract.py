@@ -31,7 +31,13 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 def mask_data(index, video: int) -> np.ndarray:
-    return ClipReader(index).masks(video, np.arange(index.n_frames[video]))
+    """Every stored D of a video, all strides."""
+    return np.stack([ClipReader(index).diffs(video, np.arange(index.n_frames[video]), s) for s in index.strides])
+
+
+def set_digests(frame_set: Path, key: str) -> dict[str, dict[str, str]]:
+    """Digests of every per-stride mask set of (lambda, m) `key`, e.g. lam30_m0.5."""
+    return {p.name: digests(p) for p in sorted(frame_set.glob(f"masks-{key}_stride*"))}
 
 
 def test_build_reuse_new_lambda_and_determinism(tiny_ucf, tmp_path, capsys, monkeypatch):
@@ -42,7 +48,8 @@ def test_build_reuse_new_lambda_and_determinism(tiny_ucf, tmp_path, capsys, monk
     assert (index.heights[0], index.widths[0]) == (128, 171)  # 160x120 -> short side 128
     frame_set = index.root
     frames_before = digests(frame_set / "frames")
-    masks30 = digests(frame_set / "masks-lam30_m0.5_soft_dilate")
+    masks30 = set_digests(frame_set, "lam30_m0.5")
+    assert sorted(masks30) == [f"masks-lam30_m0.5_stride{s}" for s in (1, 2, 3, 4)]
     first_run_masks = mask_data(index, 3)
 
     # Same parameters again: nothing recomputed, said so.
@@ -61,12 +68,23 @@ def test_build_reuse_new_lambda_and_determinism(tiny_ucf, tmp_path, capsys, monk
     monkeypatch.setattr(decode, "probe", no_ffmpeg)
     assert run(tiny_ucf, cache, "--lambda", "10") == 0
     assert digests(frame_set / "frames") == frames_before
-    assert digests(frame_set / "masks-lam30_m0.5_soft_dilate") == masks30
+    assert set_digests(frame_set, "lam30_m0.5") == masks30
     open_cache(cache, "ucf101", masks=MaskParams(lam=10))
+
+    # A new stride: only its set is written; frames and every other set stay byte-identical.
+    lam10 = set_digests(frame_set, "lam10_m0.5")
+    assert run(tiny_ucf, cache, "--strides", "5", "7") == 0
+    assert digests(frame_set / "frames") == frames_before
+    assert set_digests(frame_set, "lam10_m0.5") == lam10
+    now = set_digests(frame_set, "lam30_m0.5")
+    assert {k: v for k, v in now.items() if k in masks30} == masks30
+    assert set(now) - set(masks30) == {"masks-lam30_m0.5_stride5", "masks-lam30_m0.5_stride7"}
+    open_cache(cache, "ucf101", masks=MaskParams(), strides=(1, 5, 7))
 
     # The same parameters give the same masks whichever run computed them: recompute lam=30 from
     # the cached frames (a later run) and compare with what the first (decoding) run stored.
-    shutil.rmtree(frame_set / "masks-lam30_m0.5_soft_dilate")
+    for s in (1, 2, 3, 4):
+        shutil.rmtree(frame_set / f"masks-lam30_m0.5_stride{s}")
     assert run(tiny_ucf, cache) == 0
     np.testing.assert_array_equal(mask_data(open_cache(cache, "ucf101", masks=MaskParams()), 3), first_run_masks)
 
@@ -149,7 +167,7 @@ def test_sigkill_midway_then_rerun_completes(tmp_path, ffmpeg_exe):
     index = open_cache(cache, "ucf101", masks=MaskParams())
     assert len(index) == 12
     assert not list(cache.rglob(".*.tmp-*"))
-    ClipReader(index).masks(11, np.arange(60))
+    ClipReader(index).masks(11, np.arange(0, 60, 4))
 
 
 def test_job_array_parts_combine(tiny_ucf, tmp_path):
@@ -170,7 +188,67 @@ def test_list_and_doctor(tiny_ucf, tmp_path, capsys):
     capsys.readouterr()
     assert extract_masks.main(["--list", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
-    assert "s128_q90_420" in out and "masks-lam30_m0.5_soft_dilate" in out and "complete" in out
+    assert "s128_q90_420" in out and "complete" in out
+    for s in (1, 2, 3, 4):   # one line per stride, with the mask statistics
+        line = next(l for l in out.splitlines() if f"masks-lam30_m0.5_stride{s} " in l)
+        mean = float(line.split("mean mask ")[1].split(",")[0])
+        coverage = float(line.split("coverage ")[1].split(" ")[0])
+        assert 0 < mean < coverage < 1, line
+
+
+def test_bad_values_are_refused_before_any_work(tiny_ucf, tmp_path, capsys):
+    """A bad run-level value is the command's problem: exit 2 naming the flag, nothing decoded,
+    nothing recorded against the videos; a valid run right after caches everything."""
+    cache = tmp_path / "cache"
+    for bad in (["--lambda", "-5"], ["--lambda", "300"], ["--m", "1.5"], ["--m", "nan"], ["--strides", "0"],
+                ["--strides", "2", "2"], ["--shard-index", "2", "--num-shards", "2"]):
+        with pytest.raises(SystemExit) as e:
+            run(tiny_ucf, cache, *bad)
+        assert e.value.code == 2
+        assert bad[0] in capsys.readouterr().err
+        assert not cache.exists()
+    assert run(tiny_ucf, cache) == 0
+    assert len(open_cache(cache, "ucf101", masks=MaskParams())) == 6
+
+
+def test_old_format_cache_is_detected_and_upgraded_without_decoding(tiny_ucf, tmp_path, capsys, monkeypatch):
+    """A cache from before per-stride sets: its frames are kept, the message gives the exact
+    command, and that command adds the sets from the cached frames (ffmpeg never runs)."""
+    import json
+    import shlex
+
+    import preprocess.decode as decode
+    from preprocess.cache import CacheError
+
+    cache = tmp_path / "cache"
+    assert run(tiny_ucf, cache) == 0
+    frame_set = open_cache(cache, "ucf101").root
+    frames_before = digests(frame_set / "frames")
+    # turn it into an old cache: one format-1 set of soft masks, no per-stride sets
+    for s in (1, 2, 3, 4):
+        shutil.rmtree(frame_set / f"masks-lam30_m0.5_stride{s}")
+    old = frame_set / "masks-lam30_m0.5_soft_dilate"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format_version": 1, "complete": True, "shards_present": [0],
+                                                   "masks": {"lam": 30, "m": 0.5, "mode": "soft", "dilate": True}}))
+    with pytest.raises(CacheError) as e:
+        open_cache(cache, "ucf101", masks=MaskParams())
+    msg = str(e.value)
+    assert "older format" in msg and "masks-lam30_m0.5_soft_dilate" in msg and "no video is decoded" in msg
+    command = next(l.strip() for l in msg.splitlines() if l.strip().startswith("python preprocess/extract_masks.py"))
+    assert "--lambda 30 --m 0.5" in command
+
+    def no_ffmpeg(*a, **k):
+        raise AssertionError("upgrading an old cache must not decode videos")
+
+    monkeypatch.setattr(decode, "iter_frames", no_ffmpeg)
+    monkeypatch.setattr(decode, "probe", no_ffmpeg)
+    argv = shlex.split(command)[2:] + ["--data-root", str(tiny_ucf), "--cache-dir", str(cache), "--videos-per-shard", "2"]
+    capsys.readouterr()
+    assert extract_masks.main(argv) == 0
+    assert "older-format mask sets are not read" in capsys.readouterr().out
+    assert digests(frame_set / "frames") == frames_before
+    assert len(open_cache(cache, "ucf101", masks=MaskParams())) == 6
 
 
 def test_missing_dataset_says_where_to_put_it(tmp_path, capsys):

@@ -12,7 +12,7 @@ import torch
 from train.mac import (
     IDENTITY_JITTER, NORMS, ClipConfig, ColourJitter, MACConfig, MACTransform, SpatialParams,
     adjust_hue, alpha_indices, alpha_label, alpha_values, apply_jitter, apply_spatial, blend,
-    blend_batch, centre_spatial, clip_transform, draw_alphas, draw_clip, draw_jitter, draw_spatial,
+    blend_batch, blend_weights, centre_spatial, clip_masks, clip_transform, draw_alphas, draw_clip, draw_jitter, draw_spatial,
     eval_transform, gpu_transform, normalise, num_alpha_classes, rgb_to_grey, sample_clip_indices,
     to_float_clips, uniform_clip_starts,
 )
@@ -357,9 +357,13 @@ def test_colour_jitter_greyscale_in_transform():
     batch["jitter"][:] = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
     batch["key_jitter"][:] = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
     out = gpu_transform(batch, cfg, "cpu")
-    for name in ("query", "key"):
-        pix = out[name] * torch.tensor(NORMS["kinetics"].std).view(1, 3, 1, 1, 1) + torch.tensor(NORMS["kinetics"].mean).view(1, 3, 1, 1, 1)
-        assert torch.allclose(pix[:, 0], pix[:, 1], atol=1e-5) and torch.allclose(pix[:, 1], pix[:, 2], atol=1e-5)
+    mean = torch.tensor(NORMS[cfg.norm].mean).view(1, 3, 1, 1, 1)
+    std = torch.tensor(NORMS[cfg.norm].std).view(1, 3, 1, 1, 1)
+    # the query is blended AFTER the greyscale and the normalisation: undo the blend first
+    w = blend_weights(batch["masks"].float() / 255, batch["alpha"])
+    for name, x in (("query", out["query"] / w), ("key", out["key"])):
+        pix = x * std + mean
+        assert torch.allclose(pix[:, 0], pix[:, 1], atol=1e-5) and torch.allclose(pix[:, 1], pix[:, 2], atol=1e-5), name
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,9 +406,63 @@ def test_gpu_transform_shapes(n, key_view):
     assert torch.isfinite(out["query"]).all()
 
 
-def test_normalised_blend_equals_pixel_space_form():
-    """blend(n) * std + mean == blend(x - mean) + mean: the transform's pixel-space form equals
-    normalising first and blending the normalised clip (the reference), for both modes."""
+def _spec2_query(frames, mask, alphas, jitter, norm, reverse):
+    """A plain per-clip implementation of SPEC section 2, steps 4-6, in float64 numpy: colour
+    jitter and greyscale on the pixel clip, then mean/std normalisation, then the blend.
+    frames uint8 [T,H,W,3], mask uint8 [T,H,W] -> float [3,T,H,W]."""
+    import colorsys
+
+    luma = lambda x: 0.2989 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    x = frames.astype(np.float64) / 255
+    bright, contrast, sat, hue, grey = (float(v) for v in jitter)
+    if bright != 0:
+        x = np.clip(x + bright, 0, 1)
+    if contrast != 1:
+        x = np.clip(contrast * x + (1 - contrast) * luma(x).mean(), 0, 1)
+    if sat != 1:
+        x = np.clip(sat * x + (1 - sat) * luma(x)[..., None], 0, 1)
+    if hue != 0:
+        flat = x.reshape(-1, 3)
+        for i, (r, g, b) in enumerate(flat):
+            h, s, v = colorsys.rgb_to_hsv(r, g, b)
+            flat[i] = colorsys.hsv_to_rgb((h + hue) % 1.0, s, v)
+        x = np.clip(flat.reshape(x.shape), 0, 1)
+    if grey:
+        x = np.repeat(luma(x)[..., None], 3, axis=-1)
+    n = (x - np.array(NORMS[norm].mean)) / np.array(NORMS[norm].std)
+    T, seg = len(frames), len(frames) // len(alphas)
+    M = mask.astype(np.float64)[..., None] / 255
+    out = np.empty_like(n)
+    for t in range(T):
+        a = float(alphas[t // seg])
+        out[t] = (M[t] * n[t] + a * (1 - M[t]) * n[t]) if reverse else (a * M[t] * n[t] + (1 - M[t]) * n[t])
+    return out.transpose(3, 0, 1, 2)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("norm", ["imagenet", "kinetics"])
+def test_query_order_is_spec2(reverse, norm):
+    """The batched transform equals a plain per-clip implementation of SPEC 2: jitter and
+    greyscale, THEN normalisation, THEN the blend of the normalised clip (every op drawn on)."""
+    always = ColourJitter(p_brightness=1.0, p_contrast=1.0, p_hue_saturation=1.0, p_greyscale=0.5)
+    cfg = MACConfig(T=4, crop=8, scales=(8,), n_segments=2, colour=always, key_view=False, norm=norm,
+                    reverse=reverse)
+    batch = _fake_batch(cfg, B=6, seed=4)
+    assert (batch["jitter"][:, 4] == 1).any() and (batch["jitter"][:, 4] == 0).any()
+    q = MACTransform(cfg, "cpu")(batch)["query"]
+    for b in range(6):
+        ref = _spec2_query(batch["frames"][b].numpy(), batch["masks"][b].numpy(), batch["alpha"][b].numpy(),
+                           batch["jitter"][b].numpy(), norm, reverse)
+        np.testing.assert_allclose(q[b].numpy(), ref, atol=1e-4)
+    # blending first (the old order) is measurably different on the same batch
+    x = apply_jitter(blend_batch(to_float_clips(batch["frames"]), batch["masks"].float() / 255, batch["alpha"],
+                                 reverse), batch["jitter"])
+    assert (normalise(x, norm) - q).abs().max() > 0.05
+
+
+def test_normalised_blend_attenuates_toward_the_mean_colour():
+    """blend on the normalised clip: with alpha -> 0 a full-mask pixel goes to the normalisation's
+    mean colour (0 after normalising); blend_space="pixel" attenuates toward black instead."""
     for reverse in (False, True):
         cfg = MACConfig(colour=ColourJitter.off(), key_view=False, reverse=reverse)
         batch = _fake_batch(cfg, B=3)
@@ -413,7 +471,7 @@ def test_normalised_blend_equals_pixel_space_form():
         x = to_float_clips(batch["frames"])
         ref = blend_batch(normalise(x, cfg.norm), batch["masks"].float() / 255, batch["alpha"], reverse)
         assert torch.allclose(q, ref, atol=1e-5)
-        # the clip stays in [0, 1] in pixel units before normalisation (convex with the mean)
+        # the clip stays in [0, 1] in pixel units (convex with the mean colour)
         mean = torch.tensor(NORMS[cfg.norm].mean).view(1, 3, 1, 1, 1)
         std = torch.tensor(NORMS[cfg.norm].std).view(1, 3, 1, 1, 1)
         pix = q * std + mean
@@ -442,12 +500,12 @@ def test_clip_and_eval_transforms():
          "jitter": torch.tensor([IDENTITY_JITTER, IDENTITY_JITTER]), "label": torch.tensor([3, 4])}
     out = clip_transform(b, ClipConfig(), "cpu")
     assert out["clips"].shape == (2, 3, 16, 112, 112) and out["clips"].dtype == torch.float32
-    assert torch.allclose(out["clips"], normalise(to_float_clips(b["frames"])))
+    assert torch.allclose(out["clips"], normalise(to_float_clips(b["frames"]), "kinetics"))
     e = {"frames": torch.from_numpy(rng.integers(0, 256, (2, 10, 16, 112, 112, 3), dtype=np.uint8)),
          "label": torch.tensor([1, 2]), "video": torch.tensor([5, 6])}
     out = eval_transform(e, "kinetics", "cpu")
     assert out["clips"].shape == (2, 10, 3, 16, 112, 112)
-    assert torch.allclose(out["clips"][1, 3], normalise(to_float_clips(e["frames"][1, 3:4]))[0])
+    assert torch.allclose(out["clips"][1, 3], normalise(to_float_clips(e["frames"][1, 3:4]), "kinetics")[0])
     assert out["video"].tolist() == [5, 6]
 
 

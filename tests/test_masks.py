@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 
 from preprocess.masks import (
-    MaskStream,
+    DiffStream,
     bg_update_table,
     foreground_masks,
     foreground_masks_grey,
     foreground_masks_reference,
     grey_opencv,
+    masks_from_diffs,
+    masks_from_diffs_reference,
     soft_values,
+    stride_diffs,
+    stride_diffs_reference,
 )
 from preprocess import masks as masks_mod
 
@@ -132,9 +136,7 @@ def test_bg_table_is_truncated_float_formula():
     np.testing.assert_array_equal(bg_update_table(0.0), np.broadcast_to(i, (256, 256)))
     t = bg_update_table(0.1)
     for (ii, bb) in [(0, 0), (255, 255), (3, 200), (200, 3), (17, 18), (100, 100), (9, 1)]:
-        assert t[ii, bb] == int((1.0 - 0.1) * ii + 0.1 * bb)
-    # trunc of 0.9*v + 0.1*v can fall below v for m=0.3: e.g. v=3 -> 2 (float64 truncation)
-    assert bg_update_table(0.3)[3, 3] == 2
+        assert t[ii, bb] == int(0.9 * ii + (1 - 0.9) * bb)     # the reference with momentum 0.9
 
 
 def test_bg_plan_arith_only_when_exact():
@@ -149,12 +151,14 @@ def test_bg_plan_arith_only_when_exact():
 
 
 def _diff_trace(values, m):
-    """Hand model of the reference on one pixel, in Python floats/ints: diff(t)."""
+    """Hand model of the reference on one pixel, in Python floats/ints: diff(t). The reference's
+    parameter is the new frame's weight w = 1 - m."""
+    w = 1.0 - m
     bg = values[0]
     out = []
     for v in values:
         out.append(abs(v - bg))
-        bg = int((1.0 - m) * v + m * bg)
+        bg = int(w * v + (1 - w) * bg)
     return out
 
 
@@ -196,20 +200,22 @@ def test_m_small_and_table_path():
     for m in (0.1, 0.3):
         want = _diff_trace(values, m)
         _check_diffs(values, m, want)
-    # by hand, m=0.1: BG 10 -> 10, 46, 85 (85.6), 17 (17.5), 181 (181.7), 28, 12 (12.7), 11 (11.1)
-    assert _diff_trace(values, 0.1) == [0, 40, 44, 75, 183, 170, 17, 1, 169]
+    # by hand, m=0.1 (w = 0.9, 1 - w = 0.09999999999999998): BG 10 -> 10, 46, 85 (85.6),
+    # 17 (17.5), 181 (181.7), 27 (0.9 * 11 + 0.0999.. * 181 = 27.999999999999996), ...: the
+    # naive 0.1 * 181 gives 28.0 there, so diff(6) is 16 in the reference, 17 naively
+    assert _diff_trace(values, 0.1) == [0, 40, 44, 75, 183, 170, 16, 1, 169]
 
 
-def test_update_runs_on_frame_zero():
-    # m=0.3: trunc(0.7*3 + 0.3*3) = 2, so after frame 0 BG is already 2 and a constant clip
-    # of grey 3 shows diff 1 from frame 1 on. Without the frame-0 update diff(1) would be 0.
+def test_update_on_frame_zero_keeps_the_background():
+    # The reference updates BG on frame 0 too, with BG = I(0): w * I + (1 - w) * I. In its
+    # arithmetic that is exactly I for every byte and every m on a 0.01 grid (so the update is
+    # invisible, and a constant clip never lights up, whatever m).
+    for m in np.round(np.arange(0, 1.0001, 0.01), 2):
+        np.testing.assert_array_equal(np.diag(bg_update_table(float(m))), np.arange(256), err_msg=str(m))
     clip = np.full((5, 1, 2), 3, np.uint8)
     clip[:, 0, 1] = 0
-    m = hard_mask(clip, lam=0, m=0.3)
-    assert (m[1:, 0, 0] == 255).all() and (m[:, 0, 1] == 0).all()
-    assert (hard_mask(clip, lam=1, m=0.3) == 0).all()
-    # m=0.5 is exact for constant values: nothing moves
-    assert (hard_mask(clip, lam=0, m=0.5) == 0).all()
+    for m in (0.1, 0.3, 0.5):
+        assert (hard_mask(clip, lam=0, m=m) == 0).all()
 
 
 def test_diff_uses_previous_background():
@@ -421,8 +427,93 @@ def test_grey_variant_and_noncontiguous_input():
     ro.flags.writeable = False          # e.g. np.frombuffer over a decoder's bytes
     want = foreground_masks(clip)
     np.testing.assert_array_equal(both(ro), want)
-    s = MaskStream()
-    np.testing.assert_array_equal(np.concatenate([s.push(ro[:3]), s.push(ro[3:]), s.finish()]), want)
+    s = DiffStream(strides=(1, 3))
+    parts = [s.push(ro[:3]), s.push(ro[3:])]
+    for k in (1, 3):
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), stride_diffs(clip, stride=k))
+
+
+# ------------------------------------------------------------------------------------------
+# the reference's m arithmetic
+# ------------------------------------------------------------------------------------------
+
+def test_background_update_is_the_references_expression_for_every_m():
+    """The reference is parameterised by the new frame's weight w and computes
+    uint8(w * I + (1 - w) * BG); with w = 1 - m that must hold bit for bit for every m, where
+    the naive (1 - m) * I + m * BG differs (m = 0.1: 1 - 0.9 is not 0.1)."""
+    i = np.arange(256, dtype=np.float64)[:, None]
+    b = np.arange(256, dtype=np.float64)[None, :]
+    for m in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 0.0, 0.25, 1 / 3):
+        w = 1.0 - m
+        np.testing.assert_array_equal(bg_update_table(m), (w * i + (1 - w) * b).astype(np.uint8), err_msg=str(m))
+    naive = ((1.0 - 0.1) * i + 0.1 * b).astype(np.uint8)
+    assert int((naive != bg_update_table(0.1)).sum()) == 358
+    # and the kernels use it (numba and the twin, both update paths) on a clip
+    clip = synthetic_clip(T=20, H=24, W=30, seed=31)
+    for m in (0.1, 0.3):
+        grey = grey_opencv(clip).astype(np.int64)
+        bg = grey[0].copy()
+        got = stride_diffs(clip, 10, m, 1)
+        for t in range(len(clip)):
+            d = np.abs(grey[t] - bg)
+            np.testing.assert_array_equal(got[t], np.where(d <= 10, 0, d))
+            bg = bg_update_table(m)[grey[t], bg].astype(np.int64)
+        both(clip, lam=10, m=m)
+
+
+# ------------------------------------------------------------------------------------------
+# per-stride thresholded differences and masks from them
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(), dict(lam=10, m=0.1), dict(lam=0, m=1.0), dict(lam=60, m=0.3)])
+def test_stride_diffs_are_algorithm_1_per_phase(kw):
+    """Stride s, phase p: D of frames p, p+s, ... equals Algorithm 1's D run on frames[p::s]
+    (numba and twin); with the stretch, dilation and first-mask rule on top, the masks of that
+    sequence, bit for bit."""
+    clip = synthetic_clip(T=29, H=18, W=23, seed=14, touch_borders=True)
+    for s in (1, 2, 3, 4, 5, 40):
+        d = stride_diffs(clip, stride=s, **kw)
+        np.testing.assert_array_equal(d, stride_diffs_reference(clip, stride=s, **kw))
+        assert (d[:s] == 0).all()                         # each phase starts its background
+        for p in range(min(s, len(clip))):
+            seq = d[p::s]
+            if len(seq) < 2:
+                continue
+            for mode in ("soft", "hard"):
+                for dilate in (True, False):
+                    got = masks_from_diffs(seq, mode, dilate)
+                    np.testing.assert_array_equal(got, masks_from_diffs_reference(seq, mode, dilate))
+                    got[0] = got[1]
+                    np.testing.assert_array_equal(got, foreground_masks_reference(clip[p::s], mode=mode,
+                                                                                  dilate=dilate, **kw))
+
+
+def test_masks_from_diffs_stretch_over_the_given_pixels():
+    """The stretch is over the pixels passed in: a crop of D is stretched over the crop (as the
+    reference, which computes masks after cropping), and equals masking the cropped frames."""
+    clip = synthetic_clip(T=12, H=40, W=56, seed=15)
+    d = stride_diffs(clip, stride=2)
+    crop = d[:, 5:30, 12:40]
+    full = masks_from_diffs(d, dilate=False)[:, 5:30, 12:40]
+    own = masks_from_diffs(crop, dilate=False)
+    assert (own >= full).all() and (own > full).any()      # a smaller range: a stronger stretch
+    np.testing.assert_array_equal(own, masks_from_diffs_reference(np.ascontiguousarray(crop), dilate=False))
+    for p in (0, 1):   # D is per pixel: cropping the frames first gives the same D
+        np.testing.assert_array_equal(crop[p::2], stride_diffs(clip[p::2, 5:30, 12:40], stride=1))
+    # known answers: an all-zero frame stays 0; hard is 255; when every pixel survives, the
+    # minimum maps to 0 and a range of 1 peaks at 254
+    z = np.zeros((1, 2, 3), np.uint8)
+    assert (masks_from_diffs(z) == 0).all()
+    one = np.array([[[0, 31, 62]]], np.uint8)
+    np.testing.assert_array_equal(masks_from_diffs(one, dilate=False), [[[0, 127, 255]]])
+    np.testing.assert_array_equal(masks_from_diffs(one, "hard", dilate=False), [[[0, 255, 255]]])
+    two = np.array([[[40, 41]]], np.uint8)
+    np.testing.assert_array_equal(masks_from_diffs(two, dilate=False), [[[0, 254]]])
+    np.testing.assert_array_equal(masks_from_diffs(two), [[[0, 254]]])
+    with pytest.raises(ValueError, match="mode"):
+        masks_from_diffs(z, mode="fuzzy")
+    with pytest.raises(ValueError, match="uint8"):
+        masks_from_diffs(z.astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------
@@ -439,64 +530,45 @@ def _chunks(n, sizes):
     return out
 
 
-def _stream(frames, sizes, grey=False, **kw):
-    s = MaskStream(**kw)
-    parts = []
+def _stream(frames, sizes, strides, grey=False, **kw):
+    s = DiffStream(strides=strides, **kw)
+    parts = {k: [] for k in strides}
     for (a, b) in _chunks(len(frames), sizes):
         if grey == "mixed":
             use_grey = (a // max(1, b - a)) % 2 == 1
         else:
             use_grey = grey
-        parts.append(s.push_grey(grey_opencv(frames[a:b])) if use_grey else s.push(frames[a:b]))
-        assert parts[-1].dtype == np.uint8 and parts[-1].shape[1:] == frames.shape[1:3]
-    parts.append(s.finish())
-    return np.concatenate(parts)
+        got = s.push_grey(grey_opencv(frames[a:b])) if use_grey else s.push(frames[a:b])
+        assert set(got) == set(strides)
+        for k, d in got.items():
+            assert d.dtype == np.uint8 and d.shape == (b - a, *frames.shape[1:3])
+            parts[k].append(d)
+    assert s.frames_seen == len(frames)
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(lam=10, m=0.1, mode="hard"), dict(lam=0, m=1.0, dilate=False)])
+@pytest.mark.parametrize("kw", [dict(), dict(lam=10, m=0.1), dict(lam=0, m=1.0)])
 def test_stream_equals_one_shot(kw):
     clip = synthetic_clip(T=17, H=18, W=21, seed=8, touch_borders=True)
-    want = foreground_masks(clip, **kw)
-    for sizes in ([1], [2], [3], [1, 4], [17], [16, 1], [1, 16], [5, 0, 2], [0, 1, 1, 7]):
-        np.testing.assert_array_equal(_stream(clip, sizes, **kw), want, err_msg=str(sizes))
-    for grey in (True, "mixed"):
-        np.testing.assert_array_equal(_stream(clip, [3], grey=grey, **kw), want)
+    strides = (1, 2, 3, 4)
+    want = {k: stride_diffs(clip, stride=k, **kw) for k in strides}
+    sizes_list = [[1], [2], [3], [1, 4], [17], [16, 1], [1, 16], [5, 0, 2], [0, 1, 1, 7]]
     rng = np.random.default_rng(9)
     for _ in range(5):
         sizes = list(rng.integers(0, 6, 8))
-        if not any(sizes):
-            sizes[0] = 1
-        np.testing.assert_array_equal(_stream(clip, sizes, **kw), want, err_msg=str(sizes))
-
-
-def test_stream_holds_back_first_mask():
-    clip = synthetic_clip(T=5, H=8, W=9, seed=10)
-    want = foreground_masks(clip)
-    s = MaskStream()
-    assert s.push(clip[:1]).shape == (0, 8, 9)
-    got = s.push(clip[1:2])
-    assert got.shape == (2, 8, 9)
-    np.testing.assert_array_equal(got, want[:2])
-    np.testing.assert_array_equal(s.push(clip[2:]), want[2:])
-    assert s.finish().shape == (0, 8, 9)
-
-
-def test_stream_two_frames_exactly():
-    clip = synthetic_clip(T=2, H=8, W=9, seed=12)
-    s = MaskStream()
-    got = np.concatenate([s.push(clip[:1]), s.push(clip[1:]), s.finish()])
-    np.testing.assert_array_equal(got, foreground_masks(clip))
+        sizes_list.append(sizes if any(sizes) else [1] + sizes)
+    for sizes in sizes_list:
+        got = _stream(clip, sizes, strides, **kw)
+        for k in strides:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{sizes} stride {k}")
+    for grey in (True, "mixed"):
+        got = _stream(clip, [3], strides, grey=grey, **kw)
+        for k in strides:
+            np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_stream_errors():
-    s = MaskStream()
-    with pytest.raises(ValueError, match="fewer than 2 frames"):
-        s.finish()
-    s = MaskStream()
-    s.push(np.zeros((1, 4, 4, 3), np.uint8))
-    with pytest.raises(ValueError, match="fewer than 2 frames"):
-        s.finish()
-    s = MaskStream()
+    s = DiffStream()
     s.push(np.zeros((2, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="frame size changed"):
         s.push(np.zeros((2, 4, 5, 3), np.uint8))
@@ -504,11 +576,13 @@ def test_stream_errors():
         s.push(np.zeros((2, 4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
         s.push_grey(np.zeros((2, 4, 4, 3), np.uint8))
-    s.finish()
-    with pytest.raises(ValueError, match="after finish"):
-        s.push(np.zeros((1, 4, 4, 3), np.uint8))
-    with pytest.raises(ValueError, match="mode"):
-        MaskStream(mode="fuzzy")
+    for bad in ((0,), (1, 1), (), (-2,)):
+        with pytest.raises(ValueError, match="strides"):
+            DiffStream(strides=bad)
+    with pytest.raises(ValueError, match="lam"):
+        DiffStream(lam=256)
+    with pytest.raises(ValueError, match="m must"):
+        DiffStream(m=1.5)
 
 
 # ------------------------------------------------------------------------------------------

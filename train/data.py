@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from train.mac import (
-    ClipConfig, MACConfig, apply_spatial, centre_spatial, draw_alphas, draw_clip, draw_jitter,
+    ClipConfig, MACConfig, apply_spatial, centre_spatial, clip_masks, draw_alphas, draw_clip, draw_jitter,
     draw_spatial, max_clip_start, sample_clip_indices, uniform_clip_starts,
 )
 
@@ -111,15 +111,13 @@ class _CacheClips(Dataset):
             raise IndexError(f"item {i} out of range for {len(self.videos)} videos")
         return i
 
-    def _read(self, video: int, indices: np.ndarray, masks: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Frames (and masks) at `indices`, each distinct frame read and decoded once."""
+    def _read(self, video: int, indices: np.ndarray) -> np.ndarray:
+        """Frames at `indices`, each distinct frame read and decoded once."""
         uniq, inv = np.unique(indices, return_inverse=True)
         fr = self.reader.frames(video, uniq)
-        mk = self.reader.masks(video, uniq) if masks else None
         if len(uniq) != len(indices) or not np.array_equal(uniq, indices):
             fr = fr[inv]
-            mk = None if mk is None else mk[inv]
-        return fr, mk
+        return fr
 
     def _hw(self, video: int) -> tuple[int, int]:
         return int(self.index.heights[video]), int(self.index.widths[video])
@@ -127,15 +125,26 @@ class _CacheClips(Dataset):
 
 class PretrainClips(_CacheClips):
     """MAC pretraining clips: per item one clip of a video of `index.subset(split, part)`,
-    with its masks, the drawn alpha tuple and colour jitter, and (MAC-SC) a key view."""
+    with its masks, the drawn alpha tuple and colour jitter, and (MAC-SC) a key view.
+
+    Masks (cfg.mask_source): "cache" reads the clip's thresholded differences from the mask set
+    of its stride (the index must be opened with every stride of cfg.strides) and makes the
+    masks over the crop (`train.mac.clip_masks`); "clip" runs Algorithm 1 on the augmented
+    frames (`preprocess.masks.foreground_masks`, the reference exactly; lambda and m from
+    ``index.masks``, no mask set needed)."""
 
     _stream = _STREAM_PRETRAIN
 
     def __init__(self, index, split: int, part: str, cfg: MACConfig,
                  reader_factory: Callable[[Any], Any] | None = None):
         if getattr(index, "masks", None) is None:
-            raise ValueError("PretrainClips needs a mask set: open the cache with "
-                             "open_cache(..., masks=MaskParams(...))")
+            raise ValueError("PretrainClips needs the mask parameters: open the cache with "
+                             "open_cache(..., masks=MaskParams(lam, m))")
+        if cfg.mask_source == "cache":
+            missing = sorted(set(cfg.strides) - set(getattr(index, "strides", ())))
+            if missing:
+                raise ValueError(f"mask_source 'cache' needs the mask sets of strides {missing}: open the cache "
+                                 f"with open_cache(..., strides={tuple(cfg.strides)}) after extracting them")
         super().__init__(index, split, part, cfg.seed, reader_factory)
         self.cfg = cfg
 
@@ -155,8 +164,10 @@ class PretrainClips(_CacheClips):
             sk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p)
             jk = draw_jitter(rng, cfg.key_jitter)
 
-        frames, masks = self._read(v, sample_clip_indices(n, cfg.T, stride, start), masks=True)
-        qf, qm = apply_spatial(frames, masks, sq)
+        idx = sample_clip_indices(n, cfg.T, stride, start)
+        frames = self._read(v, idx)
+        qf, _ = apply_spatial(frames, None, sq)
+        qm = self._masks(v, idx, frames, qf, sq)
         item = {
             "frames": torch.from_numpy(qf), "masks": torch.from_numpy(qm),
             "alpha": torch.from_numpy(alpha), "alpha_idx": torch.from_numpy(alpha_idx),
@@ -171,6 +182,18 @@ class PretrainClips(_CacheClips):
             item.update({"key_frames": torch.from_numpy(kf), "key_jitter": torch.from_numpy(jk),
                          "key_spatial": torch.from_numpy(sk.as_array())})
         return item
+
+    def _masks(self, video: int, idx: np.ndarray, frames: np.ndarray, augmented: np.ndarray,
+               sp) -> np.ndarray:
+        """uint8 [T, S, S] masks of the augmented clip (see the class docstring)."""
+        cfg = self.cfg
+        if cfg.mask_source == "clip":
+            from preprocess.masks import foreground_masks
+
+            mp = self.index.masks
+            return foreground_masks(augmented, mp.lam, mp.m, cfg.mask_mode, cfg.dilate)
+        diffs = self.reader.clip_diffs(video, idx, frames)
+        return clip_masks(diffs, sp, cfg.mask_mode, cfg.dilate)
 
 
 class LabelledClips(_CacheClips):
@@ -194,7 +217,7 @@ class LabelledClips(_CacheClips):
         start = int(rng.integers(0, max_clip_start(n, cfg.T, cfg.stride) + 1))
         sp = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p)
         jit = draw_jitter(rng, cfg.colour)
-        frames, _ = self._read(v, sample_clip_indices(n, cfg.T, cfg.stride, start), masks=False)
+        frames = self._read(v, sample_clip_indices(n, cfg.T, cfg.stride, start))
         fr, _ = apply_spatial(frames, None, sp)
         return {
             "frames": torch.from_numpy(fr), "jitter": torch.from_numpy(jit),
@@ -225,7 +248,7 @@ class EvalClips(_CacheClips):
         h, w = self._hw(v)
         starts = uniform_clip_starts(n, self.T, self.stride, self.num_clips)
         idx = np.concatenate([sample_clip_indices(n, self.T, self.stride, s) for s in starts])
-        frames, _ = self._read(v, idx, masks=False)                       # [N*T,H,W,3]
+        frames = self._read(v, idx)                                       # [N*T,H,W,3]
         fr, _ = apply_spatial(frames, None, centre_spatial(h, w, self.short_side, self.crop))
         return {
             "frames": torch.from_numpy(fr).view(self.num_clips, self.T, self.crop, self.crop, 3),

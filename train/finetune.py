@@ -57,7 +57,8 @@ class FinetuneConfig:
     crop: int = flag(112, "crop size")
     flip_p: float = flag(0.35, "horizontal flip probability")
     colour_jitter: bool = flag(True, "light colour jitter (p 0.2)")
-    norm: str = flag("kinetics", "mean/std constants", choices=("kinetics", "imagenet"))
+    norm: str = flag("auto", "mean/std constants; auto: the --init checkpoint's (MAC pretraining: imagenet), "
+                     "else kinetics (torchvision's video models)", choices=("auto", "imagenet", "kinetics"))
     dropout: float = flag(0.5, "dropout before the classifier")
     # optimisation
     epochs: int = flag(150, "epochs")
@@ -107,8 +108,9 @@ def read_init(init: str) -> tuple[dict | None, dict]:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     info = {"path": str(path.resolve()), "kind": "state_dict"}
     if isinstance(obj, dict) and obj.get("kind") in ("pretrain", "finetune"):
+        norm = obj.get("norm") or (obj.get("mac") or {}).get("norm") or (obj.get("config") or {}).get("norm")
         info.update(kind=obj["kind"], backbone_name=obj.get("backbone_name"), dataset=obj.get("dataset"),
-                    epoch=obj.get("epoch"), step=obj.get("step"))
+                    epoch=obj.get("epoch"), step=obj.get("step"), norm=norm)
         return (obj.get("backbone") or obj["model"]), info
     for key in ("state_dict", "model"):           # common wrappers of foreign checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -171,6 +173,11 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     if not cfg.init:
         raise SystemExit("pass --init random, --init <pretrain checkpoint> or --init <state dict .pth>")
     sd, info = read_init(cfg.init)
+    if cfg.norm == "auto":   # a backbone is finetuned with the normalisation it was pretrained with
+        cfg = dataclasses.replace(cfg, norm=info.get("norm") or "kinetics")
+        log(f"[finetune] normalisation: {cfg.norm} ("
+            + ("that of the --init checkpoint" if info.get("norm") else
+               "the default without a pretraining normalisation: torchvision's video models") + ")")
     backbone = cfg.backbone or info.get("backbone_name") or "r2plus1d_18"
     if backbone not in BACKBONES:
         raise SystemExit(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")

@@ -1,38 +1,46 @@
 """The MAC sample (SPEC section 2): alpha classes, blending, clip sampling, spatial and colour
-augmentation, as pure functions on arrays/tensors plus thin batched wrappers.
+augmentation, masks of the augmented clip, as pure functions on arrays/tensors plus thin batched
+wrappers.
+
+The order is the reference's: sample a clip -> spatial augmentation (scale, flip, crop) -> the
+clip's masks (after the spatial augmentation, so the soft stretch is over the crop) -> colour
+jitter and greyscale -> mean/std normalisation -> alpha blending of the normalised clip. The
+MoCo key (MAC-SC) is a second spatial + colour augmentation of the same frames, normalised,
+never blended.
 
 Where the work runs
 -------------------
-Every random draw happens in the (seeded) DataLoader workers, which do the integer work:
-JPEG decode, temporal sampling and the spatial augmentation (crop + resize + flip, on uint8).
-They return uint8 tensors plus the drawn parameters (alpha indices, colour-jitter draws, ...).
-The per-pixel float work (uint8 -> float, blend, colour jitter, greyscale, normalisation) runs
-batched on the training device in `MACTransform` / `gpu_transform`, deterministically from those
-parameters, so a sample is a pure function of (seed, epoch, item index) wherever it is computed.
+Every random draw happens in the (seeded) DataLoader workers, which do the integer work: JPEG
+decode, temporal sampling, the spatial augmentation (crop + resize + flip, on uint8) and the
+clip's masks (`clip_masks`, from the cache's per-stride differences, or `foreground_masks` on
+the augmented frames in the exact mode). They return uint8 tensors plus the drawn parameters
+(alpha indices, colour-jitter draws, ...). The per-pixel float work (uint8 -> float, colour
+jitter, greyscale, normalisation, blend) runs batched on the training device in
+`MACTransform` / `gpu_transform`, deterministically from those parameters, so a sample is a pure
+function of (seed, epoch, item index) wherever it is computed.
 
-Blending space (SPEC 2.3)
--------------------------
-The reference blends AFTER mean/std normalisation, so attenuating the foreground pulls it toward
-the dataset mean colour rather than toward black. With x the pixel clip in [0, 1],
-n = (x - mean) / std and the per-pixel weight
+Masks of a clip (SPEC sections 1 and 2.3)
+-----------------------------------------
+``mask_source="cache"`` (default): the stored thresholded differences D of the clip's stride
+(`preprocess.cache.ClipReader.clip_diffs`) are cropped, flipped, stretched per frame over the
+crop (soft) or thresholded (hard), dilated, then resized with the frames. ``mask_source="clip"``
+(the exact mode): Algorithm 1 runs on the clip's augmented frames, as the reference does, bit
+for bit (numba kernel); it costs a grey conversion and a mask pass per clip in the workers.
+
+Blending (SPEC 2.6)
+-------------------
+With n = (x - mean) / std the normalised (and colour-jittered) clip and the per-pixel weight
 
     w = alpha_j * M + (1 - M)          (= 1 - M (1 - alpha_j); reverse: 1 - (1 - M)(1 - alpha_j))
 
-blending is a per-pixel scalar multiply, blend(n) = w * n, hence exactly
+the blended query is w * n: attenuating the foreground pulls it toward the normalisation's
+mean colour, as in the reference. ``blend_space="pixel"`` (a named departure) blends the
+jittered pixel clip before normalising, attenuating toward black.
 
-    blend(n) * std + mean  ==  w * (x - mean) + mean  ==  blend(x - mean) + mean.
-
-The default ``blend_space="normalised"`` therefore blends the mean-centred pixel clip and adds the
-mean back: the result is the reference's blended clip expressed in pixel units, still inside
-[0, 1] (a convex combination of x and mean for alpha in [0, 1]), so the colour augmentation
-(SPEC 2.4: brightness delta 32/255 etc.) acts in the pixel units it is specified in, and the
-clip is normalised once at the end. ``blend_space="pixel"`` (a named departure) blends x itself,
-attenuating toward black.
-
-Normalisation constants: ``NORMS["kinetics"]`` (default) is the Kinetics-400 RGB mean/std used
-by torchvision's video classification models and reference scripts
-(mean 0.43216, 0.394666, 0.37645; std 0.22803, 0.22145, 0.216989); ``NORMS["imagenet"]`` is the
-usual ImageNet one.
+Normalisation constants: ``NORMS["imagenet"]`` (the default for MAC: the constants of the
+reference's MAC pretraining, finetuning and test configs) and ``NORMS["kinetics"]``, the
+Kinetics-400 mean/std of torchvision's video classification models (mean 0.43216, 0.394666,
+0.37645; std 0.22803, 0.22145, 0.216989), for backbones trained with those.
 
 Layouts: workers produce frames uint8 [T, H, W, 3] (as decoded) and masks uint8 [T, H, W]; the
 device transform returns float clips [B, 3, T, H, W] (channels-first video layout).
@@ -56,10 +64,10 @@ def _const(values: tuple[float, ...], shape: tuple[int, ...], device: torch.devi
 
 
 __all__ = [
-    "BLEND_SPACES", "JITTER_FIELDS", "IDENTITY_JITTER", "LOSSES", "NORMS",
+    "BLEND_SPACES", "JITTER_FIELDS", "IDENTITY_JITTER", "LOSSES", "MASK_MODES", "MASK_SOURCES", "NORMS",
     "ClipConfig", "ColourJitter", "MACConfig", "MACTransform", "Normalisation", "SpatialParams",
     "adjust_hue", "alpha_indices", "alpha_label", "alpha_values", "apply_jitter", "apply_spatial",
-    "blend", "blend_batch", "blend_weights", "centre_spatial", "clip_span", "clip_transform",
+    "blend", "blend_batch", "blend_weights", "centre_spatial", "clip_masks", "clip_span", "clip_transform",
     "draw_alphas", "draw_clip", "draw_jitter", "draw_spatial", "eval_transform", "gpu_transform",
     "max_clip_start", "normalise", "num_alpha_classes", "rgb_to_grey", "sample_clip_indices",
     "to_float_clips", "uniform_clip_starts",
@@ -84,6 +92,8 @@ NORMS: dict[str, Normalisation] = {
 
 BLEND_SPACES = ("normalised", "pixel")
 LOSSES = ("ce", "mse", "mse-n")
+MASK_SOURCES = ("cache", "clip")
+MASK_MODES = ("soft", "hard")
 
 #: Order of the per-clip colour-jitter parameter vector, and the order the ops are applied in.
 #: brightness: additive delta; contrast, saturation: factors; hue: shift in turns (deg / 360);
@@ -145,6 +155,9 @@ class MACConfig:
     k: int = 4                        # |A_k|, alpha classes per segment
     reverse: bool = False             # attenuate the background instead of the foreground
     blend_space: str = "normalised"   # "normalised" (reference) | "pixel" (departure)
+    mask_source: str = "cache"        # "cache" (per-stride sets) | "clip" (Algorithm 1 per clip, exact)
+    mask_mode: str = "soft"           # "soft" (the reference's default) | "hard"
+    dilate: bool = True               # the reference's 2x2 elliptical dilation
     loss: str = "ce"                  # "ce" | "mse" (regress preset alphas) | "mse-n" (alphas ~ U(0,1])
     key_view: bool = True             # MAC-SC: second, unblended augmentation of the same frames
     scales: tuple[int, ...] = (112, 128, 144)
@@ -152,11 +165,15 @@ class MACConfig:
     flip_p: float = 0.5
     colour: ColourJitter = field(default_factory=ColourJitter)
     key_colour: ColourJitter | None = None   # None: same as `colour`
-    norm: str = "kinetics"
+    norm: str = "imagenet"
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        if self.mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
         object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
         object.__setattr__(self, "colour", _coerce(ColourJitter, self.colour))
         object.__setattr__(self, "key_colour", _coerce(ColourJitter, self.key_colour))
@@ -478,19 +495,44 @@ def apply_spatial(frames, masks, params: SpatialParams):
     box = box.flip(2) if p.flip else box.contiguous()
     mbox = None
     if mk is not None:
-        mbox = mk[:, p.y0:p.y0 + p.size, p.x0:p.x0 + p.size]
-        if p.size != p.out:
-            # The uint8 kernel is vectorised for 3/4 channels: pack 4 masks as one RGBA image
-            # (channels are resized independently, so this is bit-identical to 1 channel, 2x faster).
-            pad = (-T) % 4
-            if pad:
-                mbox = torch.cat([mbox, mbox[-1:].expand(pad, -1, -1)])
-            g = mbox.reshape(-1, 4, p.size, p.size)
-            mbox = _resize_u8(g, p.out).reshape(T + pad, p.out, p.out)[:T]
+        mbox = _resize_planes_u8(mk[:, p.y0:p.y0 + p.size, p.x0:p.x0 + p.size], p.out)
         mbox = mbox.flip(2) if p.flip else mbox.contiguous()
     if as_numpy:
         return box.numpy(), (None if mbox is None else mbox.numpy())
     return box, mbox
+
+
+def _resize_planes_u8(planes: Tensor, out: int) -> Tensor:
+    """uint8 [T, L, L] -> [T, out, out] (the frames' resize, per plane)."""
+    T, size = planes.shape[0], planes.shape[1]
+    if size == out:
+        return planes
+    # The uint8 kernel is vectorised for 3/4 channels: pack 4 planes as one RGBA image
+    # (channels are resized independently, so this is bit-identical to 1 channel, 2x faster).
+    pad = (-T) % 4
+    if pad:
+        planes = torch.cat([planes, planes[-1:].expand(pad, -1, -1)])
+    g = planes.reshape(-1, 4, size, size)
+    return _resize_u8(g, out).reshape(T + pad, out, out)[:T]
+
+
+def clip_masks(diffs: np.ndarray, params: SpatialParams, mode: str = "soft", dilate: bool = True) -> np.ndarray:
+    """The masks of an augmented clip from its thresholded differences D (uint8 [T, H, W] at
+    cached resolution, the clip's first-mask rule already applied): crop the box, flip, then per
+    frame the soft stretch over the crop (or the hard threshold) and the dilation, exactly as
+    Algorithm 1 computes them on a cropped and flipped clip, then the frames' resize to
+    out x out. Returns uint8 [T, out, out], aligned with `apply_spatial`'s frames."""
+    from preprocess.masks import masks_from_diffs
+
+    p = params
+    T, H, W = diffs.shape
+    if p.y0 < 0 or p.x0 < 0 or p.y0 + p.size > H or p.x0 + p.size > W:
+        raise ValueError(f"spatial box {p} outside differences of {H}x{W}")
+    box = diffs[:, p.y0:p.y0 + p.size, p.x0:p.x0 + p.size]
+    if p.flip:
+        box = box[:, :, ::-1]
+    m = masks_from_diffs(np.ascontiguousarray(box), mode, dilate)
+    return _resize_planes_u8(torch.from_numpy(m), p.out).contiguous().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,7 +641,7 @@ def _norm_tensors(norm: str, x: Tensor) -> tuple[Tensor, Tensor]:
     return _const(nm.mean, shape, x.device, x.dtype), _const(nm.std, shape, x.device, x.dtype)
 
 
-def normalise(x: Tensor, norm: str = "kinetics") -> Tensor:
+def normalise(x: Tensor, norm: str = "imagenet") -> Tensor:
     """(x - mean) / std over the channel axis 1 of [B, 3, ...]."""
     mean, std = _norm_tensors(norm, x)
     return (x - mean) / std
@@ -614,7 +656,8 @@ class MACTransform:
 
     Returns {"query": float32 [B,3,T,S,S], "key": float32 [B,3,T,S,S] (cfg.key_view only),
     "label": int64 [B], "alpha_target": float32 [B,n], "alpha_idx": int64 [B,n]}, all on device.
-    query = normalise(jitter(blend)); key = normalise(jitter'(frames)), unblended.
+    query = blend(normalise(jitter(frames))) (the reference's order); key =
+    normalise(jitter'(frames)), unblended.
     """
 
     def __init__(self, cfg: MACConfig, device: torch.device | str | None = None):
@@ -622,16 +665,12 @@ class MACTransform:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
     def query(self, frames: Tensor, masks: Tensor, alpha: Tensor, jitter: Tensor) -> Tensor:
-        x = to_float_clips(frames, self.device)
+        x = apply_jitter(to_float_clips(frames, self.device), jitter)
         m = masks.to(self.device, non_blocking=True).float().div_(255.0)
         w = blend_weights(m, alpha.to(self.device, torch.float32), self.cfg.reverse)
         if self.cfg.blend_space == "normalised":
-            mean, _ = _norm_tensors(self.cfg.norm, x)
-            x = (x - mean) * w + mean        # == unnormalise(blend(normalise(x)))
-        else:
-            x = x * w
-        x = apply_jitter(x, jitter)
-        return normalise(x, self.cfg.norm).contiguous()
+            return normalise(x, self.cfg.norm).mul_(w).contiguous()
+        return normalise(x * w, self.cfg.norm).contiguous()
 
     def key(self, frames: Tensor, jitter: Tensor) -> Tensor:
         x = apply_jitter(to_float_clips(frames, self.device), jitter)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
 from train import engine as E
 from train.data import PretrainClips, make_loader, set_loader_epoch
-from train.mac import ColourJitter, MACConfig, MACTransform, alpha_values
+from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform, alpha_values
 from train.models import BACKBONES, FEATURE_DIM, backbone_state_dict, build_backbone
 
 flag = E.flag
@@ -56,10 +56,13 @@ class PretrainConfig:
     part: str = flag("train", "videos to pretrain on", choices=("train", "all"))
     short_side: int = flag(128, "frame set: cached short side")
     jpeg_quality: int = flag(90, "frame set: JPEG quality")
-    lam: int = flag(30, "mask set: threshold lambda", name="--lambda")
-    m: float = flag(0.5, "mask set: weight of the old background")
-    mask_mode: str = flag("soft", "mask set: soft | hard", choices=("soft", "hard"))
-    dilate: bool = flag(True, "mask set: 2x2 dilation")
+    lam: int = flag(30, "masks: threshold lambda (Algorithm 1)", name="--lambda")
+    m: float = flag(0.5, "masks: weight of the old background (Algorithm 1)")
+    mask_source: str = flag("cache", "cache: the per-stride mask sets; clip: Algorithm 1 on each augmented clip "
+                            "(the reference exactly, slower loader)", choices=MASK_SOURCES)
+    mask_mode: str = flag("soft", "masks: soft (stretched differences, the reference) | hard (255)",
+                          choices=MASK_MODES)
+    dilate: bool = flag(True, "masks: the reference's 2x2 dilation")
     # the MAC sample
     method: str = flag("mac-sc", "mac-s: alpha classification; mac-sc: + MoCo v2", choices=("mac-s", "mac-sc"))
     n: int = flag(2, "temporal segments (MAC-2 / MAC-4)")
@@ -76,7 +79,8 @@ class PretrainConfig:
     flip_p: float = flag(0.5, "horizontal flip probability")
     colour_jitter: bool = flag(True, "brightness/contrast/hue/saturation jitter (p 0.8 each)")
     greyscale: bool = flag(True, "greyscale p 0.2")
-    norm: str = flag("kinetics", "mean/std constants", choices=("kinetics", "imagenet"))
+    norm: str = flag("imagenet", "mean/std constants (the reference's MAC configs: imagenet)",
+                     choices=("imagenet", "kinetics"))
     # model / objective
     backbone: str = flag("r2plus1d_18", "backbone", choices=BACKBONES)
     dropout: float = flag(0.5, "dropout before the pretext head")
@@ -125,7 +129,8 @@ def mac_config(cfg: PretrainConfig) -> MACConfig:
     colour = ColourJitter(p_brightness=0.8 * cj, p_contrast=0.8 * cj, p_hue_saturation=0.8 * cj,
                           p_greyscale=0.2 * cfg.greyscale)
     return MACConfig(T=cfg.frames, strides=cfg.strides, n_segments=cfg.n, k=cfg.k, reverse=cfg.reverse,
-                     blend_space=cfg.blend_space, loss=cfg.loss, key_view=cfg.method == "mac-sc",
+                     blend_space=cfg.blend_space, mask_source=cfg.mask_source, mask_mode=cfg.mask_mode,
+                     dilate=cfg.dilate, loss=cfg.loss, key_view=cfg.method == "mac-sc",
                      scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p, colour=colour, norm=cfg.norm,
                      seed=cfg.seed)
 
@@ -136,6 +141,8 @@ def default_run_id(cfg: PretrainConfig) -> str:
         rid += f"_{cfg.loss}"
     if cfg.mask_mode != "soft" or not cfg.dilate:
         rid += f"_{cfg.mask_mode}{'' if cfg.dilate else '_nodilate'}"
+    if cfg.mask_source != "cache":
+        rid += f"_masks-{cfg.mask_source}"
     return rid + ("_reverse" if cfg.reverse else "") + ("_sym" if cfg.symmetric else "")
 
 
@@ -335,16 +342,18 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
         f"{cfg.batch_size * d.world_size}, device = {d.device}, run_dir = {run_dir}")
     E.configure_backends(d, cfg.deterministic)
 
-    # data: the frame set and the mask set of (lambda, m, mode, dilate)
+    # data: the frame set and, for --mask-source cache, the mask sets of (lambda, m) at every
+    # stride the clips are drawn with
     decode = DecodeParams(cfg.short_side, cfg.jpeg_quality)
-    masks = MaskParams(cfg.lam, cfg.m, cfg.mask_mode, cfg.dilate)
+    masks = MaskParams(cfg.lam, cfg.m)
+    strides = tuple(sorted(set(cfg.strides))) if cfg.mask_source == "cache" else ()
     try:
-        index = open_cache(cfg.cache_dir, cfg.dataset, decode, masks)
+        index = open_cache(cfg.cache_dir, cfg.dataset, decode, masks, strides)
     except CacheError as e:
         msg = str(e)
         if "extract_masks.py" not in msg:    # the fix must always be on screen
             from preprocess.cache import extract_command
-            msg += f"\nBuild it with:\n  {extract_command(cfg.dataset, cfg.cache_dir, decode, masks)}"
+            msg += f"\nBuild it with:\n  {extract_command(cfg.dataset, cfg.cache_dir, decode, masks, strides)}"
         if d.is_main:
             print(f"[pretrain] cannot open the cache: {msg}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -420,7 +429,8 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
               "dataset": cfg.dataset, "split": cfg.split, "mac": mcfg.to_dict(), "num_classes": n_out,
               "world_size": d.world_size, "global_batch": cfg.batch_size * d.world_size,
               "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode),
-                        "masks": dataclasses.asdict(masks)}, "metrics": metrics}
+                        "masks": dataclasses.asdict(masks), "strides": list(strides)},
+              "norm": cfg.norm, "metrics": metrics}
         E.save_checkpoint(ck, last)
         if cfg.save_every and not partial and epoch_done % cfg.save_every == 0:
             E.save_checkpoint(ck, run_dir / f"epoch_{epoch_done:04d}.pt")

@@ -92,14 +92,18 @@ def cache_info(cfg: dict, cache_dir: str | None) -> dict:
     from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
 
     decode = DecodeParams(int(cfg.get("short_side", 128)), int(cfg.get("jpeg_quality", 90)))
-    masks = None
+    masks, strides = None, ()
     if "lam" in cfg:
-        masks = MaskParams(int(cfg["lam"]), float(cfg["m"]), cfg.get("mask_mode", "soft"), bool(cfg.get("dilate", True)))
+        masks = MaskParams(int(cfg["lam"]), float(cfg["m"]))
+        if cfg.get("mask_source", "cache") == "cache":
+            strides = tuple(sorted(set(int(s) for s in cfg.get("strides", (1, 2, 3, 4)))))
     out = {"dataset": cfg.get("dataset"), "decode": decode.key(),
            "masks": None if masks is None else {"key": masks.key(), "lambda": masks.lam, "m": masks.m,
-                                                "mode": masks.mode, "dilate": masks.dilate}}
+                                                "strides": list(strides), "source": cfg.get("mask_source", "cache"),
+                                                "mode": cfg.get("mask_mode", "soft"), "dilate": cfg.get("dilate", True)}}
     try:
-        index = open_cache(cache_dir or cfg.get("cache_dir", "data_cache"), cfg.get("dataset", "ucf101"), decode, masks)
+        index = open_cache(cache_dir or cfg.get("cache_dir", "data_cache"), cfg.get("dataset", "ucf101"), decode,
+                           masks, strides)
         out.update(manifest_hash=index.manifest_hash, root=str(index.root), videos=len(index))
     except (CacheError, OSError, KeyError, ValueError) as e:
         out.update(manifest_hash=None, error=str(e).splitlines()[0])
