@@ -1,4 +1,5 @@
-"""MAC-SC loader throughput per worker process: the cache against decoding on the fly.
+"""MAC-SC loader throughput per worker process: the cache (both mask sources) against decoding
+on the fly.
 
     .venv/bin/python benchmarks/bench_loader.py                       # builds a synthetic cache
     .venv/bin/python benchmarks/bench_loader.py --cache-dir data_cache --dataset ucf101 \
@@ -9,16 +10,19 @@ Everything runs in ONE process with torch on one thread, i.e. the work of one Da
 (per core); each figure is the best of --repeats rounds (shared machines are noisy). Figures,
 same run, same sampled items (MAC-SC: query clip with masks + key view):
 
-1. cache item: `PretrainClips[i]` as a worker delivers it: temporal draw, HDF5 read + JPEG
-   decode of 16 frames and zlib decode of 16 masks, crop/resize/flip of frames+masks (query)
-   and of the frames again (key), parameter draws; uint8 tensors out. Also broken down.
+1. cache item, for each mask source: `PretrainClips[i]` as a worker delivers it: temporal draw,
+   HDF5 read + JPEG decode of 16 frames, crop/resize/flip of the frames (query) and of the
+   frames again (key), parameter draws, and the clip's masks: "cache" reads and inflates the 16
+   stored differences of the clip's stride, crops, stretches over the crop, dilates and resizes
+   them; "clip" (exact) runs Algorithm 1 on the 16 augmented frames. uint8 tensors out. Also
+   broken down.
 2. transform on CPU: `gpu_transform` (uint8 -> float, blend, colour jitter, greyscale,
    normalise, for query and key) on collated batches, per sample, on one CPU thread. In real runs
    it runs on the GPU; this figure says what it would cost a CPU worker instead.
-3. baseline: the same samples built from the source video: ffmpeg decode
-   (`preprocess.decode.iter_frames`, short side 128) from frame 0 to the clip's last frame (the
-   masks' background is recursive from frame 0, so exact masks need every earlier frame), masks
-   computed on the fly (`preprocess.masks.foreground_masks`), then the same spatial work.
+3. baseline: the same samples built from the source video, as the reference does without a
+   cache of decoded frames: ffmpeg decode (`preprocess.decode.iter_frames`, short side 128) from
+   frame 0 to the clip's last frame (no frame-exact seek in AVI), the spatial work, then the
+   clip's masks on the fly (`preprocess.masks.foreground_masks` on the augmented frames).
 4. optionally (--workers N): a DataLoader with N worker processes, batches of 8, total samples/s.
 
 Without --cache-dir, it builds a synthetic cache first: --videos AVIs of 320x240 (UCF101's size),
@@ -41,10 +45,12 @@ import torch
 
 from preprocess.cache import DecodeParams, MaskParams, open_cache, write_cache_from_arrays
 from preprocess.decode import ffmpeg_binary, iter_frames
+import dataclasses
+
 from preprocess.masks import foreground_masks
 from train.data import PretrainClips, item_rng, make_loader, set_loader_epoch
 from train.mac import (
-    MACConfig, apply_spatial, draw_alphas, draw_clip, draw_jitter, draw_spatial, gpu_transform,
+    MACConfig, apply_spatial, clip_masks, draw_alphas, draw_clip, draw_jitter, draw_spatial, gpu_transform,
     sample_clip_indices,
 )
 
@@ -106,7 +112,7 @@ def time_cache_items(ds: PretrainClips, samples: int, repeats: int) -> tuple[flo
 
     # breakdown on the same items
     cfg, reader = ds.cfg, ds.reader
-    parts = dict(read_frames=0.0, read_masks=0.0, spatial_query=0.0, spatial_key=0.0, draws=0.0)
+    parts = dict(read_frames=0.0, spatial_query=0.0, masks=0.0, spatial_key=0.0, draws=0.0)
     for s in range(samples):
         i = s % n
         t = time.perf_counter()
@@ -118,20 +124,23 @@ def time_cache_items(ds: PretrainClips, samples: int, repeats: int) -> tuple[flo
         draw_alphas(rng, cfg.k, cfg.n_segments, cfg.loss)
         sq, jq = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
         sk, jk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
-        idx = np.unique(sample_clip_indices(nf, cfg.T, stride, start))
+        idx = sample_clip_indices(nf, cfg.T, stride, start)
         t1 = time.perf_counter()
-        fr = reader.frames(v, idx)
+        fr = ds._read(v, idx)
         t2 = time.perf_counter()
-        mk = reader.masks(v, idx)
+        qf, _ = apply_spatial(fr, None, sq)
         t3 = time.perf_counter()
-        apply_spatial(fr, mk, sq)
+        if cfg.mask_source == "clip":
+            foreground_masks(qf, ds.index.masks.lam, ds.index.masks.m, cfg.mask_mode, cfg.dilate)
+        else:
+            clip_masks(reader.clip_diffs(v, idx, fr), sq, cfg.mask_mode, cfg.dilate)
         t4 = time.perf_counter()
         apply_spatial(fr, None, sk)
         t5 = time.perf_counter()
         parts["draws"] += t1 - t
         parts["read_frames"] += t2 - t1
-        parts["read_masks"] += t3 - t2
-        parts["spatial_query"] += t4 - t3
+        parts["spatial_query"] += t3 - t2
+        parts["masks"] += t4 - t3
         parts["spatial_key"] += t5 - t4
     return rate, {k: v / samples * 1e3 for k, v in parts.items()}
 
@@ -170,8 +179,8 @@ def baseline_item(path: Path, n_frames: int, h: int, w: int, cfg: MACConfig, rng
     finally:
         gen.close()                                   # stops ffmpeg early
     frames = np.concatenate(chunks)[:max(need, 2)]
-    masks = foreground_masks(frames, mask_params.lam, mask_params.m, mask_params.mode, mask_params.dilate)
-    qf, qm = apply_spatial(frames[idx], masks[idx], sq)
+    qf, _ = apply_spatial(frames[idx], None, sq)
+    qm = foreground_masks(qf, mask_params.lam, mask_params.m, cfg.mask_mode, cfg.dilate)
     kf, _ = apply_spatial(frames[idx], None, sk)
     return {"frames": qf, "masks": qm, "key_frames": kf}
 
@@ -255,7 +264,7 @@ def main(argv=None) -> int:
 
     mask_params = MaskParams()
     index = open_cache(cache_dir, dataset, DecodeParams(), mask_params)
-    cfg = MACConfig(n_segments=args.n_segments, key_view=True)
+    cfg = MACConfig(n_segments=args.n_segments, key_view=True, mask_source="cache")
     ds = PretrainClips(index, args.split, args.part, cfg)
     if len(ds) == 0:
         print(f"no videos in split {args.split} part {args.part}", file=sys.stderr)
@@ -265,13 +274,17 @@ def main(argv=None) -> int:
           f"{index.heights[vids[0]]}x{index.widths[vids[0]]}; MAC-SC-{cfg.n_segments}, one process, 1 torch thread")
 
     res: dict = {"videos": int(len(ds)), "n_segments": cfg.n_segments, "torch": torch.__version__}
-    rate, parts = time_cache_items(ds, args.samples, args.repeats)
-    res["cache_item_per_s"] = rate
-    res["cache_item_ms"] = parts
-    ok = "OK" if rate >= TARGET_PER_CORE else "BELOW TARGET"
-    print(f"cache item (query+masks+key, uint8)   : {rate:8.1f} samples/s per core "
-          f"[target {TARGET_PER_CORE:.0f}: {ok}]")
-    print("  breakdown ms/sample: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    for source in ("cache", "clip"):
+        dsm = ds if source == "cache" else PretrainClips(index, args.split, args.part,
+                                                         dataclasses.replace(cfg, mask_source=source))
+        rate, parts = time_cache_items(dsm, args.samples, args.repeats)
+        res[f"item_{source}_masks_per_s"] = rate
+        res[f"item_{source}_masks_ms"] = parts
+        ok = "OK" if rate >= TARGET_PER_CORE else "BELOW TARGET"
+        print(f"item, --mask-source {source:<5} (query+masks+key, uint8): {rate:8.1f} samples/s per core "
+              f"[target {TARGET_PER_CORE:.0f}: {ok}]")
+        print("  breakdown ms/sample: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    rate = res["item_cache_masks_per_s"]
     trate = time_transform(ds, args.batch_size, max(2, args.samples // (8 * args.batch_size)), args.repeats)
     res["transform_cpu_per_s"] = trate
     print(f"transform on CPU (blend+jitter+norm)  : {trate:8.1f} samples/s per core")

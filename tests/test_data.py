@@ -89,7 +89,7 @@ def test_pretrain_item_is_the_cached_clip(cache, scales):
 
     from preprocess.masks import foreground_masks
 
-    cfg = MACConfig(seed=0, scales=scales)
+    cfg = MACConfig(seed=0, scales=scales, mask_source="cache")
     ds = PretrainClips(cache, 1, "all", cfg)
     exact = PretrainClips(cache, 1, "all", dataclasses.replace(cfg, mask_source="clip"))
     reader = ClipReader(cache)
@@ -133,7 +133,7 @@ def test_pretrain_options(cache, cache_no_masks):
     with pytest.raises(ValueError, match="mask parameters"):
         PretrainClips(cache_no_masks, 1, "train", MACConfig())
     with pytest.raises(ValueError, match=r"strides \[5\]"):
-        PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5)))
+        PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5), mask_source="cache"))
     PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5), mask_source="clip"))[0]
     it = PretrainClips(cache, 1, "train", MACConfig(key_view=False, n_segments=4, loss="mse-n"))[1]
     assert "key_frames" not in it and "key_jitter" not in it
@@ -191,7 +191,7 @@ def test_loader_workers_fork_match_single_process(cache):
 
 
 def test_loader_spawn_matches_single_process(cache):
-    cfg = MACConfig(seed=11, n_segments=4)
+    cfg = MACConfig(seed=11, n_segments=4, mask_source="cache")   # the cache path in spawned workers
     ds = PretrainClips(cache, 1, "all", cfg)
     ref = _collect(make_loader(ds, 3, 0, shuffle=True, seed=1), epochs=(0, 2))
     # persistent spawned workers: set_epoch reaches them through the shared epoch tensor

@@ -127,11 +127,11 @@ class PretrainClips(_CacheClips):
     """MAC pretraining clips: per item one clip of a video of `index.subset(split, part)`,
     with its masks, the drawn alpha tuple and colour jitter, and (MAC-SC) a key view.
 
-    Masks (cfg.mask_source): "cache" reads the clip's thresholded differences from the mask set
-    of its stride (the index must be opened with every stride of cfg.strides) and makes the
-    masks over the crop (`train.mac.clip_masks`); "clip" runs Algorithm 1 on the augmented
-    frames (`preprocess.masks.foreground_masks`, the reference exactly; lambda and m from
-    ``index.masks``, no mask set needed)."""
+    Masks (cfg.mask_source): "clip" runs Algorithm 1 on the augmented frames
+    (`preprocess.masks.foreground_masks`, the reference exactly; lambda and m from
+    ``index.masks``, no mask set needed); "cache" reads the clip's thresholded differences from
+    the mask set of its stride (the index must be opened with every stride of cfg.strides) and
+    makes the masks over the crop (`train.mac.clip_masks`)."""
 
     _stream = _STREAM_PRETRAIN
 

@@ -95,7 +95,7 @@ def cache_info(cfg: dict, cache_dir: str | None) -> dict:
     masks, strides = None, ()
     if "lam" in cfg:
         masks = MaskParams(int(cfg["lam"]), float(cfg["m"]))
-        if cfg.get("mask_source", "cache") == "cache":
+        if cfg.get("mask_source", "cache") == "cache":   # runs from before the option read mask sets
             strides = tuple(sorted(set(int(s) for s in cfg.get("strides", (1, 2, 3, 4)))))
     out = {"dataset": cfg.get("dataset"), "decode": decode.key(),
            "masks": None if masks is None else {"key": masks.key(), "lambda": masks.lam, "m": masks.m,
