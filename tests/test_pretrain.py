@@ -163,7 +163,7 @@ def test_mse_and_mse_n_targets_and_loss(tiny_cache, tmp_path):
 
 def test_missing_mask_set_prints_the_extract_command(tiny_cache, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(tiny_args(tiny_cache, "--lambda", "60", "--run-dir", str(tmp_path / "run")))
+        main(tiny_args(tiny_cache, "--lambda", "60", "--mask-source", "cache", "--run-dir", str(tmp_path / "run")))
     assert exc.value.code not in (0, None)
     err = capsys.readouterr().err
     assert (f"python preprocess/extract_masks.py --dataset ucf101 --cache-dir {tiny_cache} "
