@@ -16,8 +16,9 @@ TINY = ["demo.classes=2", "demo.groups=3", "demo.clips=1", "demo.frames=16",
         "train.workers=0", "train.progress=false", "pretrain.queue-size=16",
         "evaluate.num-clips=2", "evaluate.workers=0", "retrieve.num-clips=2", "retrieve.workers=0",
         "extract.workers=1"]
-STAGES = ["data", "preflight", "extract", "pretrain", "finetune", "finetune_random", "evaluate",
-          "evaluate_random", "retrieve", "retrieve_random", "summary"]
+STAGES = ["data", "preflight", "extract", "pretrain", "finetune", "finetune_random", "linear", "linear_random",
+          "evaluate", "evaluate_random", "evaluate_linear", "evaluate_linear_random", "retrieve", "retrieve_random",
+          "summary"]
 
 
 def run_all(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -40,24 +41,30 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     run = tmp_path / "runs" / "demo" / "tiny"
     res = json.loads((run / "results.json").read_text())
     assert res["missing"] == []
-    for stage in ("evaluate", "evaluate_random"):
+    for stage in ("evaluate", "evaluate_random", "evaluate_linear", "evaluate_linear_random"):
         for k in EVAL_KEYS:
             assert 0.0 <= res["metrics"][stage][k] <= 100.0, (stage, k)
     for stage in ("retrieve", "retrieve_random"):
         assert set(RETRIEVAL_KEYS) <= set(res["metrics"][stage])
-    for stage in ("pretrain", "finetune", "finetune_random"):
+    for stage in ("pretrain", "finetune", "finetune_random", "linear", "linear_random"):
         assert {"loss", "acc", "epochs"} <= set(res["metrics"][stage]) and res["configs"][stage]["epochs"] == 1
         assert res["seeds"][stage] == 0 and res["devices"][stage]
+    assert res["configs"]["linear"]["freeze_backbone"] and not res["configs"]["finetune"]["freeze_backbone"]
+    # the pretext against chance (k 2, n 2: 4 alpha tuples), and the MAC-minus-random gains
+    assert res["pretext"]["chance"] == 0.25 and 0.0 <= res["pretext"]["test_acc"] <= 1.0
+    assert set(res["gains"]) == {"finetuned video top-1", "linear probe video top-1", "retrieval R@1"}
     assert res["configs"]["pretrain"]["crop"] == 32 and res["configs"]["finetune"]["init"].endswith("last.pt")
     assert res["mask_params"]["lambda"] == 30 and res["mask_params"]["m"] == 0.5
     assert res["cache_manifest_hash"] and "commit" in res["git"]
     assert set(STAGES) - {"summary"} <= set(res["wall_seconds"])
     # the random baseline retrieval saw the same clips as the pretrained one
     assert res["configs"]["retrieve_random"]["crop"] == res["configs"]["retrieve"]["crop"] == 32
-    assert (run / "summary.md").read_text().count("| MAC-pretrained |") == 1
+    summary = (run / "summary.md").read_text()
+    assert summary.count("| MAC-pretrained, finetuned |") == 1 and "| random init, linear probe |" in summary
+    assert "against chance 25.0" in summary
     assert (run / "curves_pretrain.png").exists() and (run / "curves_finetune.png").exists()
     assert (run / "evaluate" / "confusion.png").exists()
-    assert "| random init |" in r.stdout                     # the table is printed
+    assert "| random init, finetuned |" in r.stdout            # the table is printed
     markers = {s: (run / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
 
     # second run: every stage skipped via its marker, nothing recomputed, the table printed again
@@ -65,7 +72,7 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     for s in STAGES:
         assert f"stage {s}: done already" in r2.stdout
-    assert "=== stage" not in r2.stdout and "| MAC-pretrained |" in r2.stdout
+    assert "=== stage" not in r2.stdout and "| MAC-pretrained, finetuned |" in r2.stdout
     assert markers == {s: (run / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
 
     # an interrupted stage resumes: drop the last two markers and the summary, rerun

@@ -152,3 +152,48 @@ def test_torchrun_two_process_gloo(cache, pretrain_ckpt, tmp_path):
     assert ck["world_size"] == 2 and ck["global_batch"] == 6 and ck["metrics"]["val_videos"] == 3
     final = [r for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][-1]
     assert len(set(final["rank_param_hashes"])) == 1 and len(final["rank_param_hashes"]) == 2
+
+
+def test_linear_probe_trains_only_the_classifier(cache, pretrain_ckpt, tmp_path):
+    """--freeze-backbone: every backbone tensor, BN running statistics included, ends exactly as
+    loaded (no gradient reaches it), while the classifier learns; the normalisation is the
+    pretraining's."""
+    pre = E.load_checkpoint(pretrain_ckpt)
+    res = main(args(cache, "--init", str(pretrain_ckpt), "--freeze-backbone", "--epochs", "2", "--lr", "0.1",
+                    "--run-dir", str(tmp_path / "lp")))
+    ck = E.load_checkpoint(res["checkpoint"])
+    assert ck["config"]["freeze_backbone"] and ck["config"]["norm"] == pre["mac"]["norm"] == "imagenet"
+    for k, v in pre["backbone"].items():
+        assert torch.equal(ck["model"][k], v), k
+    fresh = build_backbone("r2plus1d_10", len(CLASSES))
+    torch.manual_seed(0)
+    assert not torch.equal(ck["model"]["fc.weight"], fresh.fc.weight)
+    from train.finetune import FinetuneConfig
+
+    cfg = E.parse_config(FinetuneConfig, ["--freeze-backbone", "--init", "random", "--label-fraction", "0.5"])
+    assert default_run_dir(cfg, {"kind": "random"}).name == "linear_random_labels0.5"
+
+
+def test_label_fraction_is_balanced_seeded_and_disjoint_from_test(cache, tmp_path):
+    from train.data import label_subset
+
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    videos = np.arange(100)
+    a = label_subset(videos, labels, 0.1, seed=3)
+    assert np.bincount(labels[a]).tolist() == [1, 2, 3, 4]                  # balanced: 10 % of each class
+    np.testing.assert_array_equal(a, label_subset(videos, labels, 0.1, seed=3))   # seeded
+    assert not np.array_equal(a, label_subset(videos, labels, 0.1, seed=4))
+    assert np.bincount(labels[label_subset(videos, labels, 0.01, seed=0)]).tolist() == [1, 1, 1, 1]  # >= 1 each
+    assert len(label_subset(videos, labels, 1.0)) == 100
+    # through finetune.py: the recorded training videos are the subset, never a test video
+    res = main(args(cache, "--init", "random", "--backbone", "r2plus1d_10", "--label-fraction", "0.34",
+                    "--epochs", "1", "--run-dir", str(tmp_path / "lf")))
+    ck = E.load_checkpoint(res["checkpoint"])
+    index = open_cache(cache, "ucf101")
+    train = set(index.names[index.subset(1, "train")])
+    test = set(index.names[index.subset(1, "test")])
+    got = set(ck["train_videos"])
+    assert len(got) == len(CLASSES) and got <= train and not got & test       # one per class of 3
+    assert sorted(index.labels[[list(index.names).index(n) for n in got]].tolist()) == [0, 1, 2]
+    with pytest.raises(SystemExit, match="label-fraction"):
+        main(args(cache, "--init", "random", "--label-fraction", "0", "--run-dir", str(tmp_path / "bad")))

@@ -338,3 +338,24 @@ def test_roundtrip_between_backbones_with_different_heads():
     x = torch.randn(1, 3, 8, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(a.forward_features(x), b.forward_features(x))
+
+
+def test_narrow_variants_keep_torchvision_names():
+    """r2plus1d_10_w32 and friends: the same module and parameter names, every width scaled."""
+    import torch
+
+    from train.models import build_backbone, parse_backbone
+
+    for base in ("r2plus1d_18", "r3d_18", "r2plus1d_10"):
+        full, narrow = build_backbone(base, 5), build_backbone(f"{base}_w32", 5)
+        assert list(full.state_dict()) == list(narrow.state_dict())
+        assert narrow.feature_dim == 256 and narrow.fc.in_features == 256
+        assert narrow.layer4[0].conv2[1].num_features == 256          # the block's BN
+        x = torch.randn(2, 3, 4, 32, 32)
+        assert narrow(x).shape == (2, 5) and narrow.forward_features(x).shape == (2, 256)
+        assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 3
+    assert parse_backbone("r2plus1d_10_w32") == ("r2plus1d_10", 32)
+    assert parse_backbone("r3d_18") == ("r3d_18", 64)
+    for bad in ("r2plus1d_10_w7", "r2plus1d_10_w512", "resnet50", "r3d_18_wide"):
+        with pytest.raises(ValueError, match="backbone"):
+            parse_backbone(bad)

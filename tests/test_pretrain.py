@@ -23,7 +23,8 @@ from preprocess.cache import MaskParams, open_cache, write_cache_from_arrays
 from train import engine as E
 from train.data import PretrainClips, make_loader
 from train.mac import MACTransform, alpha_values
-from train.pretrain import MACModel, PretrainConfig, check_config, compute_losses, mac_config, main, pretext_loss
+from train.pretrain import (MACModel, PretrainConfig, at_chance, check_config, compute_losses, mac_config, main,
+                            pretext_chance, pretext_loss)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("MoveLeft", "MoveRight")
@@ -147,10 +148,10 @@ def test_mse_and_mse_n_targets_and_loss(tiny_cache, tmp_path):
 
     # the loss: sigmoid of n outputs, MSE to the alphas; "correct" = nearest preset is the true one
     head = torch.logit(b["alpha_target"].clamp(1e-4, 1 - 1e-4))
-    loss, correct = pretext_loss(head, b, "mse", 4)
-    assert loss.item() < 1e-6 and correct.all()
+    loss, correct, seg = pretext_loss(head, b, "mse", 4, 2)
+    assert loss.item() < 1e-6 and correct.all() and seg.all()
     head2 = torch.zeros(4, 2)                                  # sigmoid -> 0.5 everywhere
-    loss2, _ = pretext_loss(head2, bn, "mse-n", 4)
+    loss2, _, _ = pretext_loss(head2, bn, "mse-n", 4, 2)
     assert torch.allclose(loss2, ((0.5 - t) ** 2).mean())
 
     # end to end: the head has n outputs
@@ -297,3 +298,36 @@ def test_atomic_checkpoint_and_config_parsing(tmp_path):
     cfg = E.parse_config(PretrainConfig, ["--no-bf16", "--milestones", "5", "7", "--lambda", "10", "--symmetric"])
     assert cfg.bf16 is False and cfg.milestones == (5, 7) and cfg.lam == 10 and cfg.symmetric is True
     assert E.parse_config(PretrainConfig, []).bf16 is True
+
+
+def test_pretext_accuracy_per_segment_and_chance():
+    """ce: a clip is right when the tuple is; each segment when its own alpha is (the tuple's
+    digits in base k, first segment most significant). Chance: 1/k^n per clip, 1/k per segment."""
+    k, n = 3, 2
+    label = torch.tensor([0, 5, 7, 8])                    # (0,0) (1,2) (2,1) (2,2)
+    pred = torch.tensor([0, 3, 8, 2])                     # (0,0) (1,0) (2,2) (0,2)
+    head = torch.nn.functional.one_hot(pred, k ** n).float() * 10
+    _, correct, seg = pretext_loss(head, {"label": label}, "ce", k, n)
+    assert correct.tolist() == [True, False, False, False]
+    assert seg.tolist() == [[True, True], [True, False], [True, False], [False, True]]
+    assert pretext_chance(PretrainConfig(k=2, n=2)) == (0.25, 0.5)
+    assert pretext_chance(PretrainConfig(k=4, n=4)) == (1 / 256, 0.25)
+    assert at_chance(0.27, 0.25, 200) and not at_chance(0.40, 0.25, 200) and not at_chance(0.3, None, 10)
+
+
+def test_warns_when_the_pretext_is_still_at_chance(tiny_cache, tmp_path, capsys):
+    """After a quarter of the epochs at chance (lr 0: nothing can be learned) the run says so,
+    names the likely causes with the samples' measured mask coverage per stride, and records it in
+    metrics.jsonl; per-segment accuracies and the chance level are logged every epoch."""
+    res = main(tiny_args(tiny_cache, "--method", "mac-s", "--k", "2", "--epochs", "4", "--lr", "0",
+                         "--run-dir", str(tmp_path / "run")))
+    out = capsys.readouterr().out
+    assert "guessing scores 0.25 per clip, 0.5 per segment" in out
+    assert "WARNING: after a quarter of the pretraining (epoch 1/4" in out
+    assert "mask coverage" in out and "--lambda 30" in out and "the training samples is stride " in out
+    recs = [json.loads(l) for l in (res["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    warn = [r for r in recs if r["kind"] == "warning"]
+    assert len(warn) == 1 and warn[0]["epoch"] == 0
+    ep = [r for r in recs if r["kind"] == "epoch"]
+    assert all(r["chance"] == 0.25 and r["chance_seg"] == 0.5 and "acc_seg0" in r and "acc_seg1" in r for r in ep)
+    assert any(k.startswith("mask_mean_s") and 0 < ep[0][k] < 1 for k in ep[0])

@@ -41,12 +41,30 @@ from train.mac import (
     draw_spatial, max_clip_start, sample_clip_indices, uniform_clip_starts,
 )
 
-__all__ = ["PretrainClips", "LabelledClips", "EvalClips", "EpochSampler", "make_loader", "set_loader_epoch",
-           "worker_init_fn", "item_rng"]
+__all__ = ["PretrainClips", "LabelledClips", "EvalClips", "EpochSampler", "label_subset", "make_loader",
+           "set_loader_epoch", "worker_init_fn", "item_rng"]
 
 # Distinct random streams per dataset kind, so that e.g. a finetuning clip of video i does not
 # reuse the draws of the pretraining clip of the same item.
 _STREAM_PRETRAIN, _STREAM_LABELLED, _STREAM_EVAL = 1, 2, 3
+
+
+def label_subset(videos: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """A seeded, class-balanced subset of `videos` (indices into `labels`) for label-efficient
+    finetuning: from each class, round(fraction * its count) videos (at least one), drawn
+    without replacement by a generator of (seed, "labels"); the subset of a smaller fraction is
+    not nested in a larger one's. Returned in the input's order."""
+    videos = np.asarray(videos, dtype=np.int64)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x1abe1])))
+    keep = []
+    for c in np.unique(labels[videos]):
+        members = videos[labels[videos] == c]
+        k = max(1, int(round(fraction * len(members))))
+        keep.append(rng.choice(members, size=k, replace=False))
+    chosen = set(np.concatenate(keep).tolist()) if keep else set()
+    return np.array([v for v in videos if v in chosen], dtype=np.int64)
 
 
 def item_rng(seed: int, epoch: int, idx: int, stream: int = 0) -> np.random.Generator:

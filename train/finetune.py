@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,9 +34,9 @@ from tqdm import tqdm
 
 from preprocess.cache import CacheError, DecodeParams, open_cache
 from train import engine as E
-from train.data import EvalClips, LabelledClips, make_loader, set_loader_epoch
+from train.data import EvalClips, LabelledClips, label_subset, make_loader, set_loader_epoch
 from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
-from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone
+from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone, parse_backbone
 
 flag = E.flag
 
@@ -60,10 +61,14 @@ class FinetuneConfig:
     norm: str = flag("auto", "mean/std constants; auto: the --init checkpoint's (MAC pretraining: imagenet), "
                      "else kinetics (torchvision's video models)", choices=("auto", "imagenet", "kinetics"))
     dropout: float = flag(0.5, "dropout before the classifier")
+    freeze_backbone: bool = flag(False, "linear probe: train only the classifier on frozen backbone features "
+                                 "(BN statistics frozen too)")
+    label_fraction: float = flag(1.0, "train on a seeded, class-balanced fraction of the train labels (0 < F <= 1)")
     # optimisation
     epochs: int = flag(150, "epochs")
     batch_size: int = flag(32, "clips per process and step")
-    lr: float = flag(0.01, "SGD learning rate")
+    optimizer: str = flag("sgd", "sgd (the paper's recipe) | adamw", choices=E.OPTIMIZERS)
+    lr: float = flag(0.01, "learning rate")
     momentum: float = flag(0.9, "SGD momentum")
     weight_decay: float = flag(5e-4, "SGD weight decay")
     milestones: tuple = flag((60, 120), "MultiStepLR epochs")
@@ -120,8 +125,18 @@ def read_init(init: str) -> tuple[dict | None, dict]:
     return obj, info
 
 
+def train_mode(model: nn.Module, freeze_backbone: bool) -> None:
+    """model.train(); with a frozen backbone only the classifier trains (its dropout on), the
+    backbone stays in eval mode so its BN statistics never move."""
+    model.train(not freeze_backbone)
+    if freeze_backbone:
+        model.fc.train()
+
+
 def default_run_dir(cfg: FinetuneConfig, info: dict) -> Path:
-    stage = "finetune" + ("_random" if info["kind"] == "random" else "")
+    stage = ("linear" if cfg.freeze_backbone else "finetune") + ("_random" if info["kind"] == "random" else "")
+    if cfg.label_fraction < 1.0:
+        stage += f"_labels{cfg.label_fraction:g}"
     p = Path(info.get("path", ""))
     if info["kind"] in ("pretrain", "finetune") and p.parent.name.startswith(("pretrain", "finetune")):
         root, root_ds = p.parent.parent, info.get("dataset")       # beside the pretraining stage
@@ -149,7 +164,7 @@ def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: E.Dist, cl: bool 
         losses += F.cross_entropy(logits, b["label"], reduction="none").tolist()
         correct += (logits.argmax(1) == b["label"]).float().tolist()
         vids += batch["video"].tolist()
-    model.train()
+    train_mode(model, cfg.freeze_backbone)
     _, vals = E.gather_unique(vids, list(zip(correct, losses)), d)
     n = max(len(vals), 1)
     return {"val_acc": sum(v[0] for v in vals) / n, "val_loss": sum(v[1] for v in vals) / n,
@@ -179,8 +194,10 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
             + ("that of the --init checkpoint" if info.get("norm") else
                "the default without a pretraining normalisation: torchvision's video models") + ")")
     backbone = cfg.backbone or info.get("backbone_name") or "r2plus1d_18"
-    if backbone not in BACKBONES:
-        raise SystemExit(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    try:
+        parse_backbone(backbone)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, info)
     log(f"[finetune] config:\n{E.format_config(cfg)}\n  backbone = {backbone}, world_size = {d.world_size}, "
         f"global batch = {cfg.batch_size * d.world_size}, device = {d.device}, run_dir = {run_dir}")
@@ -196,7 +213,14 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     ccfg = ClipConfig(T=cfg.frames, stride=cfg.stride, scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p,
                       colour=ColourJitter.light() if cfg.colour_jitter else ColourJitter.off(),
                       norm=cfg.norm, seed=cfg.seed)
+    if not 0.0 < cfg.label_fraction <= 1.0:
+        raise SystemExit(f"--label-fraction {cfg.label_fraction}: must be in (0, 1]")
     train_ds = LabelledClips(index, cfg.split, "train", ccfg)
+    if cfg.label_fraction < 1.0:
+        full = len(train_ds)
+        train_ds.videos = label_subset(train_ds.videos, index.labels, cfg.label_fraction, cfg.seed)
+        log(f"[finetune] label fraction {cfg.label_fraction:g}: {len(train_ds)} of {full} training videos "
+            f"(seed {cfg.seed}, per class: {np.bincount(index.labels[train_ds.videos], minlength=len(index.classes)).tolist()})")
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, distributed=d.distributed,
                          seed=cfg.seed)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
@@ -225,12 +249,16 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
                           "unexpected": report.unexpected, "mismatched": [list(map(str, m)) for m in report.mismatched],
                           "dropped": report.dropped, "ignored": len(report.ignored)}
         log(f"[finetune] init from {cfg.init} ({info['kind']}):\n{report.summary()}")
+    if cfg.freeze_backbone:      # linear probe: only fc learns; the backbone is a fixed feature map
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("fc."))
     model = model.to(d.device)
-    model = E.maybe_sync_bn(model, d, cfg.sync_bn)
+    model = E.maybe_sync_bn(model, d, cfg.sync_bn and not cfg.freeze_backbone)
     cl = E.use_channels_last(d, cfg.channels_last)
     if cl:
         model = model.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = E.make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
 
     if (run_dir / "last.pt").exists() and not cfg.resume:   # before touching the run dir
@@ -282,7 +310,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
             break
         E.seed_everything(E.derive_seed(cfg.seed, epoch, d.rank))
         set_loader_epoch(loader, epoch)
-        model.train()
+        train_mode(model, cfg.freeze_backbone)
         sums, n_done, t_epoch = {}, 0, time.perf_counter()
         win, win_n, data_t = {}, 0, 0.0
         t_win = t_last = time.perf_counter()
@@ -299,7 +327,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
             loss = F.cross_entropy(logits.float(), b["label"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or float("inf"))
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
             E.check_finite({"loss": loss, "grad_norm": gn}, epoch, step, d)   # before the update
             terms = {"loss": loss.detach(), "acc": (logits.argmax(1) == b["label"]).float().mean(), "grad_norm": gn}
             opt.step()

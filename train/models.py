@@ -11,7 +11,13 @@ names, shapes and their order are identical to torchvision's, so checkpoints mov
 tests check against it.)
 
 Input clips are ``[B, 3, T, H, W]``. ``forward_features`` returns the pooled, flattened
-``[B, 512]`` feature used by the MAC heads and for retrieval; ``forward`` applies ``fc`` on it.
+``[B, feature_dim]`` feature (512 at the standard width) used by the MAC heads and for
+retrieval; ``forward`` applies ``fc`` on it.
+
+Narrow variants: a name with a ``_w<width>`` suffix (e.g. ``r2plus1d_10_w32``) scales every stage
+width by width / 64 (stem, stages 64-128-256-512 -> 32-64-128-256; feature_dim = 8 * width).
+Module and parameter names stay torchvision's, only the shapes shrink. They exist for CPU-sized
+runs (the built-in demo); the paper's models are the standard widths.
 The models work with ``memory_format=torch.channels_last_3d``, under ``torch.autocast`` and
 with ``torch.compile`` (no graph breaks).
 
@@ -158,26 +164,28 @@ class BasicBlock(nn.Module):
 
 
 class BasicStem(nn.Sequential):
-    """R3D stem: Conv3d 3->64 (3,7,7) stride (1,2,2) pad (1,3,3), BN, ReLU."""
+    """R3D stem: Conv3d 3->64 (3,7,7) stride (1,2,2) pad (1,3,3), BN, ReLU (64: the width)."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 64) -> None:
         super().__init__(
-            nn.Conv3d(3, 64, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
-            nn.BatchNorm3d(64),
+            nn.Conv3d(3, width, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+            nn.BatchNorm3d(width),
             nn.ReLU(inplace=True),
         )
 
 
 class R2Plus1dStem(nn.Sequential):
-    """R(2+1)D stem: spatial conv 3->45 (1,7,7), BN, ReLU, temporal conv 45->64 (3,1,1), BN, ReLU."""
+    """R(2+1)D stem: spatial conv 3->45 (1,7,7), BN, ReLU, temporal conv 45->64 (3,1,1), BN, ReLU
+    (45 and 64 scaled by width / 64 for narrow variants)."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 64) -> None:
+        mid = (45 * width) // 64
         super().__init__(
-            nn.Conv3d(3, 45, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
-            nn.BatchNorm3d(45),
+            nn.Conv3d(3, mid, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.BatchNorm3d(mid),
             nn.ReLU(inplace=True),
-            nn.Conv3d(45, 64, kernel_size=(3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False),
-            nn.BatchNorm3d(64),
+            nn.Conv3d(mid, width, kernel_size=(3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(width),
             nn.ReLU(inplace=True),
         )
 
@@ -194,6 +202,7 @@ class VideoResNet(nn.Module):
             then returns the features and the state dict has no ``fc.*``; such a model is not
             torchvision-loadable with ``strict=True``, its backbone is).
         zero_init_residual: zero-init the last BN of each block (torchvision's option).
+        width: the stem / first-stage width (64: torchvision's); stages are width x 1, 2, 4, 8.
     """
 
     def __init__(
@@ -204,21 +213,22 @@ class VideoResNet(nn.Module):
         stem: Callable[[], nn.Module],
         num_classes: int = 400,
         zero_init_residual: bool = False,
+        width: int = 64,
     ) -> None:
         super().__init__()
         if len(conv_makers) != 4 or len(layers) != 4:
             raise ValueError("conv_makers and layers must have one entry per stage (4)")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.inplanes = 64
+        self.inplanes = width
         self.num_classes = num_classes
-        self.feature_dim = 512 * block.expansion
+        self.feature_dim = 8 * width * block.expansion
 
-        self.stem = stem()
-        self.layer1 = self._make_layer(block, conv_makers[0], 64, layers[0], stride=1)
-        self.layer2 = self._make_layer(block, conv_makers[1], 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, conv_makers[2], 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, conv_makers[3], 512, layers[3], stride=2)
+        self.stem = stem(width) if width != 64 else stem()
+        self.layer1 = self._make_layer(block, conv_makers[0], width, layers[0], stride=1)
+        self.layer2 = self._make_layer(block, conv_makers[1], 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, conv_makers[2], 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, conv_makers[3], 8 * width, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
         self.fc: nn.Module = (
             nn.Linear(self.feature_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -266,7 +276,7 @@ class VideoResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, 3, T, H, W]`` clips -> ``[B, 512]`` globally average-pooled features."""
+        """``[B, 3, T, H, W]`` clips -> ``[B, feature_dim]`` globally average-pooled features."""
         x = self.stem(x)
         x = self.layer1(x)
         x = self.layer2(x)
@@ -284,26 +294,26 @@ class VideoResNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def r2plus1d_18(num_classes: int = 400) -> VideoResNet:
+def r2plus1d_18(num_classes: int = 400, width: int = 64) -> VideoResNet:
     """R(2+1)D-18 (torchvision ``r2plus1d_18``), 31.5M parameters with a 400-way fc."""
-    return VideoResNet(BasicBlock, [Conv2Plus1D] * 4, [2, 2, 2, 2], R2Plus1dStem, num_classes)
+    return VideoResNet(BasicBlock, [Conv2Plus1D] * 4, [2, 2, 2, 2], R2Plus1dStem, num_classes, width=width)
 
 
-def r3d_18(num_classes: int = 400) -> VideoResNet:
+def r3d_18(num_classes: int = 400, width: int = 64) -> VideoResNet:
     """R3D-18 (torchvision ``r3d_18``)."""
-    return VideoResNet(BasicBlock, [Conv3DSimple] * 4, [2, 2, 2, 2], BasicStem, num_classes)
+    return VideoResNet(BasicBlock, [Conv3DSimple] * 4, [2, 2, 2, 2], BasicStem, num_classes, width=width)
 
 
-def r2plus1d_10(num_classes: int = 400) -> VideoResNet:
+def r2plus1d_10(num_classes: int = 400, width: int = 64) -> VideoResNet:
     """R(2+1)D-10: R(2+1)D with one BasicBlock per stage (layers [1, 1, 1, 1]).
 
     Same stem and stage widths as R(2+1)D-18; its state dict is R(2+1)D-18's restricted to the
     ``layerN.0`` blocks.
     """
-    return VideoResNet(BasicBlock, [Conv2Plus1D] * 4, [1, 1, 1, 1], R2Plus1dStem, num_classes)
+    return VideoResNet(BasicBlock, [Conv2Plus1D] * 4, [1, 1, 1, 1], R2Plus1dStem, num_classes, width=width)
 
 
-_BUILDERS: dict[str, Callable[[int], VideoResNet]] = {
+_BUILDERS: dict[str, Callable[..., VideoResNet]] = {
     "r2plus1d_18": r2plus1d_18,
     "r3d_18": r3d_18,
     "r2plus1d_10": r2plus1d_10,
@@ -313,13 +323,25 @@ _BUILDERS: dict[str, Callable[[int], VideoResNet]] = {
 BACKBONES: tuple[str, ...] = ("r2plus1d_18", "r3d_18", "r2plus1d_10")
 
 
+def parse_backbone(name: str) -> tuple[str, int]:
+    """(base name, width) of a backbone name: one of ``BACKBONES``, optionally with a
+    ``_w<width>`` suffix (width a multiple of 8 in 8..256); ValueError otherwise."""
+    base, width = str(name), 64
+    head, sep, tail = base.rpartition("_w")
+    if sep and tail.isdigit():
+        base, width = head, int(tail)
+        if not (8 <= width <= 256 and width % 8 == 0):
+            raise ValueError(f"backbone {name!r}: the width must be a multiple of 8 in 8..256, got {width}")
+    if base not in _BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}, optionally narrowed "
+                         f"with a _w<width> suffix (e.g. r2plus1d_10_w32)")
+    return base, width
+
+
 def build_backbone(name: str, num_classes: int = 400) -> VideoResNet:
-    """Build a backbone by name (one of ``BACKBONES``)."""
-    try:
-        builder = _BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}") from None
-    return builder(num_classes)
+    """Build a backbone by name: one of ``BACKBONES``, or a narrow variant ``<name>_w<width>``."""
+    base, width = parse_backbone(name)
+    return _BUILDERS[base](num_classes, width=width)
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
 from train import engine as E
 from train.data import PretrainClips, make_loader, set_loader_epoch
 from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform, alpha_values
-from train.models import BACKBONES, FEATURE_DIM, backbone_state_dict, build_backbone
+from train.models import BACKBONES, backbone_state_dict, build_backbone, parse_backbone
 
 flag = E.flag
 
@@ -82,7 +82,8 @@ class PretrainConfig:
     norm: str = flag("imagenet", "mean/std constants (the reference's MAC configs: imagenet)",
                      choices=("imagenet", "kinetics"))
     # model / objective
-    backbone: str = flag("r2plus1d_18", "backbone", choices=BACKBONES)
+    backbone: str = flag("r2plus1d_18", f"backbone: {', '.join(BACKBONES)}; a _w<width> suffix narrows it "
+                         "(e.g. r2plus1d_10_w32, the CPU demo's)")
     dropout: float = flag(0.5, "dropout before the pretext head")
     proj_hidden: int = flag(512, "MoCo projection MLP hidden width")
     proj_dim: int = flag(128, "MoCo embedding size")
@@ -96,7 +97,8 @@ class PretrainConfig:
     # optimisation
     epochs: int = flag(300, "epochs")
     batch_size: int = flag(32, "clips per process and step")
-    lr: float = flag(0.01, "SGD learning rate")
+    optimizer: str = flag("sgd", "sgd (the paper's recipe) | adamw", choices=E.OPTIMIZERS)
+    lr: float = flag(0.01, "learning rate")
     momentum: float = flag(0.9, "SGD momentum")
     weight_decay: float = flag(1e-4, "SGD weight decay")
     milestones: tuple = flag((100, 200), "MultiStepLR epochs")
@@ -150,8 +152,8 @@ def default_run_id(cfg: PretrainConfig) -> str:
 # Model: query encoder + pretext head (+ MoCo v2 key encoder, projection and queue)
 # ------------------------------------------------------------------------------------------
 
-def projection(hidden: int, dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(FEATURE_DIM, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+def projection(in_dim: int, hidden: int, dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
 
 class MACModel(nn.Module):
@@ -168,7 +170,7 @@ class MACModel(nn.Module):
         self.contrastive = contrastive
         self.m, self.T, self.groups = momentum, temperature, max(1, shuffle_bn_groups)
         if contrastive:
-            self.proj = projection(proj_hidden, proj_dim)
+            self.proj = projection(self.backbone.feature_dim, proj_hidden, proj_dim)
             self.backbone_k = copy.deepcopy(self.backbone)
             self.backbone_k.fc = nn.Identity()            # the key encoder needs no pretext head
             self.proj_k = copy.deepcopy(self.proj)
@@ -255,25 +257,68 @@ class MACModel(nn.Module):
         return out
 
 
-def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, per-clip correct) of the alpha objective.
-    ce: cross-entropy over the k^n tuple classes. mse / mse-n: sigmoid of n outputs vs the
-    alphas, MSE; "correct" = every segment's prediction within half the preset spacing of its
-    alpha (for mse: the nearest preset alpha is the true one)."""
+def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int, n: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, per-clip correct [B], per-segment correct [B, n]) of the alpha objective.
+    ce: cross-entropy over the k^n tuple classes; a segment is correct when the predicted
+    tuple's alpha for it is the true one. mse / mse-n: sigmoid of n outputs vs the alphas, MSE;
+    a segment is correct when its prediction is within half the preset spacing of its alpha
+    (mse: the nearest preset alpha is the true one). A clip is correct when all its segments are."""
     head = head.float()
     if loss == "ce":
-        return F.cross_entropy(head, b["label"]), head.argmax(1) == b["label"]
+        pred = head.argmax(1)
+        place = k ** torch.arange(n - 1, -1, -1, device=head.device)          # first segment most significant
+        seg = (pred[:, None] // place) % k == (b["label"][:, None] // place) % k
+        return F.cross_entropy(head, b["label"]), pred == b["label"], seg
     pred, target = torch.sigmoid(head), b["alpha_target"].float()
     if loss == "mse":
         presets = torch.tensor(alpha_values(k), device=head.device)
-        nearest = (pred[..., None] - presets).abs().argmin(-1)
-        return F.mse_loss(pred, target), (nearest == b["alpha_idx"]).all(1)
-    return F.mse_loss(pred, target), ((pred - target).abs() < 0.5 / (k - 1)).all(1)
+        seg = (pred[..., None] - presets).abs().argmin(-1) == b["alpha_idx"]
+    else:
+        seg = (pred - target).abs() < 0.5 / (k - 1)
+    return F.mse_loss(pred, target), seg.all(1), seg
+
+
+def pretext_chance(cfg) -> tuple[float | None, float | None]:
+    """(clip, segment) accuracy of guessing: 1 / k^n and 1 / k for ce and mse; for mse-n (targets
+    uniform in (0, 1]) a guess is within half the spacing, 1 / (2 (k - 1)) either side, with
+    probability about 1 / (k - 1) per segment."""
+    if cfg.loss == "mse-n":
+        seg = min(1.0, 1.0 / (cfg.k - 1))
+        return seg ** cfg.n, seg
+    return 1.0 / cfg.k ** cfg.n, 1.0 / cfg.k
+
+
+def at_chance(acc: float, chance: float | None, samples: int) -> bool:
+    """True when `acc` over `samples` clips is not above guessing by 3 binomial standard errors."""
+    if chance is None or samples <= 0:
+        return False
+    return acc <= chance + 3.0 * (chance * (1.0 - chance) / samples) ** 0.5
+
+
+def chance_warning(cfg, epoch: int, step: int, acc: float, samples: int, mask_means: dict[int, float]) -> str:
+    """The message printed when the pretext is still at chance after a quarter of the pretraining."""
+    chance, _ = pretext_chance(cfg)
+    cover = ", ".join(f"stride {s}: {v:.3f}" for s, v in sorted(mask_means.items())) or "not measured"
+    return (f"WARNING: after a quarter of the pretraining (epoch {epoch + 1}/{cfg.epochs}, step {step}) the pretext "
+            f"accuracy is {acc:.3f} over {samples} clips, indistinguishable from chance ({chance:.3f} for "
+            f"{cfg.k}^{cfg.n} alpha tuples). Likely causes:\n"
+            f"  - mask coverage: the mean mask value of the training samples is {cover} (the reference's per-clip "
+            f"masks on real footage: 0.02-0.11 at stride 4); masks that weak hide the attenuation. Look at "
+            f"`extract_masks.py --list`; try --mask-mode hard (the full 1 - alpha on every moving pixel);\n"
+            f"  - lambda: --lambda {cfg.lam} keeps only differences above {cfg.lam} grey levels; low-contrast footage "
+            f"needs a lower one (the paper: 10, 30, 60);\n"
+            f"  - strides: consecutive frames differ little (--strides {' '.join(map(str, cfg.strides))}); larger "
+            f"strides give larger differences;\n"
+            f"  - optimisation: a short budget with SGD can sit on the initial plateau (--optimizer adamw, or "
+            f"another --lr); more alpha classes (--k {cfg.k}) make the task harder.")
 
 
 def compute_losses(out: dict, b: dict, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
-    cls, correct = pretext_loss(out["head"], b, cfg.loss, cfg.k)
+    cls, correct, seg = pretext_loss(out["head"], b, cfg.loss, cfg.k, cfg.n)
     terms = {"loss_cls": cls, "acc": correct.float().mean()}
+    for j in range(cfg.n):
+        terms[f"acc_seg{j}"] = seg[:, j].float().mean()
     total = cfg.cls_weight * cls
     if "con_logits" in out:
         con = [F.cross_entropy(lg, torch.zeros(lg.shape[0], dtype=torch.long, device=lg.device))
@@ -290,6 +335,10 @@ def compute_losses(out: dict, b: dict, cfg: PretrainConfig) -> dict[str, torch.T
 # ------------------------------------------------------------------------------------------
 
 def check_config(cfg: PretrainConfig, world: int) -> None:
+    try:
+        parse_backbone(cfg.backbone)
+    except ValueError as e:
+        raise SystemExit(f"--backbone: {e}") from None
     gb = cfg.batch_size * world * (2 if cfg.symmetric else 1)
     if cfg.method == "mac-sc" and cfg.queue_size % gb:
         raise SystemExit(f"--queue-size {cfg.queue_size} must be divisible by the keys enqueued per step "
@@ -313,13 +362,18 @@ def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: E.Dist, 
         x = b["query"].contiguous(memory_format=torch.channels_last_3d) if cl else b["query"]
         with E.autocast(d, cfg.bf16):
             head = model.classify(x)
-        loss, c = pretext_loss(head, b, cfg.loss, cfg.k)
-        vids.append(batch["video"]), corr.append(c.cpu()), losses.append(loss.item() * len(c))
+        loss, c, seg = pretext_loss(head, b, cfg.loss, cfg.k, cfg.n)
+        vids.append(batch["video"]), corr.append(torch.cat([c[:, None], seg], 1).cpu())
+        losses.append(loss.item() * len(c))
     model.train()
-    v, c = E.gather_unique(torch.cat(vids).tolist(), torch.cat(corr).float().tolist(), d)
+    rows = torch.cat(corr).float()
+    v, c = E.gather_unique(torch.cat(vids).tolist(), rows.tolist(), d)
     n = len(c)
-    return {"test_acc": sum(c) / max(n, 1), "test_videos": n,
-            "test_loss": E.all_reduce_sum([sum(losses)], d)[0] / max(E.all_reduce_sum([len(torch.cat(corr))], d)[0], 1)}
+    cols = [sum(r[j] for r in c) / max(n, 1) for j in range(rows.shape[1])]
+    out = {"test_acc": cols[0], "test_videos": n,
+           "test_loss": E.all_reduce_sum([sum(losses)], d)[0] / max(E.all_reduce_sum([len(rows)], d)[0], 1)}
+    out.update({f"test_acc_seg{j}": cols[1 + j] for j in range(cfg.n)})
+    return out
 
 
 def main(argv=None) -> dict:
@@ -385,7 +439,7 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
     if cl:
         model = model.to(memory_format=torch.channels_last_3d)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = E.make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
 
     # resume
@@ -435,6 +489,10 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
         if cfg.save_every and not partial and epoch_done % cfg.save_every == 0:
             E.save_checkpoint(ck, run_dir / f"epoch_{epoch_done:04d}.pt")
 
+    chance, chance_seg = pretext_chance(cfg)
+    log(f"[pretrain] pretext: {mcfg.num_classes if cfg.loss == 'ce' else cfg.n} outputs "
+        f"({cfg.loss}, k {cfg.k}, n {cfg.n}); guessing scores {chance:.4g} per clip, {chance_seg:.4g} per segment")
+    quarter = max(1, round(cfg.epochs / 4))     # the epoch after which a pretext at chance is reported
     stopped = bool(cfg.max_steps and step >= cfg.max_steps)
     for epoch in range(start_epoch, cfg.epochs):
         if stopped:
@@ -443,6 +501,7 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
         set_loader_epoch(loader, epoch)
         model.train()
         sums, n_done, t_epoch = {}, 0, time.perf_counter()
+        mask_sum, mask_n = {}, {}                       # mean mask value of the samples, per stride
         win, win_n, data_t = {}, 0, 0.0
         t_win = t_last = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (d.is_main and cfg.progress),
@@ -451,7 +510,10 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
             if i >= steps_per_epoch:
                 break
             data_t += time.perf_counter() - t_last
-            b = tf(batch)                                  # blend + jitter + normalise, on device
+            for s_, m_ in zip(batch["clip"][:, 1].tolist(), batch["masks"].flatten(1).float().mean(1).tolist()):
+                mask_sum[s_] = mask_sum.get(s_, 0.0) + m_ / 255.0
+                mask_n[s_] = mask_n.get(s_, 0) + 1
+            b = tf(batch)                                  # jitter + normalise + blend, on device
             xq, xk = b["query"], b.get("key")
             if cl:
                 xq = xq.contiguous(memory_format=torch.channels_last_3d)
@@ -488,7 +550,9 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
         keys = sorted(sums)
         tot = E.all_reduce_sum([sums[k_] for k_ in keys] + [n_done], d)
         metrics = {"epoch": epoch, "step": step, **{k_: v / max(tot[-1], 1) for k_, v in zip(keys, tot)},
-                   "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch}
+                   "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch,
+                   "chance": chance, "chance_seg": chance_seg,
+                   **{f"mask_mean_s{s_}": mask_sum[s_] / mask_n[s_] for s_ in sorted(mask_sum)}}
         E.broadcast_buffers(model, d)      # every rank evaluates / saves rank 0's BN statistics
         if not partial:
             sched.step()
@@ -496,7 +560,14 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
                 metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
         mlog.write(kind="epoch", **metrics, partial=partial)
         log(f"[pretrain] epoch {epoch} step {step}: " + ", ".join(
-            f"{k_}={v:.4g}" for k_, v in metrics.items() if isinstance(v, float)))
+            f"{k_}={v:.4g}" for k_, v in metrics.items() if isinstance(v, float) and not k_.startswith(("chance", "mask_"))))
+        if epoch + 1 == quarter and not partial:
+            samples = int(tot[-1]) * cfg.batch_size * d.world_size
+            if at_chance(metrics["acc"], chance, samples):
+                msg = chance_warning(cfg, epoch, step, metrics["acc"], samples,
+                                     {s_: mask_sum[s_] / mask_n[s_] for s_ in mask_sum})
+                log(f"[pretrain] {msg}")
+                mlog.write(kind="warning", epoch=epoch, step=step, message=msg)
         save(epoch if partial else epoch + 1, partial)
 
     digests = E.gather_objects(E.param_hash(model), d)   # every rank must hold the same model

@@ -1,11 +1,15 @@
 """Collect one run of the pipeline into results.json and summary.md, and print the results table.
 
     python train/report.py --run-dir runs/<dataset>/<run-id> [--preset demo] [--pretrain-dir DIR]
+    python train/report.py --aggregate RUN_DIR RUN_DIR ... --out-dir DIR    # mean +- std over runs (seeds)
 
 Reads what the stages left in the run directory (run_all.sh's layout):
   stages/<stage>.done            wall time and command of each finished stage (run_all.sh)
-  pretrain/ finetune/ finetune_random/      config.json, metrics.jsonl (train/pretrain.py, finetune.py)
-  evaluate/ evaluate_random/     metrics.json (train/evaluate.py)
+  pretrain/ finetune/ finetune_random/ linear/ linear_random/
+                                 config.json, metrics.jsonl (train/pretrain.py, finetune.py; linear*:
+                                 finetune.py --freeze-backbone, the linear probe)
+  evaluate/ evaluate_random/ evaluate_linear/ evaluate_linear_random/
+                                 metrics.json (train/evaluate.py)
   retrieve/ retrieve_random/     metrics.json (train/retrieve.py)
 and writes
   results.json        resolved config of every stage, git commit, cache manifest hash and mask
@@ -27,12 +31,24 @@ from pathlib import Path
 
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")
 RETRIEVAL_KEYS = ("R@1", "R@5", "R@10", "R@20", "R@50")
-TRAIN_STAGES = ("pretrain", "finetune", "finetune_random")
+TRAIN_STAGES = ("pretrain", "finetune", "finetune_random", "linear", "linear_random")
+EVAL_STAGES = ("evaluate", "evaluate_random", "evaluate_linear", "evaluate_linear_random")
+RETRIEVE_STAGES = ("retrieve", "retrieve_random")
 STAGE_ORDER = ("data", "preflight_ucf101", "preflight", "extract_ucf101", "extract", "pretrain", "finetune",
-               "finetune_random", "evaluate", "evaluate_random", "retrieve", "retrieve_random", "summary")
-# (label, finetuning stage, evaluation stage, retrieval stage)
-VARIANTS = (("MAC-pretrained", "finetune", "evaluate", "retrieve"),
-            ("random init", "finetune_random", "evaluate_random", "retrieve_random"))
+               "finetune_random", "linear", "linear_random", "evaluate", "evaluate_random", "evaluate_linear",
+               "evaluate_linear_random", "retrieve", "retrieve_random", "summary")
+# (label, training stage, evaluation stage): the recognition rows
+VARIANTS = (("MAC-pretrained, finetuned", "finetune", "evaluate"),
+            ("random init, finetuned", "finetune_random", "evaluate_random"),
+            ("MAC-pretrained, linear probe", "linear", "evaluate_linear"),
+            ("random init, linear probe", "linear_random", "evaluate_linear_random"))
+# (label, retrieval stage): the backbone before any finetuning
+RETRIEVALS = (("MAC-pretrained", "retrieve"), ("random init", "retrieve_random"))
+# MAC minus random init, the numbers a reader wants first: (label, stage, key, stage, key)
+GAINS = (("finetuned video top-1", "evaluate", "video_top1", "evaluate_random", "video_top1"),
+         ("linear probe video top-1", "evaluate_linear", "video_top1", "evaluate_linear_random", "video_top1"),
+         ("retrieval R@1", "retrieve", "R@1", "retrieve_random", "R@1"))
+PRETEXT_KEYS = ("acc", "test_acc", "chance", "loss_cls", "test_loss")
 # SPEC section 6: UCF101 top-1 after finetuning, MAC-SC-2 R(2+1)D-18 UCF101 pretraining; HMDB51 (R(2+1)D-10)
 PAPER = {"ucf101": "paper (MAC-SC-2, R(2+1)D-18, UCF101 pretraining): video top-1 84.8",
          "hmdb51": "paper (MAC-SC-2, R(2+1)D-10, Table 1): HMDB51 top-1 53.2"}
@@ -140,7 +156,7 @@ def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None 
                                 "init": (cj.get("init") or {}).get("path") or (cj.get("init") or {}).get("kind")}
         res["metrics"][stage] = training_summary(read_jsonl(d / "metrics.jsonl"))
         res["cache"][stage] = cache_info(cfg, cache_dir)
-    for stage in ("evaluate", "evaluate_random", "retrieve", "retrieve_random"):
+    for stage in (*EVAL_STAGES, *RETRIEVE_STAGES):
         m = read_json(run_dir / stage / "metrics.json")
         if m is None:
             continue
@@ -158,8 +174,34 @@ def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None 
         res["stages"].setdefault(name, {})["finished"] = rec.get("finished")
         res["stages"][name]["command"] = rec.get("command")
     res["wall_seconds"]["total"] = round(sum(v for k, v in res["wall_seconds"].items() if k != "total"), 2)
+    pre = read_jsonl(dirs["pretrain"] / "metrics.jsonl")
+    res["pretext"] = pretext_summary(pre)
+    res["warnings"] = [r.get("message") for r in pre if r.get("kind") == "warning"]
+    res["gains"] = {label: round(res["metrics"][a][ka] - res["metrics"][b][kb], 2)
+                    for label, a, ka, b, kb in GAINS
+                    if ka in (res["metrics"].get(a) or {}) and kb in (res["metrics"].get(b) or {})}
     res["missing"] = missing_metrics(res)
     return res
+
+
+def pretext_summary(records: list[dict]) -> dict:
+    """The pretext's numbers: the last epoch's train accuracy (per segment too), the last test
+    accuracy measured, and the chance levels, so that learning can be judged against guessing."""
+    epochs = [r for r in records if r.get("kind") == "epoch" and not r.get("partial")]
+    if not epochs:
+        return {}
+    last = epochs[-1]
+    tested = [r for r in epochs if "test_acc" in r]
+    out = {k: last[k] for k in last if k.startswith(("acc", "chance", "mask_mean")) and k != "acc_con"}
+    out["epochs"] = last.get("epoch", 0) + 1
+    out["steps"] = last.get("step")
+    if tested:
+        out.update({k: tested[-1][k] for k in tested[-1] if k.startswith("test_acc")})
+        out["test_videos"] = tested[-1].get("test_videos")
+        out["test_epoch"] = tested[-1].get("epoch", 0) + 1
+    if out.get("chance") and "test_acc" in out:
+        out["test_acc_over_chance"] = out["test_acc"] / out["chance"]
+    return out
 
 
 def _stage_rank(name: str) -> int:
@@ -168,9 +210,12 @@ def _stage_rank(name: str) -> int:
 
 def expected_metrics(res: dict) -> dict:
     want = {"pretrain": ("loss",), "finetune": ("loss", "acc"), "evaluate": EVAL_KEYS, "retrieve": RETRIEVAL_KEYS}
-    if res.get("preset") == "demo" or any(s.endswith("_random") for s in res["stages"]):
+    if str(res.get("preset") or "").startswith("demo") or any(s.endswith("_random") for s in res["stages"]):
         want.update({"finetune_random": ("loss", "acc"), "evaluate_random": EVAL_KEYS,
                      "retrieve_random": RETRIEVAL_KEYS})
+    if str(res.get("preset") or "").startswith("demo") or "linear" in res["stages"]:
+        want.update({"linear": ("loss", "acc"), "linear_random": ("loss", "acc"), "evaluate_linear": EVAL_KEYS,
+                     "evaluate_linear_random": EVAL_KEYS})
     return want
 
 
@@ -190,25 +235,45 @@ def _fmt(v, digits=1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _test_size(res: dict) -> str:
+    n = [(res["metrics"].get(s) or {}).get("num_videos") for s in EVAL_STAGES]
+    n = [x for x in n if x]
+    return f", {n[0]} test videos" if n else ""
+
+
 def results_table(res: dict) -> str:
     m = res["metrics"]
-    rows = [v for v in VARIANTS if v[2] in m or v[3] in m or v[1] in m]
-    head = ("| backbone init | clip top-1 | clip top-5 | video top-1 | video top-5 | mean class acc | "
-            + " | ".join(RETRIEVAL_KEYS) + " |")
-    lines = [f"Results: {res['dataset']} run {res['run_id']} (split "
-             f"{(res['configs'].get('evaluate') or {}).get('split', 1)}, test set; percent)", "",
-             head, "|" + "---|" * (1 + len(EVAL_KEYS) + len(RETRIEVAL_KEYS))]
-    for label, _, ev, rt in rows:
-        e, r = m.get(ev) or {}, m.get(rt) or {}
-        cells = [_fmt(e.get(k)) for k in EVAL_KEYS] + [_fmt(r.get(k)) for k in RETRIEVAL_KEYS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Classification: the finetuned model, 10-clip test protocol. Retrieval (R@k): the backbone "
-                  "before finetuning (pretrained, or random init), test videos as queries, train videos as gallery."]
-    a, b = (m.get("evaluate") or {}).get("video_top1"), (m.get("evaluate_random") or {}).get("video_top1")
-    if a is not None and b is not None:
-        lines += ["", f"Finetuned video top-1: MAC-pretrained {a:.1f} vs random init {b:.1f} "
-                      f"({a - b:+.1f} points from pretraining)"]
-    if res.get("dataset") in PAPER and res.get("preset") != "demo":
+    split = (res["configs"].get("evaluate") or {}).get("split", 1)
+    lines = [f"Results: {res['dataset']} run {res['run_id']} (split {split}, test set{_test_size(res)}; percent)", ""]
+    rows = [v for v in VARIANTS if v[2] in m or v[1] in m]
+    if rows:
+        lines += ["| recognition | " + " | ".join(EVAL_KEYS) + " |", "|" + "---|" * (1 + len(EVAL_KEYS))]
+        for label, _, ev in rows:
+            e = m.get(ev) or {}
+            lines.append(f"| {label} | " + " | ".join(_fmt(e.get(k)) for k in EVAL_KEYS) + " |")
+        lines += ["", "Recognition: 10-clip test protocol; finetuned = every layer trained on the labels, linear "
+                      "probe = a linear classifier on the frozen backbone.", ""]
+    rrows = [v for v in RETRIEVALS if v[1] in m]
+    if rrows:
+        lines += ["| retrieval (backbone before finetuning) | " + " | ".join(RETRIEVAL_KEYS) + " |",
+                  "|" + "---|" * (1 + len(RETRIEVAL_KEYS))]
+        for label, rt in rrows:
+            lines.append(f"| {label} | " + " | ".join(_fmt((m.get(rt) or {}).get(k)) for k in RETRIEVAL_KEYS) + " |")
+        lines += ["", "Retrieval: test videos as queries, train videos as gallery, a hit is the same class in the top k.", ""]
+    p = res.get("pretext") or {}
+    if p:
+        seg = " / ".join(f"{100 * p[f'test_acc_seg{j}']:.1f}" for j in range(8) if f"test_acc_seg{j}" in p)
+        lines += [f"Pretext (alpha-tuple classification): test accuracy {_fmt(100 * p['test_acc'] if 'test_acc' in p else None)} "
+                  f"against chance {_fmt(100 * p['chance'] if p.get('chance') else None)}"
+                  + (f" ({p['test_acc_over_chance']:.1f}x chance; per segment {seg} against "
+                     f"{100 * p['chance_seg']:.1f})" if "test_acc_over_chance" in p else "")
+                  + f"; train accuracy {_fmt(100 * p['acc'] if 'acc' in p else None)} at the last epoch "
+                  f"({p.get('epochs')} epochs, {p.get('steps')} steps).", ""]
+    for label, gain in (res.get("gains") or {}).items():
+        lines.append(f"- MAC-pretrained minus random init, {label}: {gain:+.1f} points")
+    for w in res.get("warnings") or []:
+        lines += ["", "**" + w.splitlines()[0] + "** (see the pretraining log)"]
+    if res.get("dataset") in PAPER and not str(res.get("preset") or "").startswith("demo"):
         lines += ["", PAPER[res["dataset"]]]
     return "\n".join(lines) + "\n"
 
@@ -233,7 +298,7 @@ def plot_curves(records: list[dict], title: str, path: Path) -> bool:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
-    acc_keys = sorted({k for r in train for k in r if k.startswith("acc")})
+    acc_keys = sorted({k for r in train for k in r if k.startswith("acc") and not k.startswith("acc_seg")})
     for k in loss_keys:
         ax1.plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k, lw=1.2)
     for k in ("val_loss", "test_loss"):
@@ -246,6 +311,9 @@ def plot_curves(records: list[dict], title: str, path: Path) -> bool:
         pts = [(r["step"], 100 * r[k]) for r in epochs if k in r]
         if pts:
             ax2.plot(*zip(*pts), "o--", label=k, ms=4)
+    chance = next((r["chance"] for r in epochs if r.get("chance")), None)
+    if chance:
+        ax2.axhline(100 * chance, color="grey", ls=":", lw=1.2, label=f"chance ({100 * chance:.3g} %)")
     ax1.set(xlabel="step", ylabel="loss", title=f"{title}: loss")
     ax2.set(xlabel="step", ylabel="accuracy (%)", title=f"{title}: accuracy")
     for ax in (ax1, ax2):
@@ -284,7 +352,7 @@ def write_report(res: dict, pretrain_dir: Path | None = None) -> str:
           f"- seeds: {res['seeds']}",
           f"- run arguments: `{res.get('run_args')}`",
           "- resolved configs: `results.json` -> `configs`", ""]
-    for stage in ("pretrain", "finetune", "finetune_random"):
+    for stage in TRAIN_STAGES:
         s = res["metrics"].get(stage)
         if s:
             keys = [k for k in ("epochs", "loss", "acc", "loss_cls", "loss_con", "acc_con", "val_acc", "best_val_acc")
@@ -299,9 +367,86 @@ def write_report(res: dict, pretrain_dir: Path | None = None) -> str:
     return table
 
 
+# --------------------------------------------------------------------------------------------
+# Several runs of one preset (seeds): mean +- std of every number
+
+
+def _stats(values: list[float]) -> dict:
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def aggregate(run_dirs: list[Path], out_dir: Path) -> tuple[dict, str]:
+    """Combine the results.json of several runs (e.g. demo-seed0..2) into mean +- std (sample
+    standard deviation over runs) of every metric, the pretext and the gains."""
+    runs = []
+    for d in run_dirs:
+        r = read_json(Path(d) / "results.json")
+        if r is None:
+            raise SystemExit(f"{d}: no results.json (run its summary stage first)")
+        runs.append(r)
+    agg: dict = {"runs": [str(d) for d in run_dirs], "seeds": [r.get("seeds", {}).get("pretrain") for r in runs],
+                 "generated": datetime.datetime.now().isoformat(timespec="seconds"), "metrics": {}, "pretext": {},
+                 "gains": {}, "wall_seconds": {}}
+    stages = sorted({s for r in runs for s in r["metrics"]}, key=_stage_rank)
+    for stage in stages:
+        keys = sorted({k for r in runs for k, v in (r["metrics"].get(stage) or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        agg["metrics"][stage] = {k: _stats([r["metrics"][stage][k] for r in runs if k in (r["metrics"].get(stage) or {})])
+                                 for k in keys}
+    for section in ("pretext", "gains", "wall_seconds"):
+        keys = sorted({k for r in runs for k, v in (r.get(section) or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        agg[section] = {k: _stats([r[section][k] for r in runs if k in (r.get(section) or {})]) for k in keys}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = aggregate_table(agg)
+    write_json(out_dir / "results.json", agg)
+    (out_dir / "results_table.md").write_text(table)
+    (out_dir / "summary.md").write_text(f"# MAC: {len(runs)} runs, mean +- std\n\nRuns: "
+                                        + ", ".join(f"`{d}`" for d in agg["runs"]) + "\n\n" + table)
+    return agg, table
+
+
+def _ms(st: dict | None, scale: float = 1.0) -> str:
+    if not st:
+        return "-"
+    return f"{scale * st['mean']:.1f} +- {scale * st['std']:.1f}"
+
+
+def aggregate_table(agg: dict) -> str:
+    m, n = agg["metrics"], len(agg["runs"])
+    lines = [f"Mean +- std over {n} runs (seeds {agg['seeds']}); percent", ""]
+    rows = [v for v in VARIANTS if v[2] in m]
+    if rows:
+        lines += ["| recognition | " + " | ".join(EVAL_KEYS) + " |", "|" + "---|" * (1 + len(EVAL_KEYS))]
+        for label, _, ev in rows:
+            lines.append(f"| {label} | " + " | ".join(_ms(m[ev].get(k)) for k in EVAL_KEYS) + " |")
+        lines.append("")
+    rrows = [v for v in RETRIEVALS if v[1] in m]
+    if rrows:
+        lines += ["| retrieval | " + " | ".join(RETRIEVAL_KEYS) + " |", "|" + "---|" * (1 + len(RETRIEVAL_KEYS))]
+        for label, rt in rrows:
+            lines.append(f"| {label} | " + " | ".join(_ms(m[rt].get(k)) for k in RETRIEVAL_KEYS) + " |")
+        lines.append("")
+    p = agg.get("pretext") or {}
+    if "test_acc" in p:
+        lines += [f"Pretext test accuracy {_ms(p['test_acc'], 100)} against chance {_ms(p.get('chance'), 100)} "
+                  f"({_ms(p.get('test_acc_over_chance'))} x chance); train {_ms(p.get('acc'), 100)}.", ""]
+    for label, st in (agg.get("gains") or {}).items():
+        lines.append(f"- MAC-pretrained minus random init, {label}: {st['mean']:+.1f} +- {st['std']:.1f} points "
+                     f"(per run: {', '.join(f'{v:+.1f}' for v in st['values'])})")
+    if "total" in (agg.get("wall_seconds") or {}):
+        lines += ["", f"Wall time per run: {_ms(agg['wall_seconds']['total'], 1 / 60)} min"]
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--aggregate", type=Path, nargs="+", help="run directories to combine (mean +- std)")
+    p.add_argument("--out-dir", type=Path, help="with --aggregate: where to write the combined results")
     p.add_argument("--preset", default=None, help="default: from run_args.txt")
     p.add_argument("--pretrain-dir", type=Path, default=None, help="default: <run-dir>/pretrain")
     p.add_argument("--cache-dir", default=None, help="default: each stage's config")
@@ -311,6 +456,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.aggregate:
+        if args.out_dir is None:
+            raise SystemExit("--aggregate needs --out-dir")
+        agg, table = aggregate(args.aggregate, args.out_dir)
+        print(table, end="")
+        print(f"[report] wrote {args.out_dir / 'results.json'} and {args.out_dir / 'summary.md'}")
+        return agg
+    if args.run_dir is None:
+        raise SystemExit("pass --run-dir (or --aggregate RUN_DIR ... --out-dir DIR)")
     if not args.run_dir.is_dir():
         raise SystemExit(f"no run directory {args.run_dir}")
     res = collect(args.run_dir, args.preset, args.pretrain_dir, args.cache_dir)
