@@ -237,8 +237,8 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     E.seed_everything(cfg.seed)
     model = build_backbone(backbone, num_classes=len(index.classes))
     if cfg.dropout:
-        p = cfg.dropout
-        model.fc.register_forward_pre_hook(lambda mod, inp: (F.dropout(inp[0], p, mod.training),))
+        rate = cfg.dropout
+        model.fc.register_forward_pre_hook(lambda mod, inp: (F.dropout(inp[0], rate, mod.training),))
     if sd is not None:
         try:
             report = load_backbone(model, sd, strict=cfg.init_strict)
@@ -250,8 +250,8 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
                           "dropped": report.dropped, "ignored": len(report.ignored)}
         log(f"[finetune] init from {cfg.init} ({info['kind']}):\n{report.summary()}")
     if cfg.freeze_backbone:      # linear probe: only fc learns; the backbone is a fixed feature map
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("fc."))
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("fc."))
     model = model.to(d.device)
     model = E.maybe_sync_bn(model, d, cfg.sync_bn and not cfg.freeze_backbone)
     cl = E.use_channels_last(d, cfg.channels_last)
