@@ -50,7 +50,8 @@ if [[ $PRESET == demo-seeds ]]; then
   done
   runs=()
   for seed in 0 1 2; do
-    bash ./run_all.sh demo --run-id "demo-seed$seed" "${ARGS[@]+"${ARGS[@]}"}" "train.seed=$seed" || exit $?
+    bash ./run_all.sh demo --run-id "demo-seed$seed" "${ARGS[@]+"${ARGS[@]}"}" "train.seed=$seed" \
+      "retrieve.seed=$seed" || exit $?
     runs+=("$RUNS_ROOT_S/demo/demo-seed$seed")
   done
   source scripts/env.sh

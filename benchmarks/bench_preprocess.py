@@ -94,7 +94,8 @@ def where_the_time_goes(job, build_shard) -> list[tuple[str, float]]:
     st = pstats.Stats(prof).stats
     # (substring of the profiled function's name, or of a built-in's description) per stage
     stages = {"ffmpeg decode (waiting on the pipe)": ("readinto", "'read' of"),
-              "JPEG encode": ("encode_jpeg",), "JPEG decode (masks from stored pixels)": ("decode_jpeg",),
+              # simplejpeg's functions are Cython: their time shows in the Python wrappers
+              "JPEG encode": ("encode_frame",), "JPEG decode (masks from stored pixels)": ("decode_frame",),
               "grey + differences (numba)": ("_diffs_kernel", "_grey_kernel"),
               "mask deflate (zlib)": ("'compress' of", "'flush' of"),
               "mask statistics (sampled)": ("_masks_from_diffs_kernel",),

@@ -94,3 +94,38 @@ def test_missing_dataset_explains_layout(tmp_path):
     out = r.stdout + r.stderr
     assert "Expected layout" in out and "ucfTrainTestlist" in out and "bash run_all.sh demo" in out
     assert "crcv.ucf.edu" in out
+
+
+@pytest.mark.slow
+def test_demo_seeds_aggregates_three_runs(tmp_path):
+    """demo-seeds: the tiny demo for seeds 0, 1, 2 on one generated dataset and cache, then mean
+    +- std of every number in runs/demo/demo-seeds."""
+    common = ["--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+              "--cache-dir", str(tmp_path / "cache")]
+    r = run_all(tmp_path, "demo-seeds", *common, *TINY)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    runs = tmp_path / "runs" / "demo"
+    agg = json.loads((runs / "demo-seeds" / "results.json").read_text())
+    assert agg["seeds"] == [0, 1, 2] and len(agg["runs"]) == 3
+    assert agg["metrics"]["evaluate"]["video_top1"]["n"] == 3 and "std" in agg["gains"]["finetuned video top-1"]
+    per_seed = [json.loads((runs / f"demo-seed{s}" / "results.json").read_text()) for s in (0, 1, 2)]
+    assert [p["seeds"]["finetune"] for p in per_seed] == [0, 1, 2]
+    assert [p["configs"]["retrieve_random"]["seed"] for p in per_seed] == [0, 1, 2]
+    assert r.stdout.count("videos (2 classes") == 1                 # the data is made once ...
+    assert r.stdout.count("(same parameters): nothing to do") == 2  # ... and found by the other two runs
+    assert "Mean +- std over 3 runs" in r.stdout
+
+
+@pytest.mark.slow
+def test_demo_large_preset_runs_on_tiny_settings(tmp_path):
+    """demo-large (a GPU preset) wired end to end, here on CPU with tiny overrides: its own
+    dataset root and cache, MAC-SC, every stage and the summary."""
+    small = [o for o in TINY if not o.startswith("extract.")] + ["extract.workers=1", "train.backbone=r2plus1d_10_w16",
+                                                                 "retrieve.backbone=r2plus1d_10_w16"]
+    r = run_all(tmp_path, "demo-large", "--allow-cpu", "--data-root", str(tmp_path / "data"),
+                "--runs-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), *small)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    res = json.loads((tmp_path / "runs" / "demo" / "demo-large" / "results.json").read_text())
+    assert res["missing"] == [] and res["configs"]["pretrain"]["method"] == "mac-sc"
+    assert res["configs"]["pretrain"]["dataset"] == "demo" and res["configs"]["pretrain"]["frames"] == 4
+    assert set(res["gains"]) == {"finetuned video top-1", "linear probe video top-1", "retrieval R@1"}

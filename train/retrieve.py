@@ -223,7 +223,8 @@ def main(argv=None) -> dict:
     if args.save_features:
         np.savez_compressed(out_dir / "features.npz", query=qf, query_video=qv, gallery=gf, gallery_video=gv)
     record = {"metrics": metrics, "source": desc, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-              "init": args.init, "dataset": dataset, "split": split, "num_clips": args.num_clips, **geo,
+              "init": args.init, "seed": args.seed if args.init == "random" else None, "dataset": dataset,
+              "split": split, "num_clips": args.num_clips, **geo,
               "norm": norm, "device": str(device), "limit": args.limit,
               "cache": {"root": str(index.root), "manifest_hash": index.manifest_hash},
               "wall_seconds": round(time.time() - t0, 2)}
