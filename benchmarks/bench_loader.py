@@ -23,7 +23,13 @@ same run, same sampled items (MAC-SC: query clip with masks + key view):
    cache of decoded frames: ffmpeg decode (`preprocess.decode.iter_frames`, short side 128) from
    frame 0 to the clip's last frame (no frame-exact seek in AVI), the spatial work, then the
    clip's masks on the fly (`preprocess.masks.foreground_masks` on the augmented frames).
-4. optionally (--workers N): a DataLoader with N worker processes, batches of 8, total samples/s.
+4. checksums: the cache item of 1. (both mask sources) and a bare read of 16 frames (HDF5 +
+   JPEG decode), each with the reader's CRC32 checks (`ClipReader(verify=True)`, the default) and
+   without (`verify=False`), rounds interleaved on the same items: the ratio is what verifying
+   every record read costs (within this machine's noise of a few %, hence also the CRC32 time
+   itself per sample: 16 frame and 16 mask records). Also the throughput of a whole-cache check
+   (`extract_masks.py --verify`: every record of every shard, `preprocess.cache.verify_shard`).
+5. optionally (--workers N): a DataLoader with N worker processes, batches of 8, total samples/s.
 
 Without --cache-dir, it builds a synthetic cache first: --videos AVIs of 320x240 (UCF101's size),
 --frames frames at 25 fps, MPEG-4 part 2 (libxvid when available), decoded with iter_frames and
@@ -38,12 +44,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from preprocess.cache import DecodeParams, MaskParams, open_cache, write_cache_from_arrays
+from preprocess.cache import ClipReader, DecodeParams, MaskParams, open_cache, verify_shard, write_cache_from_arrays
 from preprocess.decode import ffmpeg_binary, iter_frames
 import dataclasses
 
@@ -143,6 +150,85 @@ def time_cache_items(ds: PretrainClips, samples: int, repeats: int) -> tuple[flo
         parts["masks"] += t4 - t3
         parts["spatial_key"] += t5 - t4
     return rate, {k: v / samples * 1e3 for k, v in parts.items()}
+
+
+def _unverified_reader(index) -> ClipReader:
+    return ClipReader(index, verify=False)
+
+
+def _items_per_s(ds: PretrainClips, samples: int) -> float:
+    n = len(ds)
+    t0 = time.perf_counter()
+    for s in range(samples):
+        ds.set_epoch(s // n)
+        ds[s % n]
+    return samples / (time.perf_counter() - t0)
+
+
+def _reads_per_s(reader: ClipReader, clips: list[tuple[int, np.ndarray]]) -> float:
+    t0 = time.perf_counter()
+    for v, idx in clips:
+        reader.frames(v, idx)
+    return len(clips) / (time.perf_counter() - t0)
+
+
+def time_checksums(index, split: int, part: str, cfg: MACConfig, samples: int, repeats: int) -> dict:
+    """Samples/s with and without the reader's CRC32 checks, same items, rounds interleaved (best
+    of `repeats` each): the MAC-SC item in both mask sources, and a bare 16-frame read."""
+    out = {}
+    for source in ("cache", "clip"):
+        c = dataclasses.replace(cfg, mask_source=source)
+        on = PretrainClips(index, split, part, c)
+        off = PretrainClips(index, split, part, c, reader_factory=_unverified_reader)
+        for ds in (on, off):                          # warm-up: open shards, first-call overheads
+            ds.set_epoch(1000)
+            for i in range(min(len(ds), 8)):
+                ds[i]
+        rates_on, rates_off = [], []
+        for _ in range(repeats):
+            rates_on.append(_items_per_s(on, samples))
+            rates_off.append(_items_per_s(off, samples))
+        out[f"item_{source}"] = (max(rates_on), max(rates_off))
+    rng = np.random.default_rng(0)
+    vids = index.subset(split, part)
+    clips = []
+    for _ in range(samples):
+        v = int(rng.choice(vids))
+        stride = int(rng.integers(1, 5))
+        start = int(rng.integers(0, max(1, int(index.n_frames[v]) - 15 * stride)))
+        clips.append((v, sample_clip_indices(int(index.n_frames[v]), cfg.T, stride, start), stride))
+    on, off = ClipReader(index), ClipReader(index, verify=False)
+    for r in (on, off):
+        _reads_per_s(r, [c[:2] for c in clips[:8]])
+    rates_on, rates_off = [], []
+    for _ in range(repeats):
+        rates_on.append(_reads_per_s(on, [c[:2] for c in clips]))
+        rates_off.append(_reads_per_s(off, [c[:2] for c in clips]))
+    out["read_16_frames"] = (max(rates_on), max(rates_off))
+    # the check itself: CRC32 of a sample's frame and mask records (what verify adds per item)
+    for name, kinds in (("crc32_frames_us", ("frames",)), ("crc32_frames_masks_us", ("frames", "masks"))):
+        records = [[r for k in kinds for r in off._records(s if k == "masks" else k, v, idx)] for v, idx, s in clips]
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for recs in records:
+                for r in recs:
+                    zlib.crc32(r)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best / len(records) * 1e6
+    return out
+
+
+def time_full_verify(root: Path) -> tuple[float, int, float]:
+    """(MB/s, shards, seconds) of checking every record of every shard under a frame set."""
+    paths = sorted(root.glob("*/shard-*.h5"))
+    size = sum(p.stat().st_size for p in paths)
+    t0 = time.perf_counter()
+    for p in paths:
+        check = verify_shard(p)
+        assert check.problem is None, check
+    dt = time.perf_counter() - t0
+    return size / 1e6 / dt, len(paths), dt
 
 
 def time_transform(ds: PretrainClips, batch_size: int, batches: int, repeats: int) -> float:
@@ -298,6 +384,25 @@ def main(argv=None) -> int:
               f"(cache is {rate / brate:.1f}x faster)")
     else:
         print("baseline skipped (no --video-root)")
+    checks = time_checksums(index, args.split, args.part, cfg, args.samples, args.repeats)
+    print("checksums (CRC32 of every record read), same run, same items, best of "
+          f"{args.repeats} interleaved rounds:")
+    crc_frames, crc_all = checks.pop("crc32_frames_us"), checks.pop("crc32_frames_masks_us")
+    for name, (on, off) in checks.items():
+        res[f"{name}_verify_per_s"], res[f"{name}_no_verify_per_s"] = on, off
+        res[f"{name}_verify_ratio"] = on / off
+        label = {"item_cache": "item, --mask-source cache", "item_clip": "item, --mask-source clip",
+                 "read_16_frames": "read 16 frames (HDF5 + JPEG)"}[name]
+        print(f"  {label:<30}: {on:8.1f} samples/s verified, {off:8.1f} unverified: ratio {on / off:.3f} "
+              f"({(1 - on / off) * 100:+.1f} % cost)")
+    res["crc32_frames_us_per_sample"], res["crc32_frames_masks_us_per_sample"] = crc_frames, crc_all
+    print(f"  CRC32 itself, per sample        : {crc_all:.1f} us for 16 frame + 16 mask records = "
+          f"{crc_all * checks['item_cache'][0] / 1e4:.2f} % of a cache item; {crc_frames:.1f} us for the 16 frame "
+          f"records = {crc_frames * checks['item_clip'][0] / 1e4:.2f} % of a clip item")
+    mbps, n_shards, secs = time_full_verify(index.root)
+    res["full_verify_mb_per_s"] = mbps
+    print(f"whole-cache check (extract_masks.py --verify): {n_shards} shards in {secs:.2f} s, {mbps:.0f} MB/s "
+          f"on one core (page cache warm)")
     if args.workers > 0:
         lrate = time_loader(ds, args.workers, args.batch_size, args.samples)
         res[f"loader_{args.workers}_workers_per_s"] = lrate

@@ -3,19 +3,23 @@
 A shard is the unit of parallel work and of atomic writes: one worker process builds all files of
 one shard (its frame file and one file per requested mask set) in temporary files and renames them
 into place at the end. A video that fails is recorded in the shard with its reason and the others
-are kept, so a damaged file never costs more than itself.
+are kept, so a damaged file never costs more than itself. Masks computed from cached frames are
+computed from checked frames only (index checksum and each record's CRC32), so a damaged frame
+record never turns into masks that look valid.
 """
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from preprocess.cache import (DecodeParams, MaskSet, ShardWriter, VideoRecord, decode_frame, diff_streams,
-                              encode_video, mask_chunk, mask_set_dir, shard_name)
+from preprocess.cache import (CacheError, DecodeParams, MaskSet, ShardWriter, VideoRecord, check_index,
+                              decode_frame, diff_streams, encode_video, extract_command, mask_chunk, mask_set_dir,
+                              shard_name)
 
 READ_CHUNK_FRAMES = 256  # cached frames decoded per step when adding a mask set (bounded memory)
 
@@ -116,7 +120,12 @@ def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, prog
 def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWriter, result: ShardResult,
                               progress) -> None:
     """Add mask sets to a shard from its cached JPEG frames: no ffmpeg run."""
+    masks = job.mask_sets[0].params if job.mask_sets else None
+    strides = sorted({ms.stride for ms in job.mask_sets if ms.params == masks})
+    fix = (f"Rebuild it (and add these masks) with:\n  "
+           f"{extract_command(job.dataset, job.frame_set.parent.parent, job.decode, masks, strides)} --verify")
     with h5py.File(frames_path, "r") as f:
+        crcs = f["jpeg_crc32"][()].tolist() if check_index(f, frames_path, fix) else None
         names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][()]]
         cols = {k: f[k][()] for k in ("labels", "splits", "n_frames", "first_frame", "fps", "height", "width",
                                       "source_size", "source_mtime_ns")}
@@ -128,8 +137,14 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
             for lo in range(first, first + n, READ_CHUNK_FRAMES):
                 hi = min(lo + READ_CHUNK_FRAMES, first + n)
                 span = blob[offsets[lo]:offsets[hi]]
-                frames = np.stack([decode_frame(span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]])
-                                   for g in range(lo, hi)])
+                records = [span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]] for g in range(lo, hi)]
+                if crcs is not None:
+                    for g, record in zip(range(lo, hi), records):
+                        if zlib.crc32(record) != crcs[g]:
+                            raise CacheError(f"{frames_path}: the frame shard is damaged: checksum mismatch in "
+                                             f"record {g} ({name}, frame {g - first}); no masks are computed from "
+                                             f"it. {fix}")
+                frames = np.stack([decode_frame(r) for r in records])
                 writer.add_frames(None, *mask_chunk(frames, streams))
             writer.end_video(VideoRecord(name, int(cols["labels"][i]), tuple(int(x) for x in cols["splits"][i]), n,
                                          float(cols["fps"][i]), int(cols["height"][i]), int(cols["width"][i]),

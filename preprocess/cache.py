@@ -24,17 +24,28 @@ Shard files (HDF5). Every frame of every video is stored as one independently de
 a flat uint8 blob, with an int64 offsets table: a clip read is one contiguous HDF5 read of the
 byte range spanning the clip plus one small decode per needed frame.
 
-    frames shard: jpeg[bytes], jpeg_offsets[F+1], and per video: names, labels, splits[V,3],
-                  n_frames, first_frame, fps, height, width, source_size, source_mtime_ns
+    frames shard: jpeg[bytes], jpeg_offsets[F+1], jpeg_crc32[F], and per video: names, labels,
+                  splits[V,3], n_frames, first_frame, fps, height, width, source_size, source_mtime_ns
     mask shard:   data[bytes] (D, uint8 HxW per frame, deflated with zlib's run-length strategy), offsets[F+1],
-                  names, n_frames; attrs frames_uid = the uid of the frame shard the masks were computed
-                  from, masks = {lam, m, stride}, mask_format, stats (mean soft mask and coverage on a
-                  sample of frames, for `extract_masks.py --list`)
+                  crc32[F], names, n_frames; attrs frames_uid = the uid of the frame shard the masks were
+                  computed from, masks = {lam, m, stride}, mask_format, stats (mean soft mask and coverage on
+                  a sample of frames, for `extract_masks.py --list`)
+    both:         attr index_crc32 = CRC32 over every dataset but the blob and every other attribute
 
 Each shard is written to a temporary file and renamed into place when complete, so a file named
 shard-*.h5 is always whole. Validity: a frame shard is current when its decode parameters, video
 list and each source file's size and mtime match; a mask shard when its parameters match and its
 frames_uid equals the current frame shard's uid (so masks never outlive the frames they came from).
+
+Integrity. HDF5 keeps no checksums for this layout (uncompressed chunks), and neither JPEG nor
+every zlib stream notices a flipped byte: the damage would be decoded and trained on. So every
+record carries a CRC32 (zlib.crc32, computed from the bytes in memory before they are written)
+and the index one more (`index_crc32`). `ClipReader` checks a shard's index once when it opens
+it and the CRC of every record it returns (about 1 % of a sample's time, see
+benchmarks/bench_loader.py); `read_shard_info` checks the index, so planning rebuilds a shard
+whose index is damaged; `verify_shard` (extract_masks.py --verify) checks every record of a
+shard. manifest.json carries the sha256 of its own canonical JSON. Shards and manifests written
+before checksums existed have none: they are read unverified, and --verify says so.
 
 Masks are always computed from the cached JPEG frames decoded with the cache's own decoder
 (libjpeg-turbo through simplejpeg, accurate integer IDCT), both in the first run (which decodes
@@ -56,6 +67,8 @@ import h5py
 import numpy as np
 import simplejpeg
 
+from preprocess.cli import ToolError
+
 FORMAT_VERSION = 1
 # Mask sets: 2 = per-stride thresholded differences D with the reference's background arithmetic
 # (w = 1 - m; BG = trunc(w I + (1 - w) BG)). Format 1 (one set of soft masks per video over
@@ -68,7 +81,7 @@ BLOB_CHUNK_BYTES = 1 << 16  # small: the last, partly filled chunk of a shard is
 MASK_ZLIB_LEVEL = 1
 
 
-class CacheError(Exception):
+class CacheError(ToolError):
     """The cache is missing, stale, incomplete or damaged. The message names the file and the fix."""
 
 
@@ -185,6 +198,121 @@ def decode_mask(record: bytes | np.ndarray, height: int, width: int) -> np.ndarr
 
 
 # --------------------------------------------------------------------------------------------
+# Integrity: a CRC32 per record and one over each shard's index (see the module docstring).
+
+# kind -> (blob, offsets table, CRC32 table) dataset names
+BLOBS = {"frames": ("jpeg", "jpeg_offsets", "jpeg_crc32"), "masks": ("data", "offsets", "crc32")}
+INDEX_CRC_ATTR = "index_crc32"
+VERIFY_SLICE_BYTES = 64 << 20   # --verify reads the blob in slices of about this size
+NO_CHECKSUMS = "no checksums (written by an older version; rebuild with --force to add them)"
+
+
+def _shard_kind(f: h5py.File) -> str:
+    return "masks" if str(f.attrs.get("kind", "frames")) == "masks" else "frames"
+
+
+def _canonical(value) -> bytes:
+    """Bytes of a dataset's or attribute's value that do not depend on how h5py returns it."""
+    a = np.asarray(value)
+    if a.dtype.kind in "OSU":   # strings (names, JSON attributes): UTF-8, NUL-separated
+        items = a.ravel().tolist()
+        return "\0".join(x.decode() if isinstance(x, bytes) else str(x) for x in items).encode("utf-8")
+    return np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def index_checksum(f: h5py.File) -> int:
+    """CRC32 over a shard's index: every dataset but the blob (names, offsets, the record CRCs,
+    the per-video columns) and every attribute but the checksum itself, each with its name."""
+    blob = BLOBS[_shard_kind(f)][0]
+    crc = 0
+    for name in sorted(f.keys()):
+        if name != blob:
+            value = f[name][()]
+            crc = zlib.crc32(f"dataset {name} {np.shape(value)}\0".encode(), crc)
+            crc = zlib.crc32(_canonical(value), crc)
+    for name in sorted(f.attrs.keys()):
+        if name != INDEX_CRC_ATTR:
+            crc = zlib.crc32(f"attr {name}\0".encode(), crc)
+            crc = zlib.crc32(_canonical(f.attrs[name]), crc)
+    return crc
+
+
+def check_index(f: h5py.File, path: Path, fix: str) -> bool:
+    """True when the shard's index matches its checksum, False for a shard written before
+    checksums existed (nothing to check); CacheError naming the file and `fix` when damaged."""
+    stored = f.attrs.get(INDEX_CRC_ATTR)
+    has_table = BLOBS[_shard_kind(f)][2] in f
+    if stored is None and not has_table:
+        return False
+    if stored is None or not has_table:
+        problem = "its index checksum or its record checksums are missing"
+    elif index_checksum(f) != int(stored):
+        problem = "its index (names, offsets, record checksums, per-video columns) does not match its checksum"
+    else:
+        return True
+    raise CacheError(f"{path}: the shard is damaged: {problem}. {fix}".rstrip())
+
+
+def record_name(f: h5py.File, record: int) -> str:
+    """'video, frame t' of a shard's record number."""
+    first = f["first_frame"][()]
+    v = max(0, int(np.searchsorted(first, record, side="right")) - 1)
+    name = f["names"][v]
+    return f"{name.decode() if isinstance(name, bytes) else name}, frame {record - int(first[v])}"
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """The result of `verify_shard`."""
+
+    path: Path
+    kind: str              # "frames" or "masks"
+    records: int           # records checked
+    checksums: bool        # False: written before checksums existed, nothing checked
+    problem: str | None    # None when intact, else what is damaged
+
+
+def verify_shard(path: Path) -> ShardCheck:
+    """Check a whole shard: its index checksum and the CRC32 of every record, reading the blob in
+    slices of ~VERIFY_SLICE_BYTES. Never raises for a damaged file: the problem is in the result."""
+    kind = "frames" if path.parent.name == "frames" else "masks"
+    try:
+        with h5py.File(path, "r") as f:
+            kind = _shard_kind(f)
+            blob_name, offsets_name, crc_name = BLOBS[kind]
+            try:
+                if not check_index(f, path, ""):
+                    return ShardCheck(path, kind, 0, False, None)
+            except CacheError:
+                return ShardCheck(path, kind, 0, True, "index checksum mismatch")
+            offsets = f[offsets_name][()].tolist()
+            crcs = f[crc_name][()].tolist()
+            blob = f[blob_name]
+            n = len(offsets) - 1
+            if len(crcs) != n or offsets[-1] != blob.shape[0]:
+                return ShardCheck(path, kind, 0, True, f"index and data disagree ({n} records, {len(crcs)} "
+                                                       f"checksums, {offsets[-1]} of {blob.shape[0]} bytes indexed)")
+            bad = []
+            lo = 0
+            while lo < n:
+                hi = int(np.searchsorted(offsets, offsets[lo] + VERIFY_SLICE_BYTES, side="right")) - 1
+                hi = min(max(hi, lo + 1), n)
+                base = offsets[lo]
+                span = blob[base:offsets[hi]]
+                bad += [g for g in range(lo, hi)
+                        if zlib.crc32(span[offsets[g] - base:offsets[g + 1] - base]) != crcs[g]]
+                lo = hi
+            problem = None
+            if bad:
+                problem = f"checksum mismatch in record {bad[0]} ({record_name(f, bad[0])})"
+                if len(bad) > 1:
+                    problem += f" and {len(bad) - 1} more record(s)"
+            return ShardCheck(path, kind, n, True, problem)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:   # what h5py raises for broken metadata
+        return ShardCheck(path, kind, 0, True, f"unreadable ({e})")
+
+
+# --------------------------------------------------------------------------------------------
 # Writing shards.
 
 def _tmp_path(final: Path) -> Path:
@@ -201,12 +329,14 @@ def software_versions() -> dict[str, str]:
 
 
 class _BlobWriter:
-    """Appends variable-size records to a flat, chunked uint8 dataset and tracks their offsets."""
+    """Appends variable-size records to a flat, chunked uint8 dataset and tracks their offsets
+    and CRC32s (of the bytes as they are in memory, before HDF5 sees them)."""
 
     def __init__(self, h5: h5py.File, name: str):
         self.data = h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
                                       chunks=(BLOB_CHUNK_BYTES,))
         self.offsets = [0]
+        self.crcs: list[int] = []
 
     def append(self, records: Sequence[bytes]) -> None:
         if not records:
@@ -217,6 +347,7 @@ class _BlobWriter:
         self.data[start:] = buf
         for r in records:
             self.offsets.append(self.offsets[-1] + len(r))
+            self.crcs.append(zlib.crc32(r))
 
     @property
     def n_records(self) -> int:
@@ -358,6 +489,7 @@ class ShardWriter:
         for key, blob in self._blobs.items():
             done = blob.n_records - (self._frames_in_video if key == "frames" else self._masks_in_video[key])
             del blob.offsets[done + 1:]
+            del blob.crcs[done:]
             blob.data.resize((blob.offsets[-1],))
         self._frames_in_video = 0
         self._masks_in_video = {p: 0 for p in self._masks_in_video}
@@ -367,13 +499,14 @@ class ShardWriter:
 
     def _write_index(self, f: h5py.File, key: object) -> None:
         rows = self.rows
+        _, offsets_name, crc_name = BLOBS["frames" if key == "frames" else "masks"]
         n = np.array([r.n_frames for r in rows], dtype=np.int64)
         f.create_dataset("names", data=np.array([r.name for r in rows], dtype=object),
                          dtype=h5py.string_dtype())
         f.create_dataset("n_frames", data=n)
         f.create_dataset("first_frame", data=np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64))
-        f.create_dataset("offsets" if key != "frames" else "jpeg_offsets",
-                         data=np.asarray(self._blobs[key].offsets, dtype=np.int64))
+        f.create_dataset(offsets_name, data=np.asarray(self._blobs[key].offsets, dtype=np.int64))
+        f.create_dataset(crc_name, data=np.asarray(self._blobs[key].crcs, dtype=np.uint32))
         f.attrs["failed"] = json.dumps(self.failures)
         f.attrs["n_videos"] = len(rows)
         if key != "frames":
@@ -386,6 +519,7 @@ class ShardWriter:
             f.create_dataset("width", data=np.array([r.width for r in rows], dtype=np.int32))
             f.create_dataset("source_size", data=np.array([r.source_size for r in rows], dtype=np.int64))
             f.create_dataset("source_mtime_ns", data=np.array([r.source_mtime_ns for r in rows], dtype=np.int64))
+        f.attrs[INDEX_CRC_ATTR] = np.uint32(index_checksum(f))  # last: it covers everything above
 
     def commit(self) -> int:
         """Finish every file and rename it into place; returns the bytes written."""
@@ -424,16 +558,23 @@ class ShardInfo:
     names: tuple[str, ...]
     failed: tuple[dict, ...]
     attrs: dict = field(repr=False)
+    checksums: bool = False       # the index was checked against its checksum (False: an older shard)
+
+
+REBUILD_HINT = "Rerun extract_masks.py: it rebuilds shards whose index is damaged."
 
 
 def read_shard_info(path: Path) -> ShardInfo:
-    """Index-level metadata of a shard file; raises CacheError naming the file if unreadable."""
+    """Index-level metadata of a shard file, its index checksum checked (cheap: no record is
+    read); raises CacheError naming the file if unreadable or damaged."""
     try:
         with h5py.File(path, "r") as f:
+            checked = check_index(f, path, REBUILD_HINT)
             attrs = dict(f.attrs)
             names = tuple(n.decode() if isinstance(n, bytes) else n for n in f["names"][()])
-            return ShardInfo(path, str(attrs["uid"]), names, tuple(json.loads(attrs.get("failed", "[]"))), attrs)
-    except (OSError, KeyError, ValueError) as e:
+            return ShardInfo(path, str(attrs["uid"]), names, tuple(json.loads(attrs.get("failed", "[]"))), attrs,
+                             checked)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise CacheError(f"{path}: unreadable or damaged cache shard ({e}); rerun extract_masks.py "
                          f"(it rebuilds damaged shards) or delete the file") from e
 
@@ -473,9 +614,46 @@ def mask_shard_is_current(info: ShardInfo, masks: MaskSet, frames_uid: str) -> s
 # Manifests: the per-video index of a whole frame set (and of each mask set).
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return      # unchanged: the file (and its mtime) stays as it is
+    except (OSError, ValueError):
+        pass
     tmp = _tmp_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of a manifest's canonical JSON, its own "sha256" field left out."""
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _write_manifest(path: Path, manifest: dict) -> dict:
+    manifest = {**manifest, "sha256": _manifest_digest(manifest)}
+    _atomic_write_text(path, json.dumps(manifest, indent=0))
+    return manifest
+
+
+def parse_manifest(path: Path, raw: bytes, fix: str) -> dict:
+    """A manifest.json's content, its sha256 checked (manifests written before checksums have
+    none and are accepted); CacheError naming the file and `fix` when damaged."""
+    hint = f"Rerunning extract_masks.py rewrites it from the shards:\n  {fix}"
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:         # JSONDecodeError and UnicodeDecodeError included
+        raise CacheError(f"{path}: damaged manifest (not valid JSON: {e}). {hint}") from e
+    stored = manifest.get("sha256")
+    if stored is not None and stored != _manifest_digest(manifest):
+        raise CacheError(f"{path}: damaged manifest (its content does not match its sha256). {hint}")
+    return manifest
+
+
+def read_manifest(path: Path, fix: str = "python preprocess/extract_masks.py ...") -> dict:
+    return parse_manifest(path, path.read_bytes(), fix)
 
 
 def write_frames_manifest(frame_set: Path, dataset: str, classes: Sequence[str], decode: DecodeParams,
@@ -487,11 +665,17 @@ def write_frames_manifest(frame_set: Path, dataset: str, classes: Sequence[str],
         path = frames_dir / shard_name(shard_id)
         if not path.exists():
             continue
-        with h5py.File(path, "r") as f:
-            shards[shard_id] = str(f.attrs["uid"])
-            cols = {k: f[k][()] for k in ("names", "labels", "splits", "n_frames", "first_frame", "fps",
-                                          "height", "width")}
-            failed += json.loads(f.attrs.get("failed", "[]"))
+        try:
+            with h5py.File(path, "r") as f:
+                check_index(f, path, "")
+                uid = str(f.attrs["uid"])
+                cols = {k: f[k][()] for k in ("names", "labels", "splits", "n_frames", "first_frame", "fps",
+                                              "height", "width")}
+                shard_failed = json.loads(f.attrs.get("failed", "[]"))
+        except (OSError, KeyError, ValueError, CacheError):
+            continue    # damaged: indexed as missing, so the cache reads incomplete until a rerun rebuilds it
+        shards[shard_id] = uid
+        failed += shard_failed
         for i, name in enumerate(cols["names"]):
             videos.append({"name": name.decode() if isinstance(name, bytes) else name,
                            "label": int(cols["labels"][i]), "splits": [int(x) for x in cols["splits"][i]],
@@ -503,8 +687,7 @@ def write_frames_manifest(frame_set: Path, dataset: str, classes: Sequence[str],
                 "shards_present": sorted(shards), "shard_uids": {str(k): v for k, v in shards.items()},
                 "complete": len(shards) == n_shards, "failed": failed, "videos": videos}
     frames_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(frames_dir / "manifest.json", json.dumps(manifest, indent=0))
-    return manifest
+    return _write_manifest(frames_dir / "manifest.json", manifest)
 
 
 def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict) -> dict:
@@ -515,7 +698,11 @@ def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict)
         path = mdir / shard_name(shard_id)
         if not path.exists():
             continue
-        info = read_shard_info(path)
+        try:
+            info = read_shard_info(path)
+        except CacheError:      # damaged: stale until a rerun rebuilds it
+            stale.append(shard_id)
+            continue
         if mask_shard_is_current(info, masks, frames_manifest["shard_uids"][str(shard_id)]) is None:
             present.append(shard_id)
             stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
@@ -528,8 +715,7 @@ def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict)
                 "stale": stale, "frames_shard_uids": {str(k): frames_manifest["shard_uids"][str(k)] for k in present},
                 "complete": frames_manifest["complete"] and len(present) == frames_manifest["n_shards"]}
     mdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(mdir / "manifest.json", json.dumps(manifest, indent=0))
-    return manifest
+    return _write_manifest(mdir / "manifest.json", manifest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,7 +787,7 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
         raise CacheError(f"no cached frames for dataset '{dataset}' with {decode.key()} at {root}{hint}.\n"
                          f"Build them with:\n  {fix}")
     raw = manifest_path.read_bytes()
-    manifest = json.loads(raw)
+    manifest = parse_manifest(manifest_path, raw, fix)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{manifest_path}: cache format {manifest.get('format_version')} != {FORMAT_VERSION}; "
                          f"rebuild with:\n  {fix} --force")
@@ -616,7 +802,7 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
         if not mpath.exists():
             raise CacheError(_missing_mask_set_message(root, dataset, mset, mpath, fix))
         mraw = mpath.read_bytes()
-        mman = json.loads(mraw)
+        mman = parse_manifest(mpath, mraw, fix)
         if not mman["complete"] or mman["frames_shard_uids"] != {k: manifest["shard_uids"][k] for k in mman["frames_shard_uids"]}:
             raise CacheError(f"{mpath}: mask set {mset.key()} is incomplete or was computed from other frames "
                              f"(stale shards {mman.get('stale', [])}). Rebuild it with:\n  {fix}")
@@ -679,31 +865,60 @@ class ClipReader:
 
     Never opens a file in __init__ and drops its handles when pickled, so one reader can be
     handed to DataLoader workers under fork or spawn (h5py handles do not survive either).
+
+    With `verify` (the default) a shard's index is checked against its checksum when the shard is
+    opened, and every record returned against its CRC32: a damaged shard raises CacheError naming
+    the file, the video and frame, and the command that repairs it. `verify=False` exists to
+    measure what this costs (benchmarks/bench_loader.py).
     """
 
-    def __init__(self, index: CacheIndex):
+    def __init__(self, index: CacheIndex, verify: bool = True):
         self.index = index
-        self._files: dict[tuple[object, int], tuple[h5py.File, h5py.Dataset, np.ndarray]] = {}
+        self.verify = bool(verify)
+        # (kind, shard) -> (file, blob, offsets, record CRC32s or None when not checked)
+        self._files: dict[tuple[object, int], tuple[h5py.File, h5py.Dataset, np.ndarray, list | None]] = {}
 
     def __getstate__(self) -> dict:
-        return {"index": self.index, "_files": {}}
+        return {"index": self.index, "verify": self.verify, "_files": {}}
 
     def _path(self, kind: object, shard: int) -> Path:
         """kind: "frames", or a stride (int) for that stride's mask set."""
         return self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard, int(kind))
 
-    def _open(self, kind: object, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray]:
+    def _fix(self) -> str:
+        """The command that checks the whole cache and rebuilds what is damaged."""
+        idx = self.index
+        return extract_command(idx.dataset, idx.root.parent.parent, idx.decode, idx.masks,
+                               idx.strides or DEFAULT_STRIDES) + " --verify"
+
+    def _open(self, kind: object, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray, list | None]:
         key = (kind, shard)
         if key not in self._files:
             path = self._path(kind, shard)
+            blob_name, offsets_name, crc_name = BLOBS["frames" if kind == "frames" else "masks"]
+            fix = f"Check the whole cache and rebuild what is damaged with:\n  {self._fix()}"
+            f = None
             try:
                 f = h5py.File(path, "r")
-                blob = f["jpeg" if kind == "frames" else "data"]
-                offsets = f["jpeg_offsets" if kind == "frames" else "offsets"][()]
-            except (OSError, KeyError) as e:
-                raise CacheError(f"{path}: cannot read cache shard ({e}); rebuild with extract_masks.py") from e
-            self._files[key] = (f, blob, offsets)
+                crcs = f[crc_name][()].tolist() if self.verify and check_index(f, path, fix) else None
+                blob = f[blob_name]
+                offsets = f[offsets_name][()]
+            except (OSError, KeyError, ValueError, RuntimeError, CacheError) as e:
+                if f is not None:
+                    f.close()
+                if isinstance(e, CacheError):
+                    raise
+                raise CacheError(f"{path}: cannot read cache shard ({e}): the shard is damaged or unreadable. "
+                                 f"{fix}") from e
+            self._files[key] = (f, blob, offsets, crcs)
         return self._files[key]
+
+    def _damaged(self, kind: object, shard: int, video: int, record: int) -> CacheError:
+        t = record - int(self.index.first_frame[video])
+        what = f"frame {t}" if kind == "frames" else f"frame {t}, mask set stride {kind}"
+        return CacheError(f"{self._path(kind, shard)}: the shard is damaged: checksum mismatch in record {record} "
+                          f"({self.index.names[video]}, {what}). Check the whole cache and rebuild what is "
+                          f"damaged with:\n  {self._fix()}")
 
     def _records(self, kind: object, video: int, indices: np.ndarray) -> list[np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
@@ -711,7 +926,7 @@ class ClipReader:
         if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
             raise IndexError(f"frame indices out of range for {self.index.names[video]} ({n} frames)")
         shard = int(self.index.shard[video])
-        _, blob, offsets = self._open(kind, shard)
+        _, blob, offsets, crcs = self._open(kind, shard)
         global_idx = indices + self.index.first_frame[video]
         lo, hi = int(global_idx.min()), int(global_idx.max())
         start, stop = int(offsets[lo]), int(offsets[hi + 1])
@@ -719,8 +934,13 @@ class ClipReader:
             span = blob[start:stop]  # one contiguous read covering the whole clip
         except OSError as e:
             path = self._path(kind, shard)
-            raise CacheError(f"{path}: read failed ({e}); the shard is damaged, rebuild it") from e
+            raise CacheError(f"{path}: read failed ({e}): the shard is damaged. Check the whole cache and "
+                             f"rebuild what is damaged with:\n  {self._fix()}") from e
         recs = [span[offsets[g] - start:offsets[g + 1] - start] for g in global_idx]
+        if crcs is not None:      # only the records returned: ~2 us per 6.5 KB frame
+            for g, record in zip(global_idx.tolist(), recs):
+                if zlib.crc32(record) != crcs[g]:
+                    raise self._damaged(kind, shard, video, g)
         return recs
 
     def frames(self, video: int, indices: np.ndarray) -> np.ndarray:
@@ -781,7 +1001,7 @@ class ClipReader:
         return masks_from_diffs(self.clip_diffs(video, indices), mode, dilate)
 
     def close(self) -> None:
-        for f, _, _ in self._files.values():
+        for f, *_ in self._files.values():
             f.close()
         self._files.clear()
 

@@ -5,6 +5,7 @@
     python preprocess/extract_masks.py --dataset demo                  # the built-in demo set
     python preprocess/extract_masks.py --lambda 30 --m 0.5 --strides 5 # add stride 5 (no decoding)
     python preprocess/extract_masks.py --list                          # what is cached, mask statistics
+    python preprocess/extract_masks.py --verify                        # check every record, rebuild damage
     python preprocess/extract_masks.py --doctor                        # preflight only
 
 Frames are cached once per dataset and decode parameters; each (lambda, m, stride) gets its own
@@ -16,7 +17,13 @@ with the same parameters recomputes nothing; a new lambda/m/stride computes mask
 frames without running ffmpeg and touches no other file; a changed source file is redone.
 Cluster job arrays: `--shard-index I --num-shards N` builds the shards with id % N == I, into the
 same (shared) cache directory; the last part to finish writes the complete manifest, and rerunning
-without --shard-index afterwards only verifies and indexes.
+without --shard-index afterwards only checks and indexes.
+
+Integrity: every record of a shard has a CRC32 and its index one more (preprocess/cache.py). A
+plain run checks every shard's index (cheap) and rebuilds a damaged one; `--verify` also reads
+every record of the frame set and of its mask sets and rebuilds the shards that are damaged (a
+frame shard from its source videos, a mask shard from the cached frames). With nothing damaged it
+rewrites nothing.
 
 Exit status: 0 when every video is cached (or already was), 1 when some videos failed (all others
 are cached; see failures.txt in the frame-set folder), 2 for a usage, layout or environment error.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -33,11 +41,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FORMAT, CacheError, DecodeParams,
-                              MaskParams, MaskSet, frame_set_dir, frames_shard_is_current, mask_set_dir,
-                              mask_shard_is_current, old_mask_sets, read_shard_info, shard_name,
-                              write_frames_manifest, write_masks_manifest)
+from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FORMAT, NO_CHECKSUMS, CacheError,
+                              DecodeParams, MaskParams, MaskSet, ShardCheck, frame_set_dir, frames_shard_is_current,
+                              mask_set_dir, mask_shard_is_current, old_mask_sets, read_manifest, read_shard_info,
+                              shard_name, verify_shard, write_frames_manifest, write_masks_manifest)
 from preprocess.build import ShardJob, ShardResult, SourceVideo
+from preprocess.cli import UsageError, check_range, parse_checked
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EST_BYTES_PER_FRAME = 6500       # JPEG q90 4:2:0 at 128x171, measured on the demo; see README
@@ -67,10 +76,11 @@ class ExtractConfig:
     retry_failed: bool
     timeout_s: float | None
     chunk_frames: int
+    verify: bool = False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="extract_masks.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--dataset", default="ucf101", choices=("ucf101", "hmdb51", "folder", "demo"))
     p.add_argument("--data-root", type=Path, help="dataset root (default data/<dataset>)")
@@ -91,25 +101,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-frames", type=int, default=16, help="frames per decode chunk (bounds memory)")
     p.add_argument("--list", action="store_true", help="list what is cached and exit")
     p.add_argument("--doctor", action="store_true", help="preflight checks only")
-    args = p.parse_args(argv)
-    # Run-level values are checked here, before any video is touched: a bad value is a problem of
-    # the command, never recorded as a failure of the videos.
-    if not 0 <= args.lam <= 255:
-        p.error(f"--lambda {args.lam}: must be an integer in 0..255 (grey levels; the paper uses 10, 30, 60)")
-    if not 0.0 <= args.m <= 1.0:   # also rejects nan
-        p.error(f"--m {args.m}: must be in [0, 1] (the weight of the old background; the paper uses 0.1, 0.5, 1)")
-    if min(args.strides) < 1 or len(set(args.strides)) != len(args.strides):
-        p.error(f"--strides {' '.join(map(str, args.strides))}: must be distinct integers >= 1")
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
-        p.error(f"--shard-index {args.shard_index} --num-shards {args.num_shards}: need num-shards >= 1 and "
-                f"0 <= shard-index < num-shards")
-    if args.workers < 1 or args.videos_per_shard < 1:
-        p.error("--workers and --videos-per-shard must be >= 1")
-    if not 16 <= args.short_side <= 4096 or not 1 <= args.jpeg_quality <= 100:
-        p.error("--short-side must be in 16..4096 and --jpeg-quality in 1..100")
-    if args.chunk_frames < 1 or (args.timeout is not None and not args.timeout > 0):
-        p.error("--chunk-frames must be >= 1 and --timeout > 0")
-    return args
+    p.add_argument("--verify", action="store_true",
+                   help="check the checksum of every record of the frame set and its mask sets, and rebuild the "
+                        "shards that are damaged (a plain run checks only each shard's index)")
+    # Run-level values are checked before any video is touched: a bad value is a problem of the
+    # command, never recorded as a failure of the videos.
+    return parse_checked(p, argv, _check_args)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    check_range("--lambda", args.lam, lo=0, hi=255, note="grey levels; the paper's: 10, 30, 60")
+    check_range("--m", args.m, lo=0, hi=1, note="the weight of the old background; the paper's: 0.1, 0.5, 1")
+    check_range("--strides", args.strides, lo=1)
+    if len(set(args.strides)) != len(args.strides):
+        raise UsageError("--strides", args.strides, "must be distinct")
+    check_range("--num-shards", args.num_shards, lo=1)
+    check_range("--shard-index", args.shard_index, lo=0, hi=args.num_shards - 1, note="0 <= shard-index < num-shards")
+    check_range("--workers", args.workers, lo=1)
+    check_range("--videos-per-shard", args.videos_per_shard, lo=1)
+    check_range("--short-side", args.short_side, lo=16, hi=4096)
+    check_range("--jpeg-quality", args.jpeg_quality, lo=1, hi=100)
+    check_range("--chunk-frames", args.chunk_frames, lo=1)
+    if args.timeout is not None:
+        check_range("--timeout", args.timeout, lo=0, lo_open=True)
 
 
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
@@ -118,14 +132,17 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         decode=DecodeParams(args.short_side, args.jpeg_quality),
         masks=MaskParams(args.lam, args.m), strides=tuple(sorted(args.strides)), videos_per_shard=args.videos_per_shard,
         workers=args.workers, shard_index=args.shard_index, num_shards=args.num_shards, force=args.force,
-        retry_failed=args.retry_failed, timeout_s=args.timeout, chunk_frames=args.chunk_frames)
+        retry_failed=args.retry_failed, timeout_s=args.timeout, chunk_frames=args.chunk_frames, verify=args.verify)
 
 
 # --------------------------------------------------------------------------------------------
 # Planning: which shard files are current, which need frames, which only masks.
 
-def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None) -> tuple[list[ShardJob], int, list[str]]:
-    """Jobs for this part of the cache; also the count of videos skipped and notes on why shards are redone."""
+def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None,
+              damaged: dict[Path, str] | None = None) -> tuple[list[ShardJob], int, list[str]]:
+    """Jobs for this part of the cache; also the count of videos skipped and notes on why shards are redone.
+    `damaged` ({shard path: reason}, from `verify_cache`) names shards to rebuild whatever else holds."""
+    damaged = damaged or {}
     frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
     n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     jobs, skipped, notes = [], 0, []
@@ -138,12 +155,15 @@ def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None)
         for path in (fpath, *mpaths.values()):
             for stale in path.parent.glob(f".{path.name}.tmp-*"):
                 stale.unlink(missing_ok=True)  # left by a killed run; never mistaken for a shard
-        why = "forced" if cfg.force else _frames_stale(fpath, cfg, part)
+        why = "forced" if cfg.force else (damaged.get(fpath) or _frames_stale(fpath, cfg, part))
         if why is None:
             info = read_shard_info(fpath)
             todo = []
+            # the requested sets, and any other cached set whose shard --verify found damaged
+            mpaths.update({ms: mask_set_dir(frame_set, ms) / shard_name(shard_id) for ms in cached
+                           if ms not in mpaths and mask_set_dir(frame_set, ms) / shard_name(shard_id) in damaged})
             for ms, mpath in mpaths.items():
-                mask_why = _mask_stale(mpath, ms, info.uid)
+                mask_why = damaged.get(mpath) or (_mask_stale(mpath, ms, info.uid) if ms in wanted else None)
                 if mask_why is not None:
                     notes.append(f"shard {shard_id}: mask set {ms.key()}: {mask_why}")
                     todo.append(ms)
@@ -174,7 +194,7 @@ def _frames_stale(path: Path, cfg: ExtractConfig, part: tuple[SourceVideo, ...])
     try:
         info = read_shard_info(path)
     except CacheError as e:
-        return f"damaged ({e})"
+        return f"damaged ({str(e).splitlines()[0]})"
     why = frames_shard_is_current(info, cfg.decode, [(v.name, v.size, v.mtime_ns) for v in part])
     if why is None and cfg.retry_failed and info.failed:
         return f"retrying {len(info.failed)} failed video(s)"
@@ -187,20 +207,82 @@ def _mask_stale(path: Path, masks: MaskSet, frames_uid: str) -> str | None:
     try:
         return mask_shard_is_current(read_shard_info(path), masks, frames_uid)
     except CacheError as e:
-        return f"damaged ({e})"
+        return f"damaged ({str(e).splitlines()[0]})"
+
+
+_SET_FOLDER = re.compile(r"masks-lam(\d+)_m([0-9.e+-]+)_stride(\d+)")
 
 
 def _cached_mask_sets(frame_set: Path) -> list[MaskSet]:
-    """The mask sets of the current format that have a manifest (older formats are skipped)."""
+    """The mask sets of the current format that have a manifest (older formats are skipped). A
+    damaged manifest is recognised by its folder's name, so its set is still checked and rewritten."""
     sets = []
     for manifest in sorted(frame_set.glob("masks-*/manifest.json")):
         try:
-            m = json.loads(manifest.read_text())
+            m = read_manifest(manifest)
             if m.get("mask_format") == MASK_FORMAT:
                 sets.append(MaskSet(**m["masks"]))
+        except CacheError:
+            folder = _SET_FOLDER.fullmatch(manifest.parent.name)
+            if folder:
+                sets.append(MaskSet(int(folder[1]), float(folder[2]), int(folder[3])))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return sets
+
+
+# --------------------------------------------------------------------------------------------
+# --verify: every record of every shard of this part, before planning.
+
+def verify_cache(cfg: ExtractConfig, n_shards: int) -> tuple[dict[Path, str], list[ShardCheck], list[Path]]:
+    """Check the frame shards of this part and the shards of every requested and cached mask set
+    (index checksum and every record's CRC32). Returns {damaged shard: reason} for `plan_jobs`,
+    the checks, and the damaged manifests (every run rewrites manifests from the shards)."""
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
+    sets = sorted({*requested_sets(cfg), *_cached_mask_sets(frame_set)}, key=lambda ms: (ms.lam, ms.m, ms.stride))
+    folders = [frame_set / "frames", *(mask_set_dir(frame_set, ms) for ms in sets)]
+    paths = [p for shard_id in range(cfg.shard_index, n_shards, cfg.num_shards)
+             for p in (folder / shard_name(shard_id) for folder in folders) if p.exists()]
+    bad_manifests = []
+    for manifest in (folder / "manifest.json" for folder in folders):
+        try:
+            if manifest.exists():
+                read_manifest(manifest)
+        except CacheError:
+            bad_manifests.append(manifest)
+    if cfg.workers > 1 and len(paths) > 1:
+        it = Parallel(n_jobs=min(cfg.workers, len(paths)), return_as="generator_unordered")(
+            delayed(verify_shard)(p) for p in paths)
+    else:
+        it = map(verify_shard, paths)
+    checks = sorted(tqdm(it, total=len(paths), unit="shard", desc="[verify]", dynamic_ncols=True, leave=False),
+                    key=lambda c: str(c.path))
+    damaged = {}
+    for c in checks:
+        if c.problem is not None:
+            damaged[c.path] = f"damaged: {c.problem}"
+            print(f"[verify] DAMAGED {c.path}: {c.problem}; rebuilding it")
+    for manifest in bad_manifests:
+        print(f"[verify] DAMAGED {manifest}: rewritten from the shards at the end of this run")
+    old = [c for c in checks if not c.checksums]
+    if old:
+        print(f"[verify] {len(old)} shard(s) have {NO_CHECKSUMS}, e.g. {old[0].path}")
+    return damaged, checks, bad_manifests
+
+
+def verify_summary(checks: list[ShardCheck], damaged: dict[Path, str], bad_manifests: list[Path]) -> str:
+    """'verified N shards, M records: K damaged, rebuilt' (+ manifests and older shards)."""
+    text = (f"[verify] verified {sum(c.checksums for c in checks)} shards, {sum(c.records for c in checks):,} "
+            f"records: {len(damaged)} damaged" + (", rebuilt" if damaged else ""))
+    if bad_manifests:
+        text += f"; {len(bad_manifests)} damaged manifest(s), rewritten"
+    old = sum(not c.checksums for c in checks)
+    if old:
+        text += f"; {old} shard(s) not verified: {NO_CHECKSUMS}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +416,12 @@ def list_cache(cache_dir: Path) -> None:
     rows = []
     for manifest_path in sorted(cache_dir.glob("*/*/frames/manifest.json")):
         frame_set = manifest_path.parent.parent
-        m = json.loads(manifest_path.read_text())
+        try:
+            m = read_manifest(manifest_path)
+        except CacheError:
+            rows.append(f"{frame_set.parent.name:<8} {frame_set.name:<16} frames  DAMAGED manifest: rerun "
+                        f"extract_masks.py for this dataset to rewrite it")
+            continue
         size = sum(p.stat().st_size for p in manifest_path.parent.glob("shard-*.h5"))
         n_frames = sum(v["n_frames"] for v in m["videos"])
         rows.append(f"{m['dataset']:<8} {frame_set.name:<16} frames  videos={len(m['videos']):<6} "
@@ -342,8 +429,13 @@ def list_cache(cache_dir: Path) -> None:
                     f"{'complete' if m['complete'] else 'INCOMPLETE'}  {m['decode']}")
         old = set(old_mask_sets(frame_set))
         for mm in sorted(frame_set.glob("masks-*/manifest.json"), key=_set_order):
-            mk = json.loads(mm.read_text())
             msize = sum(p.stat().st_size for p in mm.parent.glob("shard-*.h5"))
+            try:
+                mk = read_manifest(mm)
+            except CacheError:
+                rows.append(f"{'':<8} {'':<16} {mm.parent.name:<34} size={msize / 1e6:9.1f} MB  DAMAGED manifest: "
+                            f"rerun extract_masks.py with this set's parameters to rewrite it")
+                continue
             if mm.parent in old:
                 rows.append(f"{'':<8} {'':<16} {mm.parent.name:<34} size={msize / 1e6:9.1f} MB  OLD FORMAT, not "
                             f"read (per-video masks); add per-stride sets with extract_masks.py, then delete it")
@@ -394,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     from preprocess.decode import ffmpeg_binary
 
     t0 = time.perf_counter()
-    jobs, skipped, notes = plan_jobs(cfg, videos, None)
+    n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
+    damaged, checks, bad_manifests = verify_cache(cfg, n_shards) if cfg.verify else ({}, [], [])
+    jobs, skipped, notes = plan_jobs(cfg, videos, None, damaged)
     frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
     if any(j.build_frames for j in jobs):
         try:
@@ -413,10 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         n_masks = sum(len(j.videos) for j in jobs if not j.build_frames)
         print(f"[extract] {len(jobs)} shard(s): {n_decode} videos to decode, {n_masks} to mask from cached "
               f"frames, {skipped} already cached; {cfg.workers} worker(s)")
-    results = run_jobs(jobs, cfg.workers, sum(len(j.videos) for j in jobs)) if jobs else []
+    try:
+        results = run_jobs(jobs, cfg.workers, sum(len(j.videos) for j in jobs)) if jobs else []
+    except CacheError as e:     # e.g. masks asked of a damaged frame shard: the message says what to run
+        print(f"[extract] {e}", file=sys.stderr)
+        return 2
 
     # Index what is on disk now (all parts of a job array write the same cache directory).
-    n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     manifest = write_frames_manifest(frame_set, cfg.dataset, index.classes, cfg.decode, n_shards, cfg.videos_per_shard)
     mask_manifests = {ms: write_masks_manifest(frame_set, ms, manifest)
                       for ms in {*requested_sets(cfg), *_cached_mask_sets(frame_set)}}
@@ -446,10 +543,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[extract] done in {elapsed:.1f}s: ok {ok}, failed {len(failures)}, skipped (cached) {skipped}, "
           f"known failures {len(known)}, frames {frames:,} ({frames / max(elapsed, 1e-9):.0f}/s), "
           f"written {written / 1e6:.1f} MB" + (f"; failures listed in {report}" if lines else ""))
+    if cfg.verify:
+        print(verify_summary(checks, damaged, bad_manifests))
     if not manifest["complete"]:
         print(f"[extract] this part is done; the cache is complete once all {cfg.num_shards} parts have run")
     return 1 if (failures or known) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from preprocess.cli import exit_with
+
+    exit_with(main, "extract_masks.py")

@@ -79,6 +79,7 @@ from pathlib import Path
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
+from preprocess.cli import UsageError, check_range, exit_with, parse_checked
 from preprocess.decode import ffmpeg_binary, ffmpeg_version
 
 __all__ = [
@@ -596,10 +597,19 @@ def _install(tmp: Path, root: Path, params: dict, existing) -> None:
             shutil.rmtree(trash, ignore_errors=True)
 
 
+def _check_args(args) -> None:
+    check_range("--seed", args.seed, lo=0)
+    check_range("--classes", args.classes, lo=2, hi=len(ALL_CLASSES))
+    check_range("--groups", args.groups, lo=3, hi=99, note="split 1 tests a third of the groups")
+    check_range("--clips", args.clips, lo=1, hi=99)
+    check_range("--frames", args.frames, lo=8)
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        raise UsageError("--root", args.root, "exists and is not a folder")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description="Write the synthetic demo dataset in UCF101's layout (motion-defined "
-                    "classes).")
+    ap = argparse.ArgumentParser(prog="make_demo.py", description="Write the synthetic demo dataset in UCF101's "
+                                 "layout (motion-defined classes).")
     ap.add_argument("--root", default="data/demo", help="output folder (default data/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=DEFAULTS["classes"],
@@ -610,11 +620,11 @@ def main(argv=None) -> int:
                     help=f"clips per group (default {DEFAULTS['clips']})")
     ap.add_argument("--frames", type=int, default=DEFAULTS["frames"],
                     help=f"maximum frames per video; lengths vary down to 3/4 of it (default {DEFAULTS['frames']})")
-    args = ap.parse_args(argv)
+    args = parse_checked(ap, argv, _check_args)
     make_demo(args.root, seed=args.seed, classes=args.classes, groups=args.groups,
               clips=args.clips, frames=args.frames, verbose=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main, "make_demo.py")

@@ -195,5 +195,6 @@ def test_label_fraction_is_balanced_seeded_and_disjoint_from_test(cache, tmp_pat
     got = set(ck["train_videos"])
     assert len(got) == len(CLASSES) and got <= train and not got & test       # one per class of 3
     assert sorted(index.labels[[list(index.names).index(n) for n in got]].tolist()) == [0, 1, 2]
-    with pytest.raises(SystemExit, match="label-fraction"):
+    with pytest.raises(SystemExit) as exc:     # refused before any work: status 2, one line
         main(args(cache, "--init", "random", "--label-fraction", "0", "--run-dir", str(tmp_path / "bad")))
+    assert exc.value.code == 2 and not (tmp_path / "bad").exists()

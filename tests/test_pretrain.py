@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from preprocess.cache import MaskParams, open_cache, write_cache_from_arrays
+from preprocess.cli import UsageError
 from train import engine as E
 from train.data import PretrainClips, make_loader
 from train.mac import MACTransform, alpha_values
@@ -131,9 +132,11 @@ def test_moco_queue_pointer_and_momentum():
     assert out["con_logits"][0].shape == (4, 9) and int(m2.queue_ptr) == 4
     assert torch.allclose(m2.queue[:4].norm(dim=1), torch.ones(4), atol=1e-5)
 
-    with pytest.raises(SystemExit, match="divisible"):
-        check_config(PretrainConfig(queue_size=100, batch_size=32), world=1)
+    with pytest.raises(UsageError, match="--queue-size 100: must be divisible"):
+        PretrainConfig(queue_size=100, batch_size=32)            # refused when the config is made
     check_config(PretrainConfig(queue_size=65536, batch_size=32), world=8)
+    with pytest.raises(UsageError, match=r"32 per process x 2 process\(es\) = 64"):
+        check_config(PretrainConfig(queue_size=96, batch_size=32), world=2)    # fine alone, not under DDP
 
 
 def test_mse_and_mse_n_targets_and_loss(tiny_cache, tmp_path):

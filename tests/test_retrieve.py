@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from preprocess.cli import UsageError
 from train.retrieve import l2_normalise, load_feature_backbone, nearest_neighbours, recall_at_k
 
 
@@ -67,5 +68,5 @@ def test_load_feature_backbone_formats(tmp_path):
     a, _, _ = load_feature_backbone(None, "random", "r2plus1d_10", seed=3)
     b, _, _ = load_feature_backbone(None, "random", "r2plus1d_10", seed=3)
     assert torch.equal(a.state_dict()["stem.0.weight"], b.state_dict()["stem.0.weight"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="missing.pt: no such file"):
         load_feature_backbone(tmp_path / "missing.pt")

@@ -21,7 +21,9 @@ import datetime
 import json
 import math
 import os
+import pickle
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from preprocess.cli import EXIT_USAGE, ToolError, UsageError, check_choice, check_range
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,21 +45,47 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Config: frozen dataclass <-> argparse <-> json
 # ------------------------------------------------------------------------------------------
 
-def flag(default, help: str = "", name: str | None = None, choices=None):
-    """A dataclass field with argparse metadata (``name`` overrides ``--field-name``)."""
-    if isinstance(default, (list, tuple)):
-        return dataclasses.field(default=tuple(default),
-                                 metadata={"help": help, "flag": name, "choices": choices})
-    return dataclasses.field(default=default, metadata={"help": help, "flag": name, "choices": choices})
+def flag(default, help: str = "", name: str | None = None, choices=None, *, lo=None, hi=None,
+         lo_open: bool = False, hi_open: bool = False, note: str = "", empty_ok: bool = False):
+    """A dataclass field with argparse metadata (``name`` overrides ``--field-name``) and the
+    range its value must lie in (``lo``/``hi``, open or closed; every element of a tuple, which
+    may be empty only with ``empty_ok``), checked by ``validate_config`` for the CLI and the API alike."""
+    md = {"help": help, "flag": name, "choices": choices,
+          "range": (lo, hi, lo_open, hi_open, note) if lo is not None or hi is not None else None,
+          "empty_ok": empty_ok}
+    return dataclasses.field(default=tuple(default) if isinstance(default, (list, tuple)) else default, metadata=md)
+
+
+def flag_name(cls_or_cfg, field: str) -> str:
+    """The command-line spelling of a config field (e.g. lam -> --lambda)."""
+    f = {x.name: x for x in dataclasses.fields(cls_or_cfg)}[field]
+    return f.metadata.get("flag") or "--" + field.replace("_", "-")
+
+
+def validate_config(cfg) -> None:
+    """Check every field's range and choices, then the config's own ``check()`` (combinations
+    of flags); raise ``UsageError`` naming the flag, the value and what is allowed. Called from
+    the configs' ``__post_init__``, so a config that exists is a valid one."""
+    for f in dataclasses.fields(cfg):
+        v, md = getattr(cfg, f.name), f.metadata
+        if md.get("choices") and v not in md["choices"]:
+            check_choice(flag_name(cfg, f.name), v, md["choices"])
+        if md.get("range") and not (v == () and md.get("empty_ok")):
+            lo, hi, lo_open, hi_open, note = md["range"]
+            check_range(flag_name(cfg, f.name), v, lo, hi, lo_open, hi_open, note)
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check()
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the module docstring's layout and show every default."""
 
 
-def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
+def build_parser(cls, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
     # allow_abbrev=False: "--m" must never be read as a prefix of "--momentum" and the like
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                formatter_class=_HelpFormatter)
     for f in dataclasses.fields(cls):
         md = f.metadata
         name = md.get("flag") or "--" + f.name.replace("_", "-")
@@ -75,10 +105,17 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(cls, argv=None, description: str = ""):
-    args = build_parser(cls, description).parse_args(argv)
+def parse_config(cls, argv=None, description: str = "", prog: str | None = None):
+    """Flags -> a validated config; a bad value ends the program here (status 2, one line naming
+    the flag, the value and what is allowed), before any data, cache or run directory is touched."""
+    parser = build_parser(cls, description, prog)
+    args = parser.parse_args(argv)
     vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()}
-    return cls(**vals)
+    try:
+        return cls(**vals)
+    except UsageError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def config_dict(cfg) -> dict:
@@ -353,9 +390,38 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Our checkpoints hold only tensors and plain python values: the safe loader suffices."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(ToolError):
+    """A checkpoint that cannot be read, or is refused because reading it could run code."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", trust: bool = False):
+    """Read a checkpoint as data: torch's weights-only unpickler (tensors and plain python
+    values), which is all this project's checkpoints and torchvision's state dicts need.
+
+    A pickle that needs more (arbitrary python objects, e.g. an ``argparse.Namespace`` kept by
+    another codebase, or code planted in a downloaded file) is refused with CheckpointError,
+    unless ``trust`` (the scripts' ``--trust-checkpoint``, for that file) allows the full
+    unpickler, which runs whatever the file asks it to."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        needs = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        if needs is None:          # a damaged or non-torch file, not a refused one
+            detail = next((ln.split("error:")[-1].strip() for ln in str(e).splitlines() if "error:" in ln), "")
+            raise CheckpointError(f"{path}: not a readable checkpoint ({detail or str(e).splitlines()[0]})") from None
+        if not trust:
+            raise CheckpointError(
+                f"{path}: refused: reading it needs the full unpickler (for {needs.group(1)}), which can run code "
+                f"stored in the file. This project's checkpoints and torchvision state dicts never need it; if you "
+                f"trust where the file comes from, pass --trust-checkpoint") from None
+    except (RuntimeError, EOFError, ValueError) as e:   # not a torch file, truncated, damaged zip
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'empty'})") from None
+    print(f"[checkpoint] {path}: --trust-checkpoint: unpickling fully", file=sys.stderr)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
 def clean_stale_temps(run_dir: Path) -> None:

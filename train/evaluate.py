@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.cli import ToolError, UsageError, check_file, check_optional, check_range, exit_with, parse_checked
+
 # --------------------------------------------------------------------------------------------
 # Pure metric functions
 # --------------------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def compute_metrics(clip_logits: np.ndarray, clip_video: np.ndarray, video_label
 # --------------------------------------------------------------------------------------------
 
 
-class SplitLeakError(RuntimeError):
+class SplitLeakError(ToolError, RuntimeError):
     """The evaluation set contains videos the checkpoint was trained on."""
 
 
@@ -365,7 +367,7 @@ def default_out_dir(checkpoint: Path, stage: str) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path, help="a finetuning checkpoint (best.pt / last.pt)")
     p.add_argument("--split", type=int, default=None, help="split 1..3 (default: the checkpoint's)")
@@ -378,11 +380,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="default: the checkpoint's, else data_cache")
     p.add_argument("--batch-size", type=int, default=4, help="videos per batch (each num_clips clips)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N videos (smoke tests)")
     p.add_argument("--out-dir", type=Path, default=None,
                    help="default: runs/<ds>/<id>/evaluate beside the checkpoint's stage directory")
-    return p.parse_args(argv)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of this --checkpoint (can run code stored in the file; only for "
+                        "files you trust)")
+    return parse_checked(p, argv, check_clip_args)
+
+
+def check_clip_args(args: argparse.Namespace) -> None:
+    """The value checks evaluate.py and retrieve.py share (before any file is read)."""
+    check_file("--checkpoint", args.checkpoint)
+    check_optional("--split", args.split, lo=1, hi=3)
+    check_range("--num-clips", args.num_clips, lo=1)
+    check_optional("--frames", args.frames, lo=1)
+    check_optional("--stride", args.stride, lo=1)
+    check_optional("--crop", args.crop, lo=8)
+    check_optional("--short-side", args.short_side, lo=8)
+    if args.crop is not None and args.short_side is not None and args.crop > args.short_side:
+        raise UsageError("--crop", args.crop, f"must be <= --short-side ({args.short_side})")
+    check_range("--batch-size", args.batch_size, lo=1)
+    check_range("--workers", args.workers, lo=0)
+    check_optional("--limit", args.limit, lo=1)
 
 
 def main(argv=None) -> dict:
@@ -392,14 +413,13 @@ def main(argv=None) -> dict:
     from train.models import build_backbone
 
     t0 = time.time()
-    if not args.checkpoint.exists():
-        raise SystemExit(f"checkpoint {args.checkpoint} not found")
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(ckpt)
-    if ckpt.get("kind") != "finetune" or not ckpt.get("classes"):
-        raise SystemExit(f"{args.checkpoint} is a {ckpt.get('kind') or 'foreign'} checkpoint, not a finetuning "
+    ckpt = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "finetune" or not ckpt.get("classes"):
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        raise SystemExit(f"{args.checkpoint} is a {kind or 'foreign'} checkpoint, not a finetuning "
                          "one (train/finetune.py): evaluate needs the classifier and the class names. "
                          "For pretrained backbones use train/retrieve.py.")
+    cfg = checkpoint_config(ckpt)
     dataset = ckpt.get("dataset") or cfg.get("dataset")
     split = int(args.split or ckpt.get("split") or cfg.get("split") or 1)
     classes = list(ckpt["classes"])
@@ -450,8 +470,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SplitLeakError as e:
-        print(f"[evaluate] error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with(main, "evaluate.py")

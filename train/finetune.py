@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from preprocess.cache import CacheError, DecodeParams, open_cache
+from preprocess.cli import UsageError, exit_with
 from train import engine as E
 from train.data import EvalClips, LabelledClips, label_subset, make_loader, set_loader_epoch
 from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
@@ -45,39 +46,41 @@ flag = E.flag
 class FinetuneConfig:
     dataset: str = flag("ucf101", "dataset name in the cache")
     cache_dir: str = flag("data_cache", "cache root")
-    split: int = flag(1, "official split (train part: training, test part: validation)")
-    short_side: int = flag(128, "frame set: cached short side")
-    jpeg_quality: int = flag(90, "frame set: JPEG quality")
+    split: int = flag(1, "official split (train part: training, test part: validation)", lo=1, hi=3)
+    short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
+    jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
     init: str = flag("", "random | a pretrain/finetune checkpoint | a torchvision state dict (.pth)")
     init_strict: bool = flag(True, "require an exact backbone key/shape match")
+    trust_checkpoint: bool = flag(False, "allow full unpickling of --init (can run code stored in the file; "
+                                  "only for files you trust)")
     backbone: str = flag("", "default: the --init checkpoint's, else r2plus1d_18")
     # clips (ClipConfig)
-    frames: int = flag(16, "frames per clip")
-    stride: int = flag(2, "temporal stride")
-    scales: tuple = flag((112, 128, 144), "short-side scales drawn uniformly")
-    crop: int = flag(112, "crop size")
-    flip_p: float = flag(0.35, "horizontal flip probability")
+    frames: int = flag(16, "frames per clip", lo=1)
+    stride: int = flag(2, "temporal stride", lo=1)
+    scales: tuple = flag((112, 128, 144), "short-side scales drawn uniformly", lo=16)
+    crop: int = flag(112, "crop size", lo=8)
+    flip_p: float = flag(0.35, "horizontal flip probability", lo=0, hi=1)
     colour_jitter: bool = flag(True, "light colour jitter (p 0.2)")
     norm: str = flag("auto", "mean/std constants; auto: the --init checkpoint's (MAC pretraining: imagenet), "
                      "else kinetics (torchvision's video models)", choices=("auto", "imagenet", "kinetics"))
-    dropout: float = flag(0.5, "dropout before the classifier")
+    dropout: float = flag(0.5, "dropout before the classifier", lo=0, hi=1, hi_open=True)
     freeze_backbone: bool = flag(False, "linear probe: train only the classifier on frozen backbone features "
                                  "(BN statistics frozen too)")
-    label_fraction: float = flag(1.0, "train on a seeded, class-balanced fraction of the train labels (0 < F <= 1)")
+    label_fraction: float = flag(1.0, "train on a seeded, class-balanced fraction of the train labels (0 < F <= 1)", lo=0, hi=1, lo_open=True)
     # optimisation
-    epochs: int = flag(150, "epochs")
-    batch_size: int = flag(32, "clips per process and step")
+    epochs: int = flag(150, "epochs", lo=1)
+    batch_size: int = flag(32, "clips per process and step", lo=1)
     optimizer: str = flag("sgd", "sgd (the paper's recipe) | adamw", choices=E.OPTIMIZERS)
-    lr: float = flag(0.01, "learning rate")
-    momentum: float = flag(0.9, "SGD momentum")
-    weight_decay: float = flag(5e-4, "SGD weight decay")
-    milestones: tuple = flag((60, 120), "MultiStepLR epochs")
-    lr_gamma: float = flag(0.1, "MultiStepLR factor")
-    clip_grad: float = flag(0.0, "gradient norm clip (0 = off, the recipe)")
+    lr: float = flag(0.01, "learning rate", lo=0)
+    momentum: float = flag(0.9, "SGD momentum", lo=0, hi=1, hi_open=True)
+    weight_decay: float = flag(5e-4, "SGD weight decay", lo=0)
+    milestones: tuple = flag((60, 120), "MultiStepLR epochs (none: a constant rate)", lo=1, empty_ok=True)
+    lr_gamma: float = flag(0.1, "MultiStepLR factor", lo=0, hi=1, lo_open=True)
+    clip_grad: float = flag(0.0, "gradient norm clip (0 = off, the recipe)", lo=0, note='0 = off')
     # system
-    seed: int = flag(0, "seed")
-    workers: int = flag(8, "DataLoader workers per process")
-    device: str = flag("auto", "auto | cuda | cpu")
+    seed: int = flag(0, "seed", lo=0)
+    workers: int = flag(8, "DataLoader workers per process", lo=0)
+    device: str = flag("auto", "auto | cuda | cpu", choices=("auto", "cuda", "cpu"))
     bf16: bool = flag(True, "bf16 autocast (CUDA only)")
     channels_last: bool = flag(True, "channels_last_3d (CUDA only)")
     compile: bool = flag(False, "torch.compile the model")
@@ -87,30 +90,40 @@ class FinetuneConfig:
     run_dir: str = flag("", "default: see the module docstring")
     run_id: str = flag("", "run id when --init is not a run's checkpoint")
     resume: bool = flag(False, "continue from <run-dir>/last.pt if it exists")
-    log_every: int = flag(20, "steps between metrics.jsonl records")
-    val_every: int = flag(5, "epochs between centre-clip validations (0 = only at the end)")
-    val_short_side: int = flag(0, "validation short side (0: 128 * crop / 112)")
-    val_limit: int = flag(0, "max validation videos (0 = all)")
-    save_every: int = flag(0, "epochs between kept epoch_XXXX.pt (0 = only last/best)")
-    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)")
-    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap)")
+    log_every: int = flag(20, "steps between metrics.jsonl records", lo=1)
+    val_every: int = flag(5, "epochs between centre-clip validations (0 = only at the end)", lo=0)
+    val_short_side: int = flag(0, "validation short side (0: 128 * crop / 112)", lo=0)
+    val_limit: int = flag(0, "max validation videos (0 = all)", lo=0)
+    save_every: int = flag(0, "epochs between kept epoch_XXXX.pt (0 = only last/best)", lo=0)
+    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)", lo=0, note='0 = full epoch')
+    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap)", lo=0, note='0 = no cap')
     progress: bool = flag(True, "tqdm progress bar")
 
+    def __post_init__(self):
+        E.validate_config(self)
 
-def read_init(init: str) -> tuple[dict | None, dict]:
+    def check(self) -> None:
+        """Combinations of flags and the --init file (each flag's own range is checked from its field)."""
+        if self.init and self.init != "random" and not Path(self.init).is_file():
+            raise UsageError("--init", self.init, "no such file (a checkpoint, a state dict .pth, or random)")
+        if self.backbone:
+            try:
+                parse_backbone(self.backbone)
+            except ValueError as e:
+                raise UsageError("--backbone", self.backbone, str(e)) from None
+        if self.crop > min(self.scales):
+            raise UsageError("--crop", self.crop, f"must be <= the smallest of --scales ({min(self.scales)})")
+
+
+def read_init(init: str, trust: bool = False) -> tuple[dict | None, dict]:
     """(state dict, info) of --init: ours (pretrain/finetune checkpoints), a torchvision-format
     state dict, or a dict wrapping one under "state_dict"/"model"."""
     if init == "random":
         return None, {"kind": "random"}
     path = Path(init)
     if not path.exists():
-        raise SystemExit(f"--init {init}: no such file (use --init random for a random init)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:    # a foreign pickle with python objects: only because the user named it
-        print(f"[finetune] --init {init}: not loadable with weights_only=True ({type(e).__name__}); "
-              "unpickling it fully", file=sys.stderr)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        raise UsageError("--init", init, "no such file (a checkpoint, a state dict .pth, or random)")
+    obj = E.load_checkpoint(path, trust=trust)   # data only, unless --trust-checkpoint
     info = {"path": str(path.resolve()), "kind": "state_dict"}
     if isinstance(obj, dict) and obj.get("kind") in ("pretrain", "finetune"):
         norm = obj.get("norm") or (obj.get("mac") or {}).get("norm") or (obj.get("config") or {}).get("norm")
@@ -172,7 +185,7 @@ def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: E.Dist, cl: bool 
 
 
 def main(argv=None) -> dict:
-    cfg = E.parse_config(FinetuneConfig, argv, __doc__)
+    cfg = E.parse_config(FinetuneConfig, argv, __doc__, "finetune.py")
     d = E.setup_distributed(cfg.device)
     ok = False
     try:
@@ -187,7 +200,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     log = print if d.is_main else (lambda *a, **k: None)
     if not cfg.init:
         raise SystemExit("pass --init random, --init <pretrain checkpoint> or --init <state dict .pth>")
-    sd, info = read_init(cfg.init)
+    sd, info = read_init(cfg.init, cfg.trust_checkpoint)
     if cfg.norm == "auto":   # a backbone is finetuned with the normalisation it was pretrained with
         cfg = dataclasses.replace(cfg, norm=info.get("norm") or "kinetics")
         log(f"[finetune] normalisation: {cfg.norm} ("
@@ -213,8 +226,6 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     ccfg = ClipConfig(T=cfg.frames, stride=cfg.stride, scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p,
                       colour=ColourJitter.light() if cfg.colour_jitter else ColourJitter.off(),
                       norm=cfg.norm, seed=cfg.seed)
-    if not 0.0 < cfg.label_fraction <= 1.0:
-        raise SystemExit(f"--label-fraction {cfg.label_fraction}: must be in (0, 1]")
     train_ds = LabelledClips(index, cfg.split, "train", ccfg)
     if cfg.label_fraction < 1.0:
         full = len(train_ds)
@@ -379,4 +390,4 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main, "finetune.py")

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
+from preprocess.cli import UsageError, exit_with
 from train import engine as E
 from train.data import PretrainClips, make_loader, set_loader_epoch
 from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform, alpha_values
@@ -52,12 +53,12 @@ class PretrainConfig:
     # data: which cached frames / mask set (preprocess/extract_masks.py builds them)
     dataset: str = flag("ucf101", "dataset name in the cache")
     cache_dir: str = flag("data_cache", "cache root")
-    split: int = flag(1, "official split whose part is used")
+    split: int = flag(1, "official split whose part is used", lo=1, hi=3)
     part: str = flag("train", "videos to pretrain on", choices=("train", "all"))
-    short_side: int = flag(128, "frame set: cached short side")
-    jpeg_quality: int = flag(90, "frame set: JPEG quality")
-    lam: int = flag(30, "masks: threshold lambda (Algorithm 1)", name="--lambda")
-    m: float = flag(0.5, "masks: weight of the old background (Algorithm 1)")
+    short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
+    jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
+    lam: int = flag(30, "masks: threshold lambda (Algorithm 1)", name="--lambda", lo=0, hi=255, note="the paper's: 10, 30, 60")
+    m: float = flag(0.5, "masks: weight of the old background (Algorithm 1)", lo=0, hi=1, note="the paper's: 0.1, 0.5, 1")
     mask_source: str = flag("clip", "clip: Algorithm 1 on each augmented clip (the reference exactly; measured "
                             "faster than reading mask sets); cache: the per-stride mask sets", choices=MASK_SOURCES)
     mask_mode: str = flag("soft", "masks: soft (stretched differences, the reference) | hard (255)",
@@ -65,18 +66,18 @@ class PretrainConfig:
     dilate: bool = flag(True, "masks: the reference's 2x2 dilation")
     # the MAC sample
     method: str = flag("mac-sc", "mac-s: alpha classification; mac-sc: + MoCo v2", choices=("mac-s", "mac-sc"))
-    n: int = flag(2, "temporal segments (MAC-2 / MAC-4)")
-    k: int = flag(4, "alpha values per segment")
+    n: int = flag(2, "temporal segments (MAC-2 / MAC-4)", lo=1, note="the paper's: 2, 4")
+    k: int = flag(4, "alpha values per segment", lo=2, note="the paper's: 2..6")
     loss: str = flag("ce", "ce over k^n classes | mse (preset alphas) | mse-n (alphas ~ U(0,1])",
                      choices=("ce", "mse", "mse-n"))
     reverse: bool = flag(False, "attenuate the background instead of the foreground")
     blend_space: str = flag("normalised", "blend after mean/std normalisation (reference) or on pixels",
                             choices=("normalised", "pixel"))
-    frames: int = flag(16, "frames per clip")
-    strides: tuple = flag((1, 2, 3, 4), "temporal strides drawn uniformly")
-    scales: tuple = flag((112, 128, 144), "short-side scales drawn uniformly")
-    crop: int = flag(112, "crop size")
-    flip_p: float = flag(0.5, "horizontal flip probability")
+    frames: int = flag(16, "frames per clip", lo=1)
+    strides: tuple = flag((1, 2, 3, 4), "temporal strides drawn uniformly", lo=1)
+    scales: tuple = flag((112, 128, 144), "short-side scales drawn uniformly", lo=16)
+    crop: int = flag(112, "crop size", lo=8)
+    flip_p: float = flag(0.5, "horizontal flip probability", lo=0, hi=1)
     colour_jitter: bool = flag(True, "brightness/contrast/hue/saturation jitter (p 0.8 each)")
     greyscale: bool = flag(True, "greyscale p 0.2")
     norm: str = flag("imagenet", "mean/std constants (the reference's MAC configs: imagenet)",
@@ -84,30 +85,30 @@ class PretrainConfig:
     # model / objective
     backbone: str = flag("r2plus1d_18", f"backbone: {', '.join(BACKBONES)}; a _w<width> suffix narrows it "
                          "(e.g. r2plus1d_10_w32, the CPU demo's)")
-    dropout: float = flag(0.5, "dropout before the pretext head")
-    proj_hidden: int = flag(512, "MoCo projection MLP hidden width")
-    proj_dim: int = flag(128, "MoCo embedding size")
-    queue_size: int = flag(65536, "MoCo queue length (divisible by the global batch)")
-    moco_momentum: float = flag(0.999, "key encoder EMA momentum")
-    temperature: float = flag(0.2, "InfoNCE temperature")
-    cls_weight: float = flag(1.0, "weight of the pretext (alpha) loss")
-    con_weight: float = flag(0.5, "weight of the contrastive loss")
+    dropout: float = flag(0.5, "dropout before the pretext head", lo=0, hi=1, hi_open=True)
+    proj_hidden: int = flag(512, "MoCo projection MLP hidden width", lo=1)
+    proj_dim: int = flag(128, "MoCo embedding size", lo=1)
+    queue_size: int = flag(65536, "MoCo queue length (divisible by the global batch)", lo=1)
+    moco_momentum: float = flag(0.999, "key encoder EMA momentum", lo=0, hi=1)
+    temperature: float = flag(0.2, "InfoNCE temperature", lo=0, lo_open=True)
+    cls_weight: float = flag(1.0, "weight of the pretext (alpha) loss", lo=0)
+    con_weight: float = flag(0.5, "weight of the contrastive loss", lo=0)
     symmetric: bool = flag(False, "symmetric InfoNCE (both views as query; 2x the compute)")
-    shuffle_bn_groups: int = flag(2, "single-process shuffle-BN: key sub-batches (1 = off)")
+    shuffle_bn_groups: int = flag(2, "single-process shuffle-BN: key sub-batches (1 = off)", lo=1)
     # optimisation
-    epochs: int = flag(300, "epochs")
-    batch_size: int = flag(32, "clips per process and step")
+    epochs: int = flag(300, "epochs", lo=1)
+    batch_size: int = flag(32, "clips per process and step", lo=1)
     optimizer: str = flag("sgd", "sgd (the paper's recipe) | adamw", choices=E.OPTIMIZERS)
-    lr: float = flag(0.01, "learning rate")
-    momentum: float = flag(0.9, "SGD momentum")
-    weight_decay: float = flag(1e-4, "SGD weight decay")
-    milestones: tuple = flag((100, 200), "MultiStepLR epochs")
-    lr_gamma: float = flag(0.1, "MultiStepLR factor")
-    clip_grad: float = flag(40.0, "gradient norm clip (0 = off)")
+    lr: float = flag(0.01, "learning rate", lo=0)
+    momentum: float = flag(0.9, "SGD momentum", lo=0, hi=1, hi_open=True)
+    weight_decay: float = flag(1e-4, "SGD weight decay", lo=0)
+    milestones: tuple = flag((100, 200), "MultiStepLR epochs (none: a constant rate)", lo=1, empty_ok=True)
+    lr_gamma: float = flag(0.1, "MultiStepLR factor", lo=0, hi=1, lo_open=True)
+    clip_grad: float = flag(40.0, "gradient norm clip (0 = off)", lo=0, note='0 = off')
     # system
-    seed: int = flag(0, "seed: data order, samples, init, dropout")
-    workers: int = flag(8, "DataLoader workers per process")
-    device: str = flag("auto", "auto | cuda | cpu")
+    seed: int = flag(0, "seed: data order, samples, init, dropout", lo=0)
+    workers: int = flag(8, "DataLoader workers per process", lo=0)
+    device: str = flag("auto", "auto | cuda | cpu", choices=("auto", "cuda", "cpu"))
     bf16: bool = flag(True, "bf16 autocast (CUDA only)")
     channels_last: bool = flag(True, "channels_last_3d (CUDA only)")
     compile: bool = flag(False, "torch.compile the backbones")
@@ -117,13 +118,39 @@ class PretrainConfig:
     run_dir: str = flag("", "default runs/<dataset>/<run-id>/pretrain")
     run_id: str = flag("", "default derived from the method and mask settings")
     resume: bool = flag(False, "continue from <run-dir>/last.pt if it exists")
-    log_every: int = flag(20, "steps between metrics.jsonl records")
-    eval_every: int = flag(10, "epochs between test-split pretext accuracy (0 = never)")
-    eval_limit: int = flag(0, "max test videos for the pretext accuracy (0 = all)")
-    save_every: int = flag(50, "epochs between kept epoch_XXXX.pt (last.pt: every epoch)")
-    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)")
-    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap; smoke runs)")
+    log_every: int = flag(20, "steps between metrics.jsonl records", lo=1)
+    eval_every: int = flag(10, "epochs between test-split pretext accuracy (0 = never)", lo=0, note='0 = never')
+    eval_limit: int = flag(0, "max test videos for the pretext accuracy (0 = all)", lo=0, note='0 = all')
+    save_every: int = flag(50, "epochs between kept epoch_XXXX.pt (last.pt: every epoch)", lo=0)
+    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)", lo=0, note='0 = full epoch')
+    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap; smoke runs)", lo=0, note='0 = no cap')
     progress: bool = flag(True, "tqdm progress bar")
+
+    def __post_init__(self):
+        E.validate_config(self)
+
+    def check(self) -> None:
+        """Combinations of flags (each flag's own range is checked from its field)."""
+        try:
+            parse_backbone(self.backbone)
+        except ValueError as e:
+            raise UsageError("--backbone", self.backbone, str(e)) from None
+        if self.frames % self.n:
+            raise UsageError("--frames", self.frames, f"must be a multiple of --n {self.n} (equal segments)")
+        if self.crop > min(self.scales):
+            raise UsageError("--crop", self.crop, f"must be <= the smallest of --scales ({min(self.scales)})")
+        if self.method == "mac-sc":
+            check_queue(self, world=1)
+
+
+def check_queue(cfg: PretrainConfig, world: int) -> None:
+    """The MoCo queue holds whole batches of keys (the ring buffer never splits one)."""
+    gb = cfg.batch_size * world * (2 if cfg.symmetric else 1)
+    if cfg.queue_size % gb:
+        raise UsageError("--queue-size", cfg.queue_size,
+                         f"must be divisible by the keys enqueued per step ({cfg.batch_size} per process x {world} "
+                         f"process(es){' x 2 (symmetric)' if cfg.symmetric else ''} = {gb}); e.g. --queue-size "
+                         f"{max(gb, cfg.queue_size // gb * gb)}")
 
 
 def mac_config(cfg: PretrainConfig) -> MACConfig:
@@ -335,18 +362,9 @@ def compute_losses(out: dict, b: dict, cfg: PretrainConfig) -> dict[str, torch.T
 # ------------------------------------------------------------------------------------------
 
 def check_config(cfg: PretrainConfig, world: int) -> None:
-    try:
-        parse_backbone(cfg.backbone)
-    except ValueError as e:
-        raise SystemExit(f"--backbone: {e}") from None
-    gb = cfg.batch_size * world * (2 if cfg.symmetric else 1)
-    if cfg.method == "mac-sc" and cfg.queue_size % gb:
-        raise SystemExit(f"--queue-size {cfg.queue_size} must be divisible by the keys enqueued per step "
-                         f"({cfg.batch_size} per process x {world} processes"
-                         f"{' x 2 (symmetric)' if cfg.symmetric else ''} = {gb}), so the ring buffer "
-                         f"never splits a batch; e.g. --queue-size {max(gb, cfg.queue_size // gb * gb)}")
-    if cfg.frames % cfg.n:
-        raise SystemExit(f"--frames {cfg.frames} is not divisible into --n {cfg.n} equal segments")
+    """What depends on the world size (the rest was checked when the config was made)."""
+    if cfg.method == "mac-sc":
+        check_queue(cfg, world)
 
 
 @torch.no_grad()
@@ -377,7 +395,7 @@ def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: E.Dist, 
 
 
 def main(argv=None) -> dict:
-    cfg = E.parse_config(PretrainConfig, argv, __doc__)
+    cfg = E.parse_config(PretrainConfig, argv, __doc__, "pretrain.py")
     d = E.setup_distributed(cfg.device)
     ok = False
     try:
@@ -579,4 +597,4 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main, "pretrain.py")

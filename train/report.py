@@ -29,6 +29,8 @@ import os
 import sys
 from pathlib import Path
 
+from preprocess.cli import UsageError, exit_with, parse_checked
+
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")
 RETRIEVAL_KEYS = ("R@1", "R@5", "R@10", "R@20", "R@50")
 TRAIN_STAGES = ("pretrain", "finetune", "finetune_random", "linear", "linear_random")
@@ -443,7 +445,7 @@ def aggregate_table(agg: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", type=Path)
     p.add_argument("--aggregate", type=Path, nargs="+", help="run directories to combine (mean +- std)")
     p.add_argument("--out-dir", type=Path, help="with --aggregate: where to write the combined results")
@@ -451,22 +453,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrain-dir", type=Path, default=None, help="default: <run-dir>/pretrain")
     p.add_argument("--cache-dir", default=None, help="default: each stage's config")
     p.add_argument("--strict", action="store_true", help="exit 1 when an expected metric is missing")
-    return p.parse_args(argv)
+    return parse_checked(p, argv, check_args)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.aggregate:
+        if args.out_dir is None:
+            raise UsageError("--aggregate", args.aggregate, "needs --out-dir (where the combined results go)")
+        for d in args.aggregate:
+            if not (d / "results.json").is_file():
+                raise UsageError("--aggregate", d, "no results.json there (run that run's summary stage first)")
+        return
+    if args.run_dir is None:
+        raise UsageError("--run-dir", "(none)", "pass a run directory (or --aggregate RUN_DIR ... --out-dir DIR)")
+    if not args.run_dir.is_dir():
+        raise UsageError("--run-dir", args.run_dir, "no such directory")
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.aggregate:
-        if args.out_dir is None:
-            raise SystemExit("--aggregate needs --out-dir")
         agg, table = aggregate(args.aggregate, args.out_dir)
         print(table, end="")
         print(f"[report] wrote {args.out_dir / 'results.json'} and {args.out_dir / 'summary.md'}")
         return agg
-    if args.run_dir is None:
-        raise SystemExit("pass --run-dir (or --aggregate RUN_DIR ... --out-dir DIR)")
-    if not args.run_dir.is_dir():
-        raise SystemExit(f"no run directory {args.run_dir}")
     res = collect(args.run_dir, args.preset, args.pretrain_dir, args.cache_dir)
     table = write_report(res, args.pretrain_dir)
     print(table, end="")
@@ -478,4 +488,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main, "report.py")

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from preprocess.cli import UsageError, check_file, check_range, exit_with, parse_checked
+
 DEFAULT_KS = (1, 5, 10, 20, 50)
 
 
@@ -96,7 +98,7 @@ def _state_dict_of(obj) -> tuple[dict, dict]:
 
 
 def load_feature_backbone(checkpoint: Path | None, init: str = "checkpoint", backbone: str | None = None,
-                          seed: int = 0):
+                          seed: int = 0, trust: bool = False):
     """(model, ckpt dict, description). The model has the checkpoint's backbone weights (its
     classifier is irrelevant: only forward_features is used)."""
     import torch
@@ -108,12 +110,11 @@ def load_feature_backbone(checkpoint: Path | None, init: str = "checkpoint", bac
         name = backbone or BACKBONES[0]
         return build_backbone(name), {}, f"random init {name} (seed {seed})"
     if checkpoint is None:
-        raise SystemExit("pass --checkpoint, or --init random")
-    if not Path(checkpoint).exists():
-        raise SystemExit(f"checkpoint {checkpoint} not found")
+        raise UsageError("--checkpoint", "(none)", "pass a checkpoint, or --init random")
+    check_file("--checkpoint", checkpoint)
     from train.engine import load_checkpoint
 
-    obj = load_checkpoint(checkpoint)       # the safe (weights-only) unpickler: ours and foreign files
+    obj = load_checkpoint(checkpoint, trust=trust)    # data only, unless --trust-checkpoint
     sd, ckpt = _state_dict_of(obj)
     names = [ckpt.get("backbone_name") or backbone] if (ckpt.get("backbone_name") or backbone) else list(BACKBONES)
     errors = []
@@ -144,7 +145,7 @@ def video_features(model, loader, device, norm: str) -> tuple[np.ndarray, np.nda
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="retrieve.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="pretraining / finetuning checkpoint, or a torchvision-format state dict")
@@ -169,7 +170,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N queries and N gallery videos")
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--save-features", action="store_true", help="also write features.npz")
-    return p.parse_args(argv)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of --checkpoint / --config-from (can run code stored in the file; "
+                        "only for files you trust)")
+    return parse_checked(p, argv, check_args)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    from train.evaluate import check_clip_args
+
+    check_clip_args(args)
+    check_file("--config-from", args.config_from)
+    check_range("--ks", args.ks, lo=1)
+    check_range("--seed", args.seed, lo=0)
 
 
 def main(argv=None) -> dict:
@@ -178,13 +191,12 @@ def main(argv=None) -> dict:
                                 open_checkpoint_cache, resolve_device, write_json)
 
     t0 = time.time()
-    model, ckpt, desc = load_feature_backbone(args.checkpoint, args.init, args.backbone, args.seed)
+    model, ckpt, desc = load_feature_backbone(args.checkpoint, args.init, args.backbone, args.seed,
+                                              args.trust_checkpoint)
     if args.config_from is not None:
         from train.engine import load_checkpoint
 
-        if not args.config_from.exists():
-            raise SystemExit(f"--config-from {args.config_from}: not found")
-        ref = load_checkpoint(args.config_from)
+        ref = load_checkpoint(args.config_from, trust=args.trust_checkpoint)
         ckpt = {k: ref.get(k) for k in ("config", "dataset", "split", "cache")}
     cfg = checkpoint_config(ckpt)
     dataset = args.dataset or ckpt.get("dataset") or cfg.get("dataset")
@@ -235,4 +247,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main, "retrieve.py")
