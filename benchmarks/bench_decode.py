@@ -29,9 +29,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):   # run as `python benchmarks/bench_decode.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.decode import (CHUNK_FRAMES, ffmpeg_binary, ffmpeg_version, iter_frames,
                                open_video, output_size, probe)

@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if __package__ in (None, ""):   # run as `python benchmarks/bench_loader.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from preprocess.cache import ClipReader, DecodeParams, MaskParams, open_cache, verify_shard, write_cache_from_arrays
 from preprocess.decode import ffmpeg_binary, iter_frames
 import dataclasses

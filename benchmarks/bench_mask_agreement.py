@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if __package__ in (None, ""):   # run as `python benchmarks/bench_mask_agreement.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from footage import decode, generated_footage, real_footage  # benchmarks/ is on sys.path when run as a script
 from preprocess.cache import (ClipReader, DecodeParams, MaskParams, encode_mask, open_cache,
                               write_cache_from_arrays)

@@ -15,6 +15,8 @@ numba/numpy uses the best of each, measured in the same run (the machine may be 
 """
 
 import os
+import sys
+from pathlib import Path
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
@@ -24,6 +26,9 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+if __package__ in (None, ""):   # run as `python benchmarks/bench_masks.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.masks import (  # noqa: E402
     DiffStream, foreground_masks, foreground_masks_reference, masks_from_diffs, stride_diffs,

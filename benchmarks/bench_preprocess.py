@@ -27,6 +27,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+if __package__ in (None, ""):   # run as `python benchmarks/bench_preprocess.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench_decode import make_videos  # benchmarks/ is on sys.path when run as a script
 from footage import real_footage
 from preprocess.decode import ffmpeg_binary, ffmpeg_version, output_size, probe

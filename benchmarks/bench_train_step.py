@@ -50,11 +50,15 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if __package__ in (None, ""):   # run as `python benchmarks/bench_train_step.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.models import BACKBONES, build_backbone, load_backbone
 

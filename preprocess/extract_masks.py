@@ -41,6 +41,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):   # run as `python preprocess/extract_masks.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FORMAT, NO_CHECKSUMS, CacheError,
                               DecodeParams, MaskParams, MaskSet, ShardCheck, frame_set_dir, frames_shard_is_current,
                               mask_set_dir, mask_shard_is_current, old_mask_sets, read_manifest, read_shard_info,

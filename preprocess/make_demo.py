@@ -79,6 +79,9 @@ from pathlib import Path
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
+if __package__ in (None, ""):   # run as `python preprocess/make_demo.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from preprocess.cli import UsageError, check_range, exit_with, parse_checked
 from preprocess.decode import ffmpeg_binary, ffmpeg_version
 

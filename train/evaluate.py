@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):   # run as `python train/evaluate.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from preprocess.cli import ToolError, UsageError, check_file, check_optional, check_range, exit_with, parse_checked
 
 # --------------------------------------------------------------------------------------------

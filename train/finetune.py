@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+if __package__ in (None, ""):   # run as `python train/finetune.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from preprocess.cache import CacheError, DecodeParams, open_cache
 from preprocess.cli import UsageError, exit_with
 from train import engine as E

@@ -29,6 +29,9 @@ import os
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):   # run as `python train/report.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from preprocess.cli import UsageError, exit_with, parse_checked
 
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+if __package__ in (None, ""):   # run as `python train/retrieve.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.cli import UsageError, check_file, check_range, exit_with, parse_checked
 
