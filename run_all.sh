@@ -14,10 +14,12 @@
 #                             (runs/ucf101/<ID>/pretrain; default ucf101, the ucf101 preset's run)
 #           --runs-root DIR   default runs;  --cache-dir DIR  default data_cache
 #           --allow-cpu       run the ucf101/hmdb51 presets without a GPU (very slow)
+# Presets are files: configs/<preset>/<stage>.json, one per stage, read by the stage's script
+#   (--config FILE); why each value: configs/README.md. demo-seeds runs the demo's.
 # Overrides (after the options): STAGE.flag=value, STAGE in demo | extract | pretrain | finetune
 #   (both finetunings) | linear (both linear probes) | evaluate | retrieve | train (pretrain +
 #   finetune + linear). Lists: comma-separated; booleans: true/false. Example: pretrain.epochs=5
-#   finetune.batch-size=16 train.workers=4
+#   finetune.batch-size=16 train.workers=4. They win over the preset files.
 #
 # Stages: [data (demos)] -> preflight -> extract -> pretrain -> finetune [+ finetune_random, and the
 # linear probes linear, linear_random (demos)] -> evaluate [+ evaluate_random, evaluate_linear,
@@ -103,56 +105,25 @@ for o in "${OVERRIDES[@]+"${OVERRIDES[@]}"}"; do
 done
 
 # ------------------------------------------------------------------------------ presets
-# Everything not set here is the trainer's default, i.e. the paper's recipe (SPEC sections 2-5).
-MAC=(--method mac-sc --n 2 --k 4 --lambda 30 --m 0.5)
-DEMO_ARGS=() LINEAR_PROBE=0 RANDOM_BASELINE=0
-case $PRESET in
-  demo)   # 2-core CPU, <= 15 min all in (measured: README). Design and measurements: README, "The demo".
-    # Narrow R(2+1)D-10 (width 32) on 8-frame 48x48 clips; MAC-S-2 with k = 2 (4 alpha tuples),
-    # the reference's soft masks computed per clip; AdamW for every training stage: with SGD,
-    # neither the pretext nor the finetuning leaves its initial plateau within the few hundred
-    # steps a CPU allows (measured). Finetuning from MAC and from random init, and a linear probe
-    # of each, with the same budget.
-    BACKBONE=r2plus1d_10_w32
-    CLIP=(--frames 8 --crop 48 --scales 48 54 60)
-    PRETRAIN=(--method mac-s --n 2 --k 2 --lambda 30 --m 0.5 --backbone $BACKBONE "${CLIP[@]}"
-              --optimizer adamw --lr 0.001 --weight-decay 0.05 --epochs 50 --milestones 40 --batch-size 8
-              --eval-every 10 --log-every 9 --workers 1)
-    FINETUNE=("${CLIP[@]}" --stride 2 --optimizer adamw --lr 0.002 --weight-decay 0.05 --epochs 20 --milestones 16
-              --batch-size 8 --val-every 0 --log-every 9 --workers 1)
-    LINEAR=("${CLIP[@]}" --stride 2 --freeze-backbone --dropout 0 --optimizer adamw --lr 0.01 --weight-decay 0.0005
-            --epochs 20 --milestones 16 --batch-size 8 --val-every 0 --log-every 9 --workers 1)
-    EVAL=(--num-clips 10 --workers 1 --batch-size 4)
-    RETRIEVE=(--num-clips 10 --workers 1 --batch-size 4)
-    RANDOM_BASELINE=1 LINEAR_PROBE=1;;
-  demo-large)   # one H100/H200-class GPU, ~10 min: a bigger demo, MAC-SC-2 with R(2+1)D-18 on 16x112 clips
-    DEMO_ARGS=(--groups 60 --clips 3 --frames 80)
-    BACKBONE=r2plus1d_18
-    PRETRAIN=(--method mac-sc --n 2 --k 2 --lambda 30 --m 0.5 --backbone $BACKBONE
-              --optimizer adamw --lr 0.001 --weight-decay 0.05 --epochs 120 --milestones 100 --batch-size 64
-              --queue-size 4096 --eval-every 20 --log-every 10 --workers 12)
-    FINETUNE=(--stride 2 --optimizer adamw --lr 0.002 --weight-decay 0.05 --epochs 40 --milestones 32
-              --batch-size 32 --val-every 0 --log-every 10 --workers 12)
-    LINEAR=(--stride 2 --freeze-backbone --dropout 0 --optimizer adamw --lr 0.01 --weight-decay 0.0005
-            --epochs 30 --milestones 24 --batch-size 32 --val-every 0 --log-every 10 --workers 12)
-    EVAL=(--num-clips 10 --workers 12 --batch-size 8)
-    RETRIEVE=(--num-clips 10 --workers 12 --batch-size 8)
-    RANDOM_BASELINE=1 LINEAR_PROBE=1;;
-  ucf101|hmdb51)   # the paper: MAC-SC-2, R(2+1)D-18, lambda 30, m 0.5, k 4, 300 / 150 epochs, split 1
-    BACKBONE=r2plus1d_18
-    PRETRAIN=("${MAC[@]}" --backbone $BACKBONE --epochs 300)
-    FINETUNE=(--epochs 150)
-    EVAL=(--num-clips 10)
-    RETRIEVE=(--num-clips 10)
-    RANDOM_BASELINE=0;;
-esac
+# A preset is a folder of files, configs/<preset>/<stage>.json (what each value is for:
+# configs/README.md), each read by its stage's script through the script's own --config; what a
+# file does not set is the script's default, i.e. the paper's recipe (SPEC sections 2-5). A
+# stage's command line: --config FILE, then the stage's own flags (--dataset, --run-dir, --init,
+# ...), then the overrides, which win.
+CONFIGS=configs/$PRESET
 SPLIT=1
-# the pretraining dataset (hmdb51 pretrains on UCF101 and reuses a ucf101 run's pretraining)
+# the pretraining dataset (hmdb51 pretrains on UCF101, with the ucf101 preset's pretrain.json, and
+# reuses a ucf101 run's pretraining)
 if [[ $PRESET == hmdb51 ]]; then
-  PT_DATASET=ucf101 PT_ROOT=$UCF_ROOT PT_DIR="$RUNS_ROOT/ucf101/$PT_RUN/pretrain"
+  PT_DATASET=ucf101 PT_ROOT=$UCF_ROOT PT_DIR="$RUNS_ROOT/ucf101/$PT_RUN/pretrain" PT_CONFIG=configs/ucf101/pretrain.json
 else
-  PT_DATASET=$DATASET PT_ROOT=$DATA_ROOT PT_DIR="$RUN_DIR/pretrain"
+  PT_DATASET=$DATASET PT_ROOT=$DATA_ROOT PT_DIR="$RUN_DIR/pretrain" PT_CONFIG=$CONFIGS/pretrain.json
 fi
+for f in "$CONFIGS"/{chain,extract,finetune,evaluate,retrieve}.json "$PT_CONFIG"; do
+  [[ -f $f ]] || die "the $PRESET preset's file $f is missing"
+done
+DEMO_CONFIG=()   # make_demo's arguments, where the preset has any
+if [[ -f $CONFIGS/demo.json ]]; then DEMO_CONFIG=(--config "$CONFIGS/demo.json"); fi
 mapfile -t X_EXTRACT < <(flags_for extract)
 mapfile -t X_PRETRAIN < <(flags_for pretrain train)
 mapfile -t X_FINETUNE < <(flags_for finetune train)
@@ -160,20 +131,35 @@ mapfile -t X_LINEAR < <(flags_for linear train)
 mapfile -t X_EVAL < <(flags_for evaluate)
 mapfile -t X_RETRIEVE < <(flags_for retrieve)
 mapfile -t X_DEMO < <(flags_for demo)
-# the mask parameters (also used by extract, which caches one mask set per stride the
-# pretraining draws): overridable as pretrain.lambda=10 pretrain.m=0.1 pretrain.strides=1,2
-LAMBDA=30 M=0.5 STRIDES=(1 2 3 4)
-scan_mask_flags() {   # scan_mask_flags FLAG...: the last --lambda / --m / --strides wins
-  local i j
-  local -a a=("$@")
-  for ((i = 0; i < ${#a[@]}; i++)); do
-    case ${a[i]} in
-      --lambda) LAMBDA=${a[i + 1]};; --m) M=${a[i + 1]};;
-      --strides) STRIDES=(); for ((j = i + 1; j < ${#a[@]} && ${a[j]} != -*; j++)); do STRIDES+=("${a[j]}"); done;;
-    esac
-  done
+
+# What bash itself needs from the preset, read from its files (never repeated here): the chain's
+# switches, chain.json (a random-init baseline of every stage; linear probes), and from the
+# pretraining's config as train/pretrain.py resolves it (pretrain.json, then the pretrain.* /
+# train.* overrides, checked as the pretraining checks them) the mask parameters extract caches
+# (lambda, m and one mask set per stride the pretraining draws: pretrain.lambda=10
+# pretrain.strides=1,2 reach both) and the backbone of the random-init retrieval.
+preset_values() {   # prints bash assignments
+  $PY - "$CONFIGS/chain.json" --config "$PT_CONFIG" "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}" <<'EOF'
+import json, shlex, sys
+chain_file, argv = sys.argv[1], sys.argv[2:]
+SWITCHES = ("random-baseline", "linear-probe")
+try:
+    chain = json.loads(open(chain_file).read())
+except (OSError, ValueError) as e:
+    sys.exit(f"[run_all] error: {chain_file}: {e}")
+if not isinstance(chain, dict) or set(chain) != set(SWITCHES) or not all(isinstance(v, bool) for v in chain.values()):
+    sys.exit(f"[run_all] error: {chain_file}: must hold exactly the keys {', '.join(SWITCHES)}, each true or false")
+from train.engine import parse_config
+from train.pretrain import PretrainConfig
+cfg = parse_config(PretrainConfig, argv, prog="pretrain.py")   # a refused value: status 2, one line
+print(f"RANDOM_BASELINE={int(chain['random-baseline'])} LINEAR_PROBE={int(chain['linear-probe'])}")
+print(f"LAMBDA={cfg.lam} M={cfg.m!r} BACKBONE={shlex.quote(cfg.backbone)}")
+print(f"STRIDES=({' '.join(str(s) for s in cfg.strides)})")
+EOF
 }
-scan_mask_flags "${PRETRAIN[@]}" "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}"
+PRESET_VALUES=$(preset_values) || exit $?
+eval "$PRESET_VALUES"
+if [[ $LINEAR_PROBE == 1 && ! -f $CONFIGS/linear.json ]]; then die "the $PRESET preset's file $CONFIGS/linear.json is missing"; fi
 
 # ------------------------------------------------------------------------------ checks
 if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then   # demo-large, ucf101, hmdb51
@@ -227,8 +213,8 @@ EOF
 
 preflight() {   # dataset layout, ffmpeg, disk; on a missing dataset: where to get it, and the demo
   local ds=$1 root=$2
-  if ! $PY preprocess/extract_masks.py --doctor --dataset "$ds" --data-root "$root" --cache-dir "$CACHE_DIR" \
-      "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"; then
+  if ! $PY preprocess/extract_masks.py --doctor --config "$CONFIGS/extract.json" --dataset "$ds" --data-root "$root" \
+      --cache-dir "$CACHE_DIR" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"; then
     cat >&2 <<EOF
 [run_all] preflight failed for $ds at $root (details above).$(
   [[ $ds != "$DATASET" ]] && printf '\n[run_all] (the %s preset pretrains on UCF101: pass --ucf-root DIR, or run "bash run_all.sh ucf101" first)' "$PRESET")
@@ -241,8 +227,9 @@ EOF
 
 extract() {     # idempotent: cached frames / masks are not recomputed
   local rc=0
-  $PY preprocess/extract_masks.py --dataset "$1" --data-root "$2" --cache-dir "$CACHE_DIR" \
-    --lambda "$LAMBDA" --m "$M" --strides "${STRIDES[@]}" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
+  $PY preprocess/extract_masks.py --config "$CONFIGS/extract.json" --dataset "$1" --data-root "$2" \
+    --cache-dir "$CACHE_DIR" --lambda "$LAMBDA" --m "$M" --strides "${STRIDES[@]}" \
+    "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
   # exit 1: some videos could not be decoded (listed above and in failures.txt); every other
   # video is cached, so training goes on without them, as it would with the videos missing
   if [[ $rc == 1 ]]; then say "warning: some $1 videos failed to decode and are left out (see above)"; rc=0; fi
@@ -250,15 +237,13 @@ extract() {     # idempotent: cached frames / masks are not recomputed
 }
 
 finetune() {    # finetune NAME INIT
-  $PY train/finetune.py --dataset "$DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" --init "$2" \
-    --backbone $BACKBONE --run-dir "$RUN_DIR/$1" --resume "${FINETUNE[@]}" \
-    "${X_FINETUNE[@]+"${X_FINETUNE[@]}"}"
+  $PY train/finetune.py --config "$CONFIGS/finetune.json" --dataset "$DATASET" --split $SPLIT \
+    --cache-dir "$CACHE_DIR" --init "$2" --run-dir "$RUN_DIR/$1" --resume "${X_FINETUNE[@]+"${X_FINETUNE[@]}"}"
 }
 
 linear_probe() {    # linear_probe NAME INIT: a linear classifier on the frozen backbone
-  $PY train/finetune.py --dataset "$DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" --init "$2" \
-    --backbone $BACKBONE --run-dir "$RUN_DIR/$1" --resume "${LINEAR[@]}" \
-    "${X_LINEAR[@]+"${X_LINEAR[@]}"}"
+  $PY train/finetune.py --config "$CONFIGS/linear.json" --dataset "$DATASET" --split $SPLIT \
+    --cache-dir "$CACHE_DIR" --init "$2" --run-dir "$RUN_DIR/$1" --resume "${X_LINEAR[@]+"${X_LINEAR[@]}"}"
 }
 
 evaluate() {    # evaluate FINETUNE_STAGE OUT_STAGE
@@ -266,25 +251,25 @@ evaluate() {    # evaluate FINETUNE_STAGE OUT_STAGE
   # finetuning validates at all), so evaluating it would select the model on the test set; it
   # stays in the finetuning folder for information only
   local ck="$RUN_DIR/$1/last.pt"
-  $PY train/evaluate.py --checkpoint "$ck" --cache-dir "$CACHE_DIR" --out-dir "$RUN_DIR/$2" \
-    "${EVAL[@]}" "${X_EVAL[@]+"${X_EVAL[@]}"}"
+  $PY train/evaluate.py --config "$CONFIGS/evaluate.json" --checkpoint "$ck" --cache-dir "$CACHE_DIR" \
+    --out-dir "$RUN_DIR/$2" "${X_EVAL[@]+"${X_EVAL[@]}"}"
 }
 
 retrieve() {    # retrieve OUT_STAGE --checkpoint X | --init random
   local out=$1; shift
-  $PY train/retrieve.py "$@" --dataset "$DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" \
-    --out-dir "$RUN_DIR/$out" "${RETRIEVE[@]}" "${X_RETRIEVE[@]+"${X_RETRIEVE[@]}"}"
+  $PY train/retrieve.py --config "$CONFIGS/retrieve.json" "$@" --dataset "$DATASET" --split $SPLIT \
+    --cache-dir "$CACHE_DIR" --out-dir "$RUN_DIR/$out" "${X_RETRIEVE[@]+"${X_RETRIEVE[@]}"}"
 }
 
 pretrain() {
-  $PY train/pretrain.py --dataset "$PT_DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" --run-dir "$PT_DIR" \
-    --resume "${PRETRAIN[@]}" "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}"
+  $PY train/pretrain.py --config "$PT_CONFIG" --dataset "$PT_DATASET" --split $SPLIT --cache-dir "$CACHE_DIR" \
+    --run-dir "$PT_DIR" --resume "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}"
 }
 
 # ------------------------------------------------------------------------------ the pipeline
 T_START=$(date +%s)
 if [[ $DATASET == demo ]]; then
-  stage data $PY preprocess/make_demo.py --root "$DATA_ROOT" "${DEMO_ARGS[@]+"${DEMO_ARGS[@]}"}" \
+  stage data $PY preprocess/make_demo.py "${DEMO_CONFIG[@]+"${DEMO_CONFIG[@]}"}" --data-root "$DATA_ROOT" \
     "${X_DEMO[@]+"${X_DEMO[@]}"}"
 fi
 REUSE_PT=0
@@ -316,7 +301,7 @@ if [[ $LINEAR_PROBE == 1 ]]; then
 fi
 stage retrieve retrieve retrieve --checkpoint "$PT_DIR/last.pt"
 if [[ $RANDOM_BASELINE == 1 ]]; then
-  stage retrieve_random retrieve retrieve_random --init random --backbone $BACKBONE --config-from "$PT_DIR/last.pt"
+  stage retrieve_random retrieve retrieve_random --init random --backbone "$BACKBONE" --config-from "$PT_DIR/last.pt"
 fi
 stage summary $PY train/report.py --run-dir "$RUN_DIR" --preset "$PRESET" --cache-dir "$CACHE_DIR" \
   --pretrain-dir "$PT_DIR"

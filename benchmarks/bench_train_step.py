@@ -1,52 +1,67 @@
 #!/usr/bin/env python
-"""Train-step throughput benchmark for the MAC video backbones.
+"""Train-step throughput: the product's MAC pretraining step beside torchvision's r2plus1d_18.
 
-Measures clips/s and peak GPU memory of one optimisation step (forward, backward, SGD with
-lr 0.01, momentum 0.9, weight decay 1e-4) on synthetic clips, for
+Measures clips/s and peak GPU memory of one optimisation step, for
 
   tasks
-    ours_cls  our r2plus1d_18 (train.models) + fc-400, cross-entropy
-    tv_cls    torchvision's r2plus1d_18, same settings (skipped when torchvision won't import)
-    mac_s     MAC-S-2: our backbone -> dropout 0.5 -> linear head (16 = 4^2 alpha tuples), CE
-    mac_sc    MAC-SC-2: MAC-S-2 on the query clip + MoCo-v2 term: momentum encoder (0.999)
-              key forward under no_grad, 512-512-128 projection MLP, 65,536 x 128 queue,
-              temperature 0.2, loss = 1.0 * CE + 0.5 * contrastive CE
+    mac_s     MAC-S-2 as `train/pretrain.py --method mac-s` trains it: `MACModel` (train.mac_model),
+              `MACTransform` on the batch, `compute_losses`, backward, gradient clipping, the
+              non-finite guard and the optimiser step of `train.loop.fit`, all built from a
+              `PretrainConfig` exactly as `pretrain.train()` builds them (`mac_config(cfg)`,
+              channels_last_3d / bf16 autocast through `engine.use_channels_last` /
+              `engine.autocast`, `--compile` compiling the encoders' forward_features only)
+    mac_sc    the same with --method mac-sc: + the momentum key encoder with shuffle-BN
+              sub-batches, projection, 65,536-key queue and InfoNCE (`MACModel.forward`)
+    tv_cls    torchvision's r2plus1d_18 + fc-400, cross-entropy, SGD (lr 0.01, momentum 0.9,
+              wd 1e-4) on a random float clip: the anchor (skipped when torchvision won't import)
+    ours_cls  our r2plus1d_18 (train.models) in the same plain supervised step
   variants
-    fp32               plain fp32 (cuDNN's TF32 setting is left at torch's default; printed)
-    bf16               torch.autocast bf16
-    bf16_cl3d          bf16 + memory_format=torch.channels_last_3d (model and input)
-    bf16_cl3d_compile  bf16 + channels_last_3d + torch.compile(model)
+    fp32               plain fp32
+    bf16               bf16 autocast
+    bf16_cl3d          bf16 + channels_last_3d (model and input): pretrain.py's default on CUDA
+    bf16_cl3d_compile  bf16 + channels_last_3d + torch.compile (MAC: pretrain.py --compile;
+                       the anchors: the whole module)
+
+The MAC steps run on one real training batch: a small cache of synthetic moving-object videos is
+generated in a temporary folder (benchmarks/bench_pretrain.py's generator) and read once through
+`PretrainClips` + `make_loader` (the loader pretrain.py uses, pinned on CUDA). Every timed step
+then feeds that same uint8 CPU batch through `train.loop.PrefetchLoader` (host-side mask
+statistics, host-to-device copy and the MAC transform on a side stream, as in training), so a
+step is everything pretrain.py does per batch except the DataLoader itself
+(`benchmarks/bench_pretrain.py` measures that too, end to end). pretrain.py keeps bf16 and
+channels_last for CUDA: on CPU the MAC variants all run fp32 (noted).
 
 With torchvision importable it also checks that torchvision's r2plus1d_18 / r3d_18 state dicts
 load into ours with strict=True and ours into theirs, and that both then compute the same
 outputs (PASS/FAIL lines, "interop" in the JSON).
 
-Run from the repository root with the project importable (``pip install -e .``, as in the
-project venv; otherwise prefix ``PYTHONPATH=.``).
+Run from the repository root (``pip install -e .`` not needed).
 
-GPU (defaults: B=64, 3x16x112x112, warmup 5, 20 timed steps, every variant for ours_cls and
-tv_cls, bf16_cl3d for mac_s / mac_sc):
+GPU (defaults: B=64, 3x16x112x112, warmup 5, 20 timed steps, every variant for the anchors,
+bf16_cl3d for mac_s / mac_sc):
 
     python benchmarks/bench_train_step.py --out results.json
+    python benchmarks/bench_train_step.py --mac-variants bf16_cl3d,bf16_cl3d_compile --out results.json
 
-CPU smoke test (tiny sizes; checks that every code path runs):
+CPU smoke test (B=4, 3x4x32x32, fp32, 1 warmup + 2 timed steps; checks that every code path runs):
 
-    python benchmarks/bench_train_step.py --device cpu --batch 2 --frames 8 --size 64 --steps 3
+    python benchmarks/bench_train_step.py --smoke
 
-The input batch is generated once on the device (no data loading); timings use
-torch.cuda.synchronize around the timed steps. Exit status 1 if any configuration failed or an
-interop check failed.
+Timings use torch.cuda.synchronize around the timed steps. Exit status 1 if any configuration
+failed or an interop check failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
+import dataclasses
+import itertools
 import json
 import math
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -60,7 +75,18 @@ from torch import nn
 if __package__ in (None, ""):   # run as `python benchmarks/bench_train_step.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from preprocess.cache import DecodeParams, MaskParams, open_cache
+from train import engine as E
+from train.data import PretrainClips, make_loader, set_loader_epoch
+from train.mac import MACTransform
+from train.mac_model import MACModel, compute_losses
 from train.models import BACKBONES, build_backbone, load_backbone
+from train.pretrain import PretrainConfig, mac_config
+
+try:    # the shared training loop's prefetcher (train/loop.py); inline prepare without it
+    from train.loop import PrefetchLoader
+except ImportError:  # pragma: no cover
+    PrefetchLoader = None
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "fp32": dict(bf16=False, cl3d=False, compile=False),
@@ -68,69 +94,140 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "bf16_cl3d": dict(bf16=True, cl3d=True, compile=False),
     "bf16_cl3d_compile": dict(bf16=True, cl3d=True, compile=True),
 }
-TASKS = ("ours_cls", "tv_cls", "mac_s", "mac_sc")
+TASKS = ("mac_s", "mac_sc", "tv_cls", "ours_cls")
+MAC_TASKS = {"mac_s": "mac-s", "mac_sc": "mac-sc"}
 
-LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
-MAC_CLASSES = 16  # k^n alpha tuples for MAC-*-2 (k = 4, n = 2)
-MOCO_MOMENTUM, MOCO_T, PROJ_HIDDEN, PROJ_DIM = 0.999, 0.2, 512, 128
-W_CLS, W_CON = 1.0, 0.5
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4     # the anchors' SGD (pretrain.py's defaults too)
 
 
 # --------------------------------------------------------------------------------------------
-# models for the MAC steps
+# the product's MAC step
 # --------------------------------------------------------------------------------------------
 
 
-class MacS(nn.Module):
-    """Backbone -> dropout 0.5 -> linear head over the k^n alpha tuples."""
-
-    def __init__(self, backbone: str, num_classes: int = MAC_CLASSES) -> None:
-        super().__init__()
-        self.backbone = build_backbone(backbone, num_classes=0)
-        self.dropout = nn.Dropout(0.5)
-        self.head = nn.Linear(self.backbone.feature_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.backbone.forward_features(x)))
-
-
-def projection_mlp(dim: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(dim, PROJ_HIDDEN), nn.ReLU(inplace=True), nn.Linear(PROJ_HIDDEN, PROJ_DIM)
-    )
+def mac_pretrain_config(method: str, batch: int, frames: int, size: int, backbone: str = "r2plus1d_18",
+                        n: int = 2, k: int = 4, queue: int = 65536, bf16: bool = True, cl3d: bool = True,
+                        compile: bool = False, device: str = "auto", **overrides) -> PretrainConfig:
+    """The PretrainConfig of `pretrain.py --method <method> --n <n> --k <k> --batch-size <batch>
+    --frames <frames> --crop <size>` (scales 112/128/144 scaled with the crop), everything else
+    pretrain.py's defaults."""
+    scales = tuple(sorted({round(size * s / 112) for s in (112, 128, 144)}))
+    dev = "cuda" if str(device).startswith("cuda") else str(device)
+    return PretrainConfig(method=method, n=n, k=k, backbone=backbone, batch_size=batch, frames=frames, crop=size,
+                          scales=scales, queue_size=queue, bf16=bf16, channels_last=cl3d, compile=compile,
+                          device=dev, workers=0, eval_every=0, progress=False, **overrides)
 
 
-class MacSCQuery(nn.Module):
-    """Query encoder: backbone + MAC-S head + MoCo projection."""
-
-    def __init__(self, backbone: str, num_classes: int = MAC_CLASSES) -> None:
-        super().__init__()
-        self.backbone = build_backbone(backbone, num_classes=0)
-        self.dropout = nn.Dropout(0.5)
-        self.head = nn.Linear(self.backbone.feature_dim, num_classes)
-        self.proj = projection_mlp(self.backbone.feature_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.backbone.forward_features(x)
-        return self.head(self.dropout(f)), self.proj(f)
+def first_batch(cfg: PretrainConfig) -> dict:
+    """The first training batch pretrain.py would draw with `cfg` (epoch 0, its seed), on the host:
+    the cache at cfg.cache_dir, `PretrainClips`, `make_loader` (pinned when CUDA is there)."""
+    strides = tuple(sorted(set(cfg.strides))) if cfg.mask_source == "cache" else ()
+    index = open_cache(cfg.cache_dir, cfg.dataset, DecodeParams(cfg.short_side, cfg.jpeg_quality),
+                       MaskParams(cfg.lam, cfg.m), strides)
+    loader = make_loader(PretrainClips(index, cfg.split, cfg.part, mac_config(cfg)), cfg.batch_size, 0,
+                         shuffle=True, seed=cfg.seed)
+    set_loader_epoch(loader, 0)
+    return next(iter(loader))
 
 
-class MacSCKey(nn.Module):
-    """Momentum (key) encoder: backbone + projection, no gradients."""
+def synthetic_cache_batch(cfg: PretrainConfig, folder: Path, jobs: int = 1) -> dict:
+    """Generate a cache of cfg.batch_size synthetic videos (frames of short side 128 scaled with
+    the crop, long enough for the largest stride) in `folder`, then `first_batch` from it."""
+    from benchmarks.bench_pretrain import build_synthetic_cache
 
-    def __init__(self, query: MacSCQuery) -> None:
-        super().__init__()
-        self.backbone = copy.deepcopy(query.backbone)
-        self.proj = copy.deepcopy(query.proj)
-        for p in self.parameters():
-            p.requires_grad_(False)
+    h = round(128 * cfg.crop / 112)
+    n_frames = (cfg.frames - 1) * max(cfg.strides) + 4
+    build_synthetic_cache(folder, cfg.batch_size, n_frames, h, round(h * 4 / 3), jobs=jobs, log=lambda *a: None)
+    return first_batch(dataclasses.replace(cfg, cache_dir=str(folder)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.backbone.forward_features(x))
+
+class MacStep:
+    """One training step of pretrain.py (train.pretrain.train + train.loop.fit) on a fixed CPU batch.
+
+    Built from `cfg` as pretrain.train() builds it: MACModel with the same arguments after
+    seed_everything(cfg.seed), channels_last_3d and bf16 autocast when the engine allows them (CUDA),
+    the optimiser of engine.make_optimizer, the encoders' forward_features compiled with --compile,
+    MACTransform(mac_config(cfg)) as the batch preparation and the loss of compute_losses. A call:
+    the next prepared batch (host-side mask statistics, copy + transform on a side stream via
+    train.loop.PrefetchLoader), forward, losses, zero_grad, backward, clip_grad_norm_,
+    engine.check_finite (one sync), optimiser step, the metric-window accumulation (one more sync
+    every cfg.log_every steps). Returns the detached loss."""
+
+    def __init__(self, cfg: PretrainConfig, device: torch.device | str, cpu_batch: dict):
+        d = self.d = E.Dist(device=torch.device(device))
+        self.cfg = cfg
+        self.mcfg = mac_config(cfg)
+        self.tf = MACTransform(self.mcfg, d.device)
+        E.seed_everything(cfg.seed)
+        self.n_out = self.mcfg.num_classes if cfg.loss == "ce" else cfg.n
+        model = MACModel(cfg.backbone, self.n_out, cfg.dropout, cfg.method == "mac-sc", cfg.proj_hidden,
+                         cfg.proj_dim, cfg.queue_size, cfg.moco_momentum, cfg.temperature,
+                         cfg.shuffle_bn_groups if not d.distributed else 1, cfg.seed).to(d.device)
+        self.cl = E.use_channels_last(d, cfg.channels_last)
+        if self.cl:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = E.make_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        if cfg.compile:   # as pretrain.py: the encoders' bodies only
+            model.backbone.forward_features = torch.compile(model.backbone.forward_features)
+            if model.contrastive:
+                model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
+        self.ddp = E.wrap_ddp(model, d)
+        self.mask_sum: dict[int, float] = {}
+        self.mask_n: dict[int, int] = {}
+        self.inspect_s = 0.0
+        self.step_idx, self.win, self.win_n = 0, {}, 0
+        self.batch = cpu_batch
+        source = itertools.repeat(cpu_batch)
+        if PrefetchLoader is not None:
+            self.prefetch = "train.loop.PrefetchLoader"
+            self._it = PrefetchLoader(source, d.device, self.tf, self.inspect).start()
+        else:
+            self.prefetch = "inline"
+            self._it = (self.tf(b) for b in source if self.inspect(b) is None)
+        E.seed_everything(E.derive_seed(cfg.seed, 0, d.rank))     # fit: epoch 0's dropout stream
+        model.train()
+
+    def inspect(self, batch: dict) -> None:
+        """pretrain.py's host-side per-stride mask statistics of each batch (timed)."""
+        t0 = time.perf_counter()
+        for s_, m_ in zip(batch["clip"][:, 1].tolist(), batch["masks"].flatten(1).float().mean(1).tolist()):
+            self.mask_sum[s_] = self.mask_sum.get(s_, 0.0) + m_ / 255.0
+            self.mask_n[s_] = self.mask_n.get(s_, 0) + 1
+        self.inspect_s += time.perf_counter() - t0
+
+    def forward(self, b: dict, step_: int) -> dict:
+        """pretrain.py's Task.step: forward under autocast, fp32 losses."""
+        cfg = self.cfg
+        xq, xk = b["query"], b.get("key")
+        if self.cl:
+            xq = xq.contiguous(memory_format=torch.channels_last_3d)
+            xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
+        with E.autocast(self.d, cfg.bf16):
+            out = self.ddp(xq, xk, shuffle_seed=E.derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
+        return compute_losses(out, b, cfg)
+
+    def __call__(self) -> torch.Tensor:
+        cfg = self.cfg
+        terms = self.forward(next(self._it), self.step_idx)
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad or float("inf"))
+        E.check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, 0, self.step_idx, self.d)
+        self.opt.step()
+        self.step_idx += 1
+        self.win_n += 1
+        for k, v in terms.items():
+            self.win[k] = self.win.get(k, 0.0) + v.detach().float()
+        if self.step_idx % cfg.log_every == 0:
+            {k: float(v) / self.win_n for k, v in self.win.items()}     # the window's sync
+            self.win, self.win_n = {}, 0
+        return terms["loss"].detach()
 
 
 # --------------------------------------------------------------------------------------------
-# step builders: each returns (step() -> loss tensor, clips per step)
+# the anchors: a plain supervised step on a random float clip
 # --------------------------------------------------------------------------------------------
 
 
@@ -144,8 +241,6 @@ class Setup:
     cl3d: bool
     compile: bool
     compile_mode: str | None
-    queue: int
-    backbone: str
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -196,51 +291,6 @@ def build_cls_step(s: Setup, model: nn.Module, num_classes: int) -> Callable[[],
     return step
 
 
-def build_mac_s_step(s: Setup) -> Callable[[], torch.Tensor]:
-    return build_cls_step(s, MacS(s.backbone), MAC_CLASSES)
-
-
-def build_mac_sc_step(s: Setup) -> Callable[[], torch.Tensor]:
-    query = s.prepare(MacSCQuery(s.backbone)).train()
-    key = s.prepare(MacSCKey(query)).train()
-    opt = sgd(query.parameters())
-    q_fwd, k_fwd = s.maybe_compile(query), s.maybe_compile(key)
-    q_params = list(query.backbone.parameters()) + list(query.proj.parameters())
-    k_params = list(key.backbone.parameters()) + list(key.proj.parameters())
-    queue = F.normalize(torch.randn(s.queue, PROJ_DIM, device=s.device), dim=1)
-    state = {"ptr": 0}
-    x_q, x_k = s.clip(0), s.clip(1)  # blended clip / second augmentation without blending
-    y = torch.randint(0, MAC_CLASSES, (s.batch,), device=s.device)
-    pos = torch.zeros(s.batch, dtype=torch.long, device=s.device)
-
-    def step() -> torch.Tensor:
-        with s.autocast():
-            logits_cls, q = q_fwd(x_q)
-        q = F.normalize(q.float(), dim=1)
-        with torch.no_grad():
-            torch._foreach_mul_(k_params, MOCO_MOMENTUM)
-            torch._foreach_add_(k_params, q_params, alpha=1.0 - MOCO_MOMENTUM)
-            with s.autocast():
-                k = k_fwd(x_k)
-            k = F.normalize(k.float(), dim=1)
-        l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ queue.t()
-        logits_con = torch.cat([l_pos, l_neg], dim=1) / MOCO_T
-        loss = W_CLS * F.cross_entropy(logits_cls.float(), y) + W_CON * F.cross_entropy(
-            logits_con, pos
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():  # enqueue / dequeue
-            idx = (state["ptr"] + torch.arange(s.batch, device=s.device)) % s.queue
-            queue[idx] = k
-            state["ptr"] = (state["ptr"] + s.batch) % s.queue
-        return loss.detach()
-
-    return step
-
-
 # --------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------
@@ -262,6 +312,10 @@ class Result:
     peak_mem_gib: float | None = None
     loss_first: float | None = None
     loss_last: float | None = None
+    params: int | None = None                  # trainable parameters
+    host_inspect_ms: float | None = None       # MAC: pretrain.py's host-side mask statistics per step
+    prefetch: str | None = None                # MAC: how batches were prepared
+    pretrain_config: dict | None = None        # MAC: the PretrainConfig the step was built from
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -271,37 +325,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_config(task: str, variant: str, args, tv_video) -> Result:
+def build_step(task: str, variant: str, args, tv_video, mac_batches: dict) -> tuple[Callable[[], torch.Tensor], object]:
+    """(step, the object that holds the model: a MacStep or the anchor's module)."""
     device = torch.device(args.device)
     v = VARIANTS[variant]
-    s = Setup(
-        device=device, batch=args.batch, frames=args.frames, size=args.size, bf16=v["bf16"],
-        cl3d=v["cl3d"], compile=v["compile"], compile_mode=args.compile_mode, queue=args.queue,
-        backbone=args.backbone,
-    )
+    if task in MAC_TASKS:
+        cfg = mac_pretrain_config(MAC_TASKS[task], args.batch, args.frames, args.size, args.backbone, args.n,
+                                  args.k, args.queue, v["bf16"], v["cl3d"], v["compile"], args.device)
+        key = (cfg.method, cfg.seed)
+        if key not in mac_batches:       # one real batch per method (MAC-SC's has the key view), reused
+            with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:
+                mac_batches[key] = synthetic_cache_batch(cfg, Path(tmp), jobs=args.jobs)
+        step = MacStep(cfg, device, mac_batches[key])
+        return step, step
+    s = Setup(device=device, batch=args.batch, frames=args.frames, size=args.size, bf16=v["bf16"],
+              cl3d=v["cl3d"], compile=v["compile"], compile_mode=args.compile_mode)
+    if task == "ours_cls":
+        model = build_backbone(args.backbone, args.num_classes)
+    elif task == "tv_cls":
+        model = getattr(tv_video, args.backbone)(num_classes=args.num_classes)
+    else:
+        raise ValueError(task)
+    return build_cls_step(s, model, args.num_classes), model
+
+
+def run_config(task: str, variant: str, args, tv_video, mac_batches: dict) -> Result:
+    device = torch.device(args.device)
+    v = VARIANTS[variant]
     model_name = {
         "ours_cls": f"ours/{args.backbone}",
         "tv_cls": f"torchvision/{args.backbone}",
-        "mac_s": f"ours/{args.backbone}+MAC-S-2",
-        "mac_sc": f"ours/{args.backbone}+MAC-SC-2",
+        "mac_s": f"MACModel/{args.backbone} MAC-S-{args.n}",
+        "mac_sc": f"MACModel/{args.backbone} MAC-SC-{args.n}",
     }[task]
     r = Result(task, model_name, variant, args.batch, args.frames, args.size, args.warmup, args.steps)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    step = holder = None
     try:
-        if task == "ours_cls":
-            step = build_cls_step(s, build_backbone(args.backbone, args.num_classes), args.num_classes)
-        elif task == "tv_cls":
-            step = build_cls_step(s, getattr(tv_video, args.backbone)(num_classes=args.num_classes),
-                                  args.num_classes)
-        elif task == "mac_s":
-            step = build_mac_s_step(s)
-        elif task == "mac_sc":
-            step = build_mac_sc_step(s)
-        else:
-            raise ValueError(task)
+        step, holder = build_step(task, variant, args, tv_video, mac_batches)
+        model = holder.model if isinstance(holder, MacStep) else holder
+        r.params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if isinstance(holder, MacStep):
+            r.prefetch, r.pretrain_config = holder.prefetch, E.config_dict(holder.cfg)
+            if device.type != "cuda" and (v["bf16"] or v["cl3d"]):
+                r.notes.append("pretrain.py uses bf16/channels_last on CUDA only: ran fp32")
+        if device.type == "cuda":   # the batch preparation and model build are not the step's memory
+            torch.cuda.reset_peak_memory_stats(device)
 
         sync(device)
         t0 = time.perf_counter()
@@ -311,6 +383,8 @@ def run_config(task: str, variant: str, args, tv_video) -> Result:
         sync(device)
         r.warmup_s = time.perf_counter() - t0
         r.loss_first = float(first)
+        if isinstance(holder, MacStep):
+            holder.inspect_s = 0.0
 
         t0 = time.perf_counter()
         for _ in range(args.steps):
@@ -320,9 +394,11 @@ def run_config(task: str, variant: str, args, tv_video) -> Result:
         r.loss_last = float(last)
         r.step_ms = 1000.0 * dt / args.steps
         r.clips_per_s = args.batch * args.steps / dt
+        if isinstance(holder, MacStep):
+            r.host_inspect_ms = 1000.0 * holder.inspect_s / args.steps
         if not (math.isfinite(r.loss_first) and math.isfinite(r.loss_last)):
             r.notes.append("non-finite loss")
-            if device.type == "cpu" and s.bf16:
+            if device.type == "cpu" and v["bf16"] and task not in MAC_TASKS:
                 # oneDNN's CPU bf16 Conv3d weight grad is inf for the (3,1,1) temporal convs
                 # at T == 2 (torch 2.13 / oneDNN 3.12, AVX-512); CUDA is unaffected.
                 r.notes.append("expected on CPU: oneDNN bf16 conv3d weight-grad bug")
@@ -334,8 +410,8 @@ def run_config(task: str, variant: str, args, tv_video) -> Result:
         r.error = f"{type(e).__name__}: {e}".strip()[:2000]
         traceback.print_exc(limit=3)
     finally:
-        step = None  # noqa: F841  (free the model / optimizer before the next configuration)
-        if s.compile:
+        step = holder = model = None  # noqa: F841  (free the model / optimizer before the next configuration)
+        if v["compile"]:
             torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -458,26 +534,42 @@ def environment(args, tv_version: str | None, tv_error: str | None) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=112)
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (>= 1)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU check of every code path: --device cpu --batch 4 --frames 4 --size 32 --warmup 1 "
+                        "--steps 2 --variants fp32 --mac-variants fp32 (flags given explicitly still win)")
+    p.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=None, help="default 64")
+    p.add_argument("--frames", type=int, default=None, help="default 16")
+    p.add_argument("--size", "--crop", dest="size", type=int, default=None, help="crop; default 112")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (>= 1; default 5)")
+    p.add_argument("--steps", "--iters", dest="steps", type=int, default=None, help="timed steps (default 20)")
     p.add_argument("--backbone", default="r2plus1d_18", choices=BACKBONES)
+    p.add_argument("--n", type=int, default=2, help="MAC temporal segments")
+    p.add_argument("--k", type=int, default=4, help="MAC alphas per segment")
     p.add_argument("--num-classes", type=int, default=400, help="fc size for ours_cls / tv_cls")
     p.add_argument("--queue", type=int, default=65536, help="MoCo queue length (mac_sc)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {TASKS}")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"variants for ours_cls / tv_cls, comma list of {tuple(VARIANTS)}")
-    p.add_argument("--mac-variants", default="bf16_cl3d", help="variants for mac_s / mac_sc")
+    p.add_argument("--variants", default=None,
+                   help=f"variants for ours_cls / tv_cls, comma list of {tuple(VARIANTS)} (default all)")
+    p.add_argument("--mac-variants", default=None,
+                   help="variants for mac_s / mac_sc (default bf16_cl3d: pretrain.py's defaults on CUDA)")
     p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode (default, reduce-overhead, max-autotune, ...)")
+                   help="torch.compile mode of the anchors (default, reduce-overhead, max-autotune, ...); the "
+                        "MAC steps compile as pretrain.py does")
+    p.add_argument("--jobs", type=int, default=4, help="processes generating the MAC batch's cache")
     p.add_argument("--no-cudnn-benchmark", action="store_true")
     p.add_argument("--skip-interop", action="store_true")
-    p.add_argument("--out", default=None, help="write results JSON here (after every config)")
+    p.add_argument("--out", "--json", dest="out", default=None, help="write results JSON here (after every config)")
     args = p.parse_args(argv)
+    full = dict(device="cuda" if torch.cuda.is_available() else "cpu", batch=64, frames=16, size=112, warmup=5,
+                steps=20, variants=",".join(VARIANTS), mac_variants="bf16_cl3d")
+    smoke = dict(full, device="cpu", batch=4, frames=4, size=32, warmup=1, steps=2, variants="fp32",
+                 mac_variants="fp32")
+    for k, v in (smoke if args.smoke else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.variants = [v for v in args.variants.split(",") if v]
     args.mac_variants = [v for v in args.mac_variants.split(",") if v]
@@ -489,6 +581,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"unknown variant {v!r}; choose from {tuple(VARIANTS)}")
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be >= 1")
+    if any(t in MAC_TASKS for t in args.tasks):
+        try:    # pretrain.py's own checks (frames a multiple of n, queue a multiple of the batch, ...)
+            mac_pretrain_config("mac-sc", args.batch, args.frames, args.size, args.backbone, args.n, args.k,
+                                args.queue, device=args.device)
+        except Exception as e:
+            p.error(f"not a pretrain.py configuration: {e}")
     if args.backbone == "r2plus1d_10" and "tv_cls" in args.tasks:
         args.tasks.remove("tv_cls")  # torchvision has no r2plus1d_10
     return args
@@ -502,6 +600,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
+        E.configure_backends(E.Dist(device=device))      # pretrain.py's: TF32, cuDNN autotuning
         torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
 
     tv_video, tv_version, tv_error = None, None, None
@@ -537,36 +636,43 @@ def main(argv=None) -> int:
         if task == "tv_cls" and tv_video is None:
             print("[bench] skipping tv_cls: torchvision not importable")
             continue
-        for variant in args.variants if task in ("ours_cls", "tv_cls") else args.mac_variants:
+        for variant in args.mac_variants if task in MAC_TASKS else args.variants:
             plan.append((task, variant))
 
     header = f"{'task':9s} {'model':32s} {'variant':18s} {'clips/s':>9s} {'step ms':>9s} " \
-             f"{'warmup s':>9s} {'peak GiB':>9s} {'loss':>15s}"
+             f"{'warmup s':>9s} {'peak GiB':>9s} {'params':>11s} {'loss':>15s}"
     print(f"[bench] B={args.batch} 3x{args.frames}x{args.size}x{args.size} device={args.device} "
           f"warmup={args.warmup} steps={args.steps}")
     print(header)
+    mac_batches: dict = {}
     for task, variant in plan:
-        r = run_config(task, variant, args, tv_video)
+        r = run_config(task, variant, args, tv_video, mac_batches)
         out["results"].append(asdict(r))
         save()
         failed |= r.error is not None
         if r.clips_per_s is None:
-            print(f"{task:9s} {r.model:32s} {variant:18s} ERROR {r.error[:200]}")
+            print(f"{task:9s} {r.model:32s} {variant:18s} ERROR {(r.error or '')[:200]}")
         else:
             loss = f"{r.loss_first:.3f}->{r.loss_last:.3f}"
+            extra = [] if r.host_inspect_ms is None else [f"host mask stats {r.host_inspect_ms:.1f} ms/step"]
             print(f"{task:9s} {r.model:32s} {variant:18s} {fmt(r.clips_per_s, '9.1f')} "
                   f"{fmt(r.step_ms, '9.1f')} {fmt(r.warmup_s, '9.1f')} "
-                  f"{fmt(r.peak_mem_gib, '9.2f')} {loss:>15s}"
+                  f"{fmt(r.peak_mem_gib, '9.2f')} {fmt(r.params, '11,d')} {loss:>15s}"
                   + (f"  ERROR: {r.error}" if r.error else "")
-                  + (f"  {'; '.join(r.notes)}" if r.notes else ""))
+                  + (f"  {'; '.join(extra + r.notes)}" if extra or r.notes else ""))
         sys.stdout.flush()
 
-    # speed-ups relative to fp32 of the same task
+    # speed-ups relative to fp32 of the same task, and the MAC steps against the anchor
     base = {r["task"]: r["clips_per_s"] for r in out["results"]
             if r["variant"] == "fp32" and r["clips_per_s"]}
     for r in out["results"]:
         if r["clips_per_s"] and r["task"] in base and r["variant"] != "fp32":
             print(f"[speedup] {r['task']} {r['variant']}: {r['clips_per_s'] / base[r['task']]:.2f}x fp32")
+    anchor = {r["variant"]: r["clips_per_s"] for r in out["results"] if r["task"] == "tv_cls" and r["clips_per_s"]}
+    for r in out["results"]:
+        if r["task"] in MAC_TASKS and r["clips_per_s"] and anchor.get(r["variant"]):
+            print(f"[vs torchvision] {r['task']} {r['variant']}: {r['clips_per_s'] / anchor[r['variant']]:.2f}x "
+                  f"the clips/s of torchvision r2plus1d_18's supervised step")
     if args.out:
         print(f"[bench] wrote {args.out}")
     return 1 if failed else 0

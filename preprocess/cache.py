@@ -67,6 +67,7 @@ import h5py
 import numpy as np
 import simplejpeg
 
+from preprocess import atomic
 from preprocess.cli import ToolError
 
 FORMAT_VERSION = 1
@@ -619,9 +620,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
             return      # unchanged: the file (and its mtime) stays as it is
     except (OSError, ValueError):
         pass
-    tmp = _tmp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def _manifest_digest(manifest: dict) -> str:

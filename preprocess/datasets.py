@@ -41,6 +41,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from preprocess import atomic
 from typing import Callable, Iterable, Sequence, Union
 
 __all__ = [
@@ -212,16 +214,7 @@ def save_class_index(index: Union[DatasetIndex, Sequence[str]], path: Union[str,
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # undecodable file names (surrogates): escape everything
         data = (json.dumps(payload, indent=1, ensure_ascii=True) + "\n").encode("ascii")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic.write_bytes(path, data)
 
 
 def load_class_index(path: Union[str, Path]) -> tuple[str, ...]:

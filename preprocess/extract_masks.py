@@ -49,6 +49,7 @@ from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FO
                               mask_set_dir, mask_shard_is_current, old_mask_sets, read_manifest, read_shard_info,
                               shard_name, verify_shard, write_frames_manifest, write_masks_manifest)
 from preprocess.build import ShardJob, ShardResult, SourceVideo
+from preprocess import atomic
 from preprocess.cli import UsageError, check_range, parse_checked
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "shards that are damaged (a plain run checks only each shard's index)")
     # Run-level values are checked before any video is touched: a bad value is a problem of the
     # command, never recorded as a failure of the videos.
-    return parse_checked(p, argv, _check_args)
+    return parse_checked(p, argv, _check_args, config=True)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"{path}\t{reason}" for _, path, reason in failures]
     lines += [f"{index.root / f['name']}\t(earlier run) {f['reason']}" for f in known]
     if lines:
-        report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic.write_text(report, "\n".join(lines) + "\n")
         for line in lines:
             print(f"[extract] FAILED {line}", file=sys.stderr)
     elif report.exists():

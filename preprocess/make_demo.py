@@ -1,7 +1,7 @@
 """The built-in demo dataset: small synthetic videos in UCF101's exact layout.
 
-    python preprocess/make_demo.py --root data/demo --seed 0 [--classes 6 --groups 18 --clips 3
-                                                               --frames 40]
+    python preprocess/make_demo.py --data-root data/demo --seed 0 [--classes 6 --groups 18 --clips 3
+                                                                    --frames 40] [--config FILE]
 
 Layout (what UCF101's two archives unpack to)::
 
@@ -607,13 +607,15 @@ def _check_args(args) -> None:
     check_range("--clips", args.clips, lo=1, hi=99)
     check_range("--frames", args.frames, lo=8)
     if Path(args.root).exists() and not Path(args.root).is_dir():
-        raise UsageError("--root", args.root, "exists and is not a folder")
+        raise UsageError("--data-root", args.root, "exists and is not a folder")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="make_demo.py", description="Write the synthetic demo dataset in UCF101's "
                                  "layout (motion-defined classes).")
-    ap.add_argument("--root", default="data/demo", help="output folder (default data/demo)")
+    # --data-root: the name extract_masks.py and run_all.sh give the dataset root (--root: the old name)
+    ap.add_argument("--data-root", "--root", dest="root", default="data/demo",
+                    help="output folder (default data/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", type=int, default=DEFAULTS["classes"],
                     help=f"number of classes, 2..{len(ALL_CLASSES)} (default 6)")
@@ -623,7 +625,11 @@ def main(argv=None) -> int:
                     help=f"clips per group (default {DEFAULTS['clips']})")
     ap.add_argument("--frames", type=int, default=DEFAULTS["frames"],
                     help=f"maximum frames per video; lengths vary down to 3/4 of it (default {DEFAULTS['frames']})")
-    args = parse_checked(ap, argv, _check_args)
+    return parse_checked(ap, argv, _check_args, config=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     make_demo(args.root, seed=args.seed, classes=args.classes, groups=args.groups,
               clips=args.clips, frames=args.frames, verbose=True)
     return 0

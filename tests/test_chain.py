@@ -54,6 +54,11 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     assert res["pretext"]["chance"] == 0.25 and 0.0 <= res["pretext"]["test_acc"] <= 1.0
     assert set(res["gains"]) == {"finetuned video top-1", "linear probe video top-1", "retrieval R@1"}
     assert res["configs"]["pretrain"]["crop"] == 32 and res["configs"]["finetune"]["init"].endswith("last.pt")
+    # the preset files (configs/demo/*.json) reach every stage; the overrides above win over them
+    assert res["configs"]["pretrain"]["method"] == "mac-s" and res["configs"]["pretrain"]["optimizer"] == "adamw"
+    assert res["configs"]["linear"]["dropout"] == 0 and res["configs"]["finetune"]["backbone"] == "r2plus1d_10_w32"
+    assert res["configs"]["evaluate"]["config_file"] == "configs/demo/evaluate.json"
+    assert "configs/demo/pretrain.json" in json.loads((run / "pretrain" / "config.json").read_text())["argv"]
     assert res["mask_params"]["lambda"] == 30 and res["mask_params"]["m"] == 0.5
     assert res["cache_manifest_hash"] and "commit" in res["git"]
     assert set(STAGES) - {"summary"} <= set(res["wall_seconds"])

@@ -111,7 +111,7 @@ def small_cache(tmp_path_factory):
 def test_eval_clip_positions_short_and_long(small_cache):
     _, index = small_cache
     geo = clip_geometry({"T": 4, "stride": 2, "crop": 32})
-    assert geo == {"T": 4, "stride": 2, "crop": 32, "short_side": default_short_side(32)}
+    assert geo == {"frames": 4, "stride": 2, "crop": 32, "short_side": default_short_side(32)}
     assert default_short_side(112) == 128
     ds, loader = eval_batches(index, 1, "test", geo, 10, batch_size=2, workers=0)
     by_name = {str(index.names[int(ds.videos[i])]): ds[i] for i in range(len(ds))}
@@ -155,7 +155,7 @@ def test_main_writes_outputs_and_refuses_leaks(small_cache, tmp_path):
     for k in ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc"):
         assert k in m and 0.0 <= m[k] <= 100.0 and rec["metrics"][k] == m[k]
     assert m["num_videos"] == 3 and m["num_clips"] == 30 and m["video_top5"] == 100.0   # 2 classes
-    assert rec["split"] == 1 and rec["T"] == 4 and rec["crop"] == 32
+    assert rec["split"] == 1 and rec["frames"] == 4 and rec["crop"] == 32
     sc = np.load(out / "scores.npz")
     assert sc["probs"].shape == (3, 2) and sorted(sc["names"]) == ["Left/v3.avi", "Right/v4.avi", "Right/v6.avi"]
     assert (out / "confusion.png").stat().st_size > 1000

@@ -202,19 +202,8 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_cache, tmp_path):
     full = {"checkpoint": tmp_path / "full" / "last.pt"}
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "train/pretrain.py", *args, "--run-dir", str(run)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:    # kill once a checkpoint exists
-            if (run / "last.pt").exists():
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    sigkill_when([sys.executable, "train/pretrain.py", *args, "--run-dir", str(run)], env,
+                 lambda: (run / "last.pt").exists())                  # kill once a checkpoint exists
     ck = E.load_checkpoint(run / "last.pt")
     assert 1 <= ck["epoch"] < 4, ck["epoch"]                      # really interrupted
     subprocess.run([*script, "--run-dir", str(run), "--resume"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -230,6 +219,20 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_cache, tmp_path):
     assert not list(run.glob(".*.tmp"))                          # no torn temp checkpoint left
     with pytest.raises(SystemExit, match="--resume"):           # never silently overwrite a run
         main([*args, "--run-dir", str(run)])
+
+
+def sigkill_when(cmd: list[str], env: dict, ready, timeout: float = 120.0) -> None:
+    """Start `cmd` in the repository and SIGKILL it as soon as `ready()` holds (it must not end before)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.005)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _free_port() -> int:

@@ -21,12 +21,9 @@ import datetime
 import json
 import math
 import os
-import pickle
 import random
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,7 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from preprocess.cli import EXIT_USAGE, ToolError, UsageError, check_choice, check_range
+from preprocess import atomic
+from preprocess.cli import check_choice, check_range
+from train.inference import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,15 +106,23 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
 
 def parse_config(cls, argv=None, description: str = "", prog: str | None = None):
     """Flags -> a validated config; a bad value ends the program here (status 2, one line naming
-    the flag, the value and what is allowed), before any data, cache or run directory is touched."""
+    the flag, the value and what is allowed), before any data, cache or run directory is touched.
+
+    ``--config FILE`` (JSON, keys = the flags' long names without the dashes, e.g.
+    configs/demo/pretrain.json) sets values between the defaults and the command line: defaults <
+    file < flags. The file's values pass through the same checks (its own line names the file and
+    the key). The path itself is not a field of the config: config.json records it in ``argv``."""
+    from preprocess.cli import parse_checked
+
     parser = build_parser(cls, description, prog)
-    args = parser.parse_args(argv)
-    vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()}
-    try:
-        return cls(**vals)
-    except UsageError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+    made = []
+
+    def build(args):
+        vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k != "config"}
+        made.append(cls(**vals))
+
+    parse_checked(parser, argv, build, config=True)
+    return made[0]
 
 
 def config_dict(cfg) -> dict:
@@ -216,6 +223,16 @@ def configure_backends(d: Dist, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def persistent_compile_cache(cache_dir: str | os.PathLike) -> Path:
+    """torch.compile's caches (inductor's FX graph and kernel caches) under the data cache
+    instead of /tmp, so a rerun, a resumed run or the next stage skips most compilation; the
+    first step's time (compilation included) is logged as ``kind: "first_step"``. An existing
+    TORCHINDUCTOR_CACHE_DIR wins."""
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / ".torchinductor")))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def autocast(d: Dist, enabled: bool):
@@ -366,62 +383,11 @@ def restore_rng_states(states: list[dict] | None, d: Dist) -> None:
 # ------------------------------------------------------------------------------------------
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then os.replace: readers see the
-    old file or the new one, never a torn write (same filesystem => atomic rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):          # persist the rename itself
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
-
-
-class CheckpointError(ToolError):
-    """A checkpoint that cannot be read, or is refused because reading it could run code."""
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", trust: bool = False):
-    """Read a checkpoint as data: torch's weights-only unpickler (tensors and plain python
-    values), which is all this project's checkpoints and torchvision's state dicts need.
-
-    A pickle that needs more (arbitrary python objects, e.g. an ``argparse.Namespace`` kept by
-    another codebase, or code planted in a downloaded file) is refused with CheckpointError,
-    unless ``trust`` (the scripts' ``--trust-checkpoint``, for that file) allows the full
-    unpickler, which runs whatever the file asks it to."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        needs = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
-        if needs is None:          # a damaged or non-torch file, not a refused one
-            detail = next((ln.split("error:")[-1].strip() for ln in str(e).splitlines() if "error:" in ln), "")
-            raise CheckpointError(f"{path}: not a readable checkpoint ({detail or str(e).splitlines()[0]})") from None
-        if not trust:
-            raise CheckpointError(
-                f"{path}: refused: reading it needs the full unpickler (for {needs.group(1)}), which can run code "
-                f"stored in the file. This project's checkpoints and torchvision state dicts never need it; if you "
-                f"trust where the file comes from, pass --trust-checkpoint") from None
-    except (RuntimeError, EOFError, ValueError) as e:   # not a torch file, truncated, damaged zip
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'empty'})") from None
-    print(f"[checkpoint] {path}: --trust-checkpoint: unpickling fully", file=sys.stderr)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    """torch.save, atomically (preprocess/atomic.py): readers and a resumed run see the old file
+    or the new one, never a torn write."""
+    with atomic.atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def clean_stale_temps(run_dir: Path) -> None:
@@ -460,9 +426,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, cfg, d: Dist, extra: dict | None
         cj = run_dir / "config.json"
         if cj.exists():
             os.replace(cj, run_dir / "config.prev.json")
-        tmp = cj.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
-        os.replace(tmp, cj)
+        atomic.write_json(cj, out)
     barrier(d)
     return run_dir
 
@@ -481,9 +445,7 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in keep))
 
     def write(self, **rec) -> None:
         if not self.enabled:

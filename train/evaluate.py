@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -35,6 +34,9 @@ if __package__ in (None, ""):   # run as `python train/evaluate.py`, installed o
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.cli import ToolError, UsageError, check_file, check_optional, check_range, exit_with, parse_checked
+from train.inference import (checkpoint_config, clip_geometry, default_out_dir, default_short_side,  # noqa: F401
+                             eval_batches, load_checkpoint, open_checkpoint_cache, resolve_device, run_clips,
+                             write_json)
 
 # --------------------------------------------------------------------------------------------
 # Pure metric functions
@@ -172,126 +174,6 @@ def check_no_overlap(train_videos, eval_videos, checkpoint: str | os.PathLike, d
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint, data and model plumbing (shared with train/retrieve.py)
-# --------------------------------------------------------------------------------------------
-
-
-def default_short_side(crop: int) -> int:
-    """The test short side for a crop: 128 for the paper's 112 (ratio 8/7), scaled otherwise."""
-    return int(round(int(crop) * 128 / 112))
-
-
-def checkpoint_config(ckpt: dict) -> dict:
-    """The resolved run config stored in a checkpoint ({} for foreign checkpoints)."""
-    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
-    return dict(cfg) if isinstance(cfg, dict) else {}
-
-
-def clip_geometry(cfg: dict, T=None, stride=None, crop=None, short_side=None) -> dict:
-    """Test clip geometry: explicit values win, then the checkpoint's config, then the paper's
-    (16 frames, stride 2, crop 112, short side 128 * crop / 112)."""
-    def pick(explicit, keys, default):
-        if explicit is not None:
-            return int(explicit)
-        for k in keys:
-            if cfg.get(k) is not None:
-                return int(cfg[k])
-        return int(default)
-
-    T = pick(T, ("T", "frames", "clip_len", "num_frames"), 16)
-    stride = pick(stride, ("stride", "eval_stride"), 2)
-    crop = pick(crop, ("crop", "crop_size"), 112)
-    short_side = int(short_side) if short_side is not None else default_short_side(crop)
-    return {"T": T, "stride": stride, "crop": crop, "short_side": short_side}
-
-
-def open_checkpoint_cache(ckpt: dict, cache_dir=None, dataset: str | None = None):
-    """open_cache with the decode parameters the checkpoint was trained on (DecodeParams()
-    when it does not say), for `dataset` (default: the checkpoint's)."""
-    from preprocess.cache import CacheError, DecodeParams, open_cache
-
-    cfg = checkpoint_config(ckpt)
-    dataset = dataset or ckpt.get("dataset") or cfg.get("dataset")
-    if not dataset:
-        raise SystemExit("the checkpoint does not name its dataset: pass --dataset")
-    cache_dir = cache_dir or cfg.get("cache_dir") or "data_cache"
-    decode = DecodeParams()
-    info = ckpt.get("cache") or {}
-    if isinstance(info.get("decode"), dict) and (dataset == (ckpt.get("dataset") or cfg.get("dataset"))):
-        decode = DecodeParams(**info["decode"])
-    try:
-        return open_cache(cache_dir, dataset, decode=decode, masks=None)
-    except CacheError as e:
-        raise SystemExit(f"cannot open the {dataset} cache: {e}") from None
-
-
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def autocast_ctx(device):
-    """bf16 autocast on CUDA, nothing on CPU (same policy as train.engine)."""
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def eval_batches(index, split: int, part: str, geometry: dict, num_clips: int, batch_size: int,
-                 workers: int, limit: int | None = None):
-    """(dataset, loader) over `part` of `split`: EvalClips, `num_clips` clips per video."""
-    from torch.utils.data import Subset
-
-    from train.data import EvalClips, make_loader
-
-    ds = EvalClips(index, split, part, num_clips=num_clips, T=geometry["T"], stride=geometry["stride"],
-                   short_side=geometry["short_side"], crop=geometry["crop"])
-    if len(ds) == 0:
-        raise SystemExit(f"{index.dataset} split {split} has no '{part}' videos")
-    data = ds if not limit else Subset(ds, list(range(min(int(limit), len(ds)))))
-    loader = make_loader(data, batch_size=batch_size, workers=workers, shuffle=False, drop_last=False,
-                         persistent_workers=False)
-    return ds, loader
-
-
-def run_clips(model, loader, device, norm: str, fn=None, progress: str | None = None):
-    """Run `fn(model, clips [b,3,T,S,S]) -> [b, D]` (default: the model's logits) over every clip.
-
-    Returns (outputs float32 [V, N, D], videos int64 [V], labels int64 [V]) in loader order."""
-    import torch
-
-    from train.mac import eval_transform
-
-    fn = fn or (lambda m, x: m(x))
-    outs, vids, labs = [], [], []
-    model.eval()
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc=progress, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
-    with torch.inference_mode():
-        for batch in it:
-            b = eval_transform(batch, norm=norm, device=device)
-            x = b["clips"]                                    # [B,N,3,T,S,S]
-            B, N = x.shape[:2]
-            with autocast_ctx(device):
-                y = fn(model, x.reshape(B * N, *x.shape[2:]))
-            outs.append(y.float().reshape(B, N, -1).cpu())
-            vids.append(batch["video"].cpu())
-            labs.append(batch["label"].cpu())
-    return (torch.cat(outs).numpy(), torch.cat(vids).numpy().astype(np.int64),
-            torch.cat(labs).numpy().astype(np.int64))
-
-
-# --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
 
@@ -348,22 +230,6 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> None
     plt.close(fig)
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def default_out_dir(checkpoint: Path, stage: str) -> Path:
-    """runs/<ds>/<id>/finetune/best.pt -> runs/<ds>/<id>/<stage>; finetune_random -> <stage>_random."""
-    parent = checkpoint.resolve().parent
-    name = parent.name
-    for prefix in ("finetune", "pretrain"):
-        if name.startswith(prefix):
-            return parent.parent / (stage + name[len(prefix):])
-    return parent / stage
-
-
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
@@ -390,7 +256,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of this --checkpoint (can run code stored in the file; only for "
                         "files you trust)")
-    return parse_checked(p, argv, check_clip_args)
+    return parse_checked(p, argv, check_clip_args, config=True)
 
 
 def check_clip_args(args: argparse.Namespace) -> None:
@@ -412,7 +278,6 @@ def check_clip_args(args: argparse.Namespace) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
 
-    from train.engine import load_checkpoint
     from train.models import build_backbone
 
     t0 = time.time()
@@ -443,7 +308,7 @@ def main(argv=None) -> dict:
     ds, loader = eval_batches(index, split, args.part, geo, args.num_clips, args.batch_size, args.workers,
                               args.limit)
     print(f"[evaluate] {args.checkpoint} (epoch {ckpt.get('epoch')}): {dataset} split {split} {args.part}, "
-          f"{len(loader.dataset)} videos x {args.num_clips} clips of {geo['T']}x{geo['crop']}^2 "
+          f"{len(loader.dataset)} videos x {args.num_clips} clips of {geo['frames']}x{geo['crop']}^2 "
           f"(stride {geo['stride']}, short side {geo['short_side']}) on {device}", flush=True)
     t1 = time.time()
     logits, videos, labels = run_clips(model, loader, device, norm, progress="evaluate")
@@ -464,7 +329,7 @@ def main(argv=None) -> dict:
               "backbone": ckpt["backbone_name"], "dataset": dataset, "split": split, "part": args.part,
               "num_clips": args.num_clips, **geo, "norm": norm, "device": str(device),
               "cache": {"root": str(index.root), "manifest_hash": index.manifest_hash},
-              "limit": args.limit, "wall_seconds": round(time.time() - t0, 2)}
+              "limit": args.limit, "config_file": args.config, "wall_seconds": round(time.time() - t0, 2)}
     write_json(out_dir / "metrics.json", record)
     print(f"[evaluate] clip top-1 {metrics['clip_top1']:.2f}  video top-1 {metrics['video_top1']:.2f}  "
           f"top-5 {metrics['video_top5']:.2f}  mean class acc {metrics['mean_class_acc']:.2f}  "

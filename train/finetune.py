@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 if __package__ in (None, ""):   # run as `python train/finetune.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +36,9 @@ if __package__ in (None, ""):   # run as `python train/finetune.py`, installed o
 from preprocess.cache import CacheError, DecodeParams, open_cache
 from preprocess.cli import UsageError, exit_with
 from train import engine as E
-from train.data import EvalClips, LabelledClips, label_subset, make_loader, set_loader_epoch
+from train import loop
+from train.data import EvalClips, LabelledClips, label_subset, make_loader
+from train.inference import backbone_weights
 from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
 from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone, parse_backbone
 
@@ -98,6 +98,8 @@ class FinetuneConfig:
     val_short_side: int = flag(0, "validation short side (0: 128 * crop / 112)", lo=0)
     val_limit: int = flag(0, "max validation videos (0 = all)", lo=0)
     save_every: int = flag(0, "epochs between kept epoch_XXXX.pt (0 = only last/best)", lo=0)
+    save_every_min: float = flag(0.0, "also write last.pt mid-epoch every this many minutes (0 = at epoch ends only); "
+                                 "a resumed run continues from the batch it reached", lo=0)
     steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)", lo=0, note='0 = full epoch')
     max_steps: int = flag(0, "stop after this many steps in total (0 = no cap)", lo=0, note='0 = no cap')
     progress: bool = flag(True, "tqdm progress bar")
@@ -126,19 +128,9 @@ def read_init(init: str, trust: bool = False) -> tuple[dict | None, dict]:
     path = Path(init)
     if not path.exists():
         raise UsageError("--init", init, "no such file (a checkpoint, a state dict .pth, or random)")
-    obj = E.load_checkpoint(path, trust=trust)   # data only, unless --trust-checkpoint
-    info = {"path": str(path.resolve()), "kind": "state_dict"}
-    if isinstance(obj, dict) and obj.get("kind") in ("pretrain", "finetune"):
-        norm = obj.get("norm") or (obj.get("mac") or {}).get("norm") or (obj.get("config") or {}).get("norm")
-        info.update(kind=obj["kind"], backbone_name=obj.get("backbone_name"), dataset=obj.get("dataset"),
-                    epoch=obj.get("epoch"), step=obj.get("step"), norm=norm)
-        return (obj.get("backbone") or obj["model"]), info
-    for key in ("state_dict", "model"):           # common wrappers of foreign checkpoints
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return obj[key], info
-    if not isinstance(obj, dict):
-        raise SystemExit(f"--init {init}: not a state dict or checkpoint ({type(obj).__name__})")
-    return obj, info
+    sd, info = backbone_weights(E.load_checkpoint(path, trust=trust), path)   # data only, unless --trust-checkpoint
+    info.pop("checkpoint", None)
+    return sd, {"path": str(path.resolve()), **info}
 
 
 def train_mode(model: nn.Module, freeze_backbone: bool) -> None:
@@ -280,117 +272,45 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
                          "or choose another --run-dir")
     run_dir = E.prepare_run_dir(run_dir, cfg, d, {"backbone": backbone, "init": info,
                                                    "global_batch": cfg.batch_size * d.world_size})
+    best = {"val_acc": -1.0, "epoch": None}
+
+    def step(b: dict, step_: int) -> dict:
+        x = b["clips"].contiguous(memory_format=torch.channels_last_3d) if cl else b["clips"]
+        with E.autocast(d, cfg.bf16):
+            logits = ddp(x)
+        loss = F.cross_entropy(logits.float(), b["label"])
+        return {"loss": loss, "acc": (logits.argmax(1) == b["label"]).float().mean()}
+
+    def end_epoch(e: loop.EpochEnd) -> loop.EpochResult:
+        res = loop.EpochResult()
+        if e.partial or e.epoch + 1 == cfg.epochs or (cfg.val_every and (e.epoch + 1) % cfg.val_every == 0):
+            res.metrics.update(validate(model, val_loader, cfg, d, cl))
+            if res.metrics["val_acc"] > best["val_acc"]:
+                best.update(val_acc=res.metrics["val_acc"], epoch=e.epoch)
+                res.is_best = True
+        res.record["best_val_acc"] = best["val_acc"]
+        return res
+
+    def checkpoint() -> dict:
+        return {"backbone_name": backbone, "backbone": backbone_state_dict(model), "moco": None,
+                "dataset": cfg.dataset, "split": cfg.split, "classes": list(index.classes),
+                "train_videos": train_videos, "init": info,
+                "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode), "masks": None},
+                "best": dict(best)}
+
+    task = loop.Task("finetune", prepare=lambda batch: clip_transform(batch, ccfg, d.device), step=step,
+                     checkpoint=checkpoint, end_epoch=end_epoch, restore=lambda ck: best.update(ck["best"]),
+                     train_mode=lambda: train_mode(model, cfg.freeze_backbone), final=lambda: {"best": best})
     last = run_dir / "last.pt"
-    start_epoch, step, metrics, best = 0, 0, {}, {"val_acc": -1.0, "epoch": None}
-    if cfg.resume and last.exists():
-        ck = E.load_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        E.restore_rng_states(ck.get("rng"), d)
-        changed = {k: (v, ck["config"].get(k)) for k, v in E.config_dict(cfg).items()
-                   if ck["config"].get(k) != v and k not in ("resume", "epochs", "progress", "workers")}
-        if changed:
-            log(f"[finetune] warning: resuming with a different config (now, then): {changed}")
-        start_epoch, step, metrics, best = ck["epoch"], ck["step"], ck.get("metrics", {}), ck["best"]
-        log(f"[finetune] resumed {last}: epoch {start_epoch}, step {step}")
+    state = loop.resume(last, model, opt, sched, cfg, d, log, task) if cfg.resume and last.exists() else loop.State()
     if cfg.compile:
+        E.persistent_compile_cache(cfg.cache_dir)
         model.compile()        # in place: state-dict names stay unprefixed
     ddp = E.wrap_ddp(model, d)
-    mlog = E.MetricsLog(run_dir / "metrics.jsonl", d.is_main)
-    mlog.truncate_after(step)           # forget what a killed run logged past its checkpoint
-
-    def save(epoch_done: int, partial: bool, is_best: bool) -> None:
-        rng = E.gather_rng_states(d)           # collective
-        if not d.is_main:
-            return
-        ck = {"kind": "finetune", "config": E.config_dict(cfg), "backbone_name": backbone,
-              "model": model.state_dict(), "backbone": backbone_state_dict(model), "epoch": epoch_done,
-              "step": step, "partial": partial, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "scaler": None, "rng": rng, "moco": None, "dataset": cfg.dataset, "split": cfg.split,
-              "classes": list(index.classes), "train_videos": train_videos, "init": info,
-              "world_size": d.world_size, "global_batch": cfg.batch_size * d.world_size,
-              "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode), "masks": None},
-              "metrics": metrics, "best": best}
-        E.save_checkpoint(ck, last)
-        if is_best:
-            E.save_checkpoint(ck, run_dir / "best.pt")
-        if cfg.save_every and not partial and epoch_done % cfg.save_every == 0:
-            E.save_checkpoint(ck, run_dir / f"epoch_{epoch_done:04d}.pt")
-
-    stopped = bool(cfg.max_steps and step >= cfg.max_steps)
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped:
-            break
-        E.seed_everything(E.derive_seed(cfg.seed, epoch, d.rank))
-        set_loader_epoch(loader, epoch)
-        train_mode(model, cfg.freeze_backbone)
-        sums, n_done, t_epoch = {}, 0, time.perf_counter()
-        win, win_n, data_t = {}, 0, 0.0
-        t_win = t_last = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (d.is_main and cfg.progress),
-                   dynamic_ncols=True, leave=False)
-        for i, batch in enumerate(loader):
-            if i >= steps_per_epoch:
-                break
-            data_t += time.perf_counter() - t_last
-            b = clip_transform(batch, ccfg, d.device)
-            x = b["clips"].contiguous(memory_format=torch.channels_last_3d) if cl else b["clips"]
-            with E.autocast(d, cfg.bf16):
-                logits = ddp(x)
-            loss = F.cross_entropy(logits.float(), b["label"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
-            E.check_finite({"loss": loss, "grad_norm": gn}, epoch, step, d)   # before the update
-            terms = {"loss": loss.detach(), "acc": (logits.argmax(1) == b["label"]).float().mean(), "grad_norm": gn}
-            opt.step()
-            step, n_done, win_n = step + 1, n_done + 1, win_n + 1
-            for k, v in terms.items():
-                win[k] = win.get(k, 0.0) + v.detach().float()
-            stopped = bool(cfg.max_steps and step >= cfg.max_steps)
-            bar.update(1)
-            if step % cfg.log_every == 0 or n_done == steps_per_epoch or stopped:
-                vals = {k: float(v) / win_n for k, v in win.items()}
-                wall = time.perf_counter() - t_win
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v * win_n
-                mlog.write(kind="train", epoch=epoch, step=step, **vals, lr=opt.param_groups[0]["lr"],
-                           data_time=data_t / win_n, step_time=wall / win_n,
-                           clips_per_s=win_n * cfg.batch_size * d.world_size / max(wall, 1e-9))
-                bar.set_postfix(loss=f"{vals['loss']:.3f}", acc=f"{vals['acc']:.3f}")
-                win, win_n, data_t, t_win = {}, 0, 0.0, time.perf_counter()
-            t_last = time.perf_counter()
-            if stopped:
-                break
-        bar.close()
-        partial = n_done < steps_per_epoch
-        keys = sorted(sums)
-        tot = E.all_reduce_sum([sums[k] for k in keys] + [n_done], d)
-        metrics = {"epoch": epoch, "step": step, **{k: v / max(tot[-1], 1) for k, v in zip(keys, tot)},
-                   "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch}
-        E.broadcast_buffers(model, d)
-        is_best = False
-        if not partial:
-            sched.step()
-        last_epoch = partial or epoch + 1 == cfg.epochs
-        if last_epoch or (cfg.val_every and (epoch + 1) % cfg.val_every == 0):
-            metrics.update(validate(model, val_loader, cfg, d, cl))
-            if metrics["val_acc"] > best["val_acc"]:
-                best, is_best = {"val_acc": metrics["val_acc"], "epoch": epoch}, True
-        mlog.write(kind="epoch", **metrics, partial=partial, best_val_acc=best["val_acc"])
-        log(f"[finetune] epoch {epoch} step {step}: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        save(epoch if partial else epoch + 1, partial, is_best)
-
-    digests = E.gather_objects(E.param_hash(model), d)
-    if d.is_main:
-        mlog.write(kind="final", epoch=cfg.epochs, step=step, best=best, rank_param_hashes=digests)
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"ranks disagree on the parameters: {digests}")
-    return {"run_dir": run_dir, "checkpoint": last, "best": run_dir / "best.pt", "step": step,
-            "metrics": metrics, "best_val": best, "init": info}
-
+    out = loop.fit(cfg=cfg, d=d, model=model, params=params, opt=opt, sched=sched, loader=loader,
+                   steps_per_epoch=steps_per_epoch, run_dir=run_dir, task=task, state=state, log=log)
+    return {"run_dir": run_dir, "checkpoint": last, "best": run_dir / "best.pt", **out, "best_val": best,
+            "init": info}
 
 if __name__ == "__main__":
     exit_with(main, "finetune.py")

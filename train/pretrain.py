@@ -4,39 +4,25 @@
     torchrun --nproc_per_node 8 train/pretrain.py ...       # --batch-size is per process
     python train/pretrain.py --dataset demo --frames 8 --crop 64 --batch-size 4 --epochs 2 --workers 0   # CPU smoke
 
-Rerunning the same command with --resume continues from <run-dir>/last.pt (everything restored:
-model, optimizer, scheduler, MoCo queue+pointer, every rank's RNG, epoch, step). Checkpoints are
-written at epoch ends; samples are a pure function of (seed, epoch, item) and the global RNGs are
-reseeded from (seed, epoch, rank) at each epoch start, so a run killed at any point and resumed
-ends where the uninterrupted run ends (the interrupted epoch is redone from its start):
-bit-for-bit on CPU (tested); on CUDA add --deterministic, else cuDNN autotuning and atomic-add
-kernels make any two runs, resumed or not, differ in the last bits.
+This script builds the data, the model (train/mac_model.py: MACModel, shuffle BN, the losses)
+and the optimiser, and hands train/loop.py's `fit` what is its own: the MAC transform, the step,
+the pretext evaluation and chance warning, its checkpoint fields.
 
-Shuffle BN (MoCo): under DDP the key clips of all ranks are gathered, randomly permuted, each
-rank encodes its share, and the keys are gathered and un-permuted (MoCo's reference; the
-permutation comes from a (seed, step) generator, identical on every rank, so nothing is
-broadcast). On one process there is no other GPU to shuffle to: the key batch is permuted and
-encoded in --shuffle-bn-groups (default 2) sub-batches, each with its own BN statistics, then
-un-permuted. A key is thus normalised with the statistics of a random half of the batch, not the
-full-batch statistics its query saw, so a positive pair no longer shares identical batch
-statistics (the shortcut shuffle BN exists to remove), as on 2 GPUs. Queries keep full-batch BN:
-splitting them too would change the statistics the pretext head trains on. Sub-batches never go
-below 2 clips; --shuffle-bn-groups 1 turns it off.
+Rerunning the same command with --resume continues from <run-dir>/last.pt (everything restored:
+model, optimizer, scheduler, MoCo queue+pointer, every rank's RNG, epoch, the batch reached within
+it, step). Samples are a pure function of (seed, epoch, item) and the global RNGs are reseeded
+from (seed, epoch, rank) at each epoch start, so a run killed at any point and resumed ends where
+the uninterrupted run ends: bit-for-bit on CPU (tested); on CUDA add --deterministic, else cuDNN
+autotuning and atomic-add kernels make any two runs, resumed or not, differ in the last bits.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
 
 if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,9 +30,11 @@ if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed o
 from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
 from preprocess.cli import UsageError, exit_with
 from train import engine as E
-from train.data import PretrainClips, make_loader, set_loader_epoch
-from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform, alpha_values
-from train.models import BACKBONES, backbone_state_dict, build_backbone, parse_backbone
+from train import loop
+from train.data import PretrainClips, make_loader
+from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform
+from train.mac_model import MACModel, compute_losses, pretext_chance, pretext_loss  # noqa: F401 (re-exported)
+from train.models import BACKBONES, backbone_state_dict, parse_backbone
 
 flag = E.flag
 
@@ -125,6 +113,8 @@ class PretrainConfig:
     eval_every: int = flag(10, "epochs between test-split pretext accuracy (0 = never)", lo=0, note='0 = never')
     eval_limit: int = flag(0, "max test videos for the pretext accuracy (0 = all)", lo=0, note='0 = all')
     save_every: int = flag(50, "epochs between kept epoch_XXXX.pt (last.pt: every epoch)", lo=0)
+    save_every_min: float = flag(0.0, "also write last.pt mid-epoch every this many minutes (0 = at epoch ends only); "
+                                 "a resumed run continues from the batch it reached", lo=0)
     steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)", lo=0, note='0 = full epoch')
     max_steps: int = flag(0, "stop after this many steps in total (0 = no cap; smoke runs)", lo=0, note='0 = no cap')
     progress: bool = flag(True, "tqdm progress bar")
@@ -179,145 +169,8 @@ def default_run_id(cfg: PretrainConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# Model: query encoder + pretext head (+ MoCo v2 key encoder, projection and queue)
+# Diagnostics: is the pretext above chance?
 # ------------------------------------------------------------------------------------------
-
-def projection(in_dim: int, hidden: int, dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-
-
-class MACModel(nn.Module):
-    """``backbone`` (torchvision names; its ``fc`` is the pretext head: k^n logits or n alphas),
-    and for MAC-SC ``proj``, a momentum copy ``backbone_k``/``proj_k`` and the key queue."""
-
-    def __init__(self, backbone: str, n_out: int, dropout: float = 0.5, contrastive: bool = False,
-                 proj_hidden: int = 512, proj_dim: int = 128, queue_size: int = 65536,
-                 momentum: float = 0.999, temperature: float = 0.2, shuffle_bn_groups: int = 2,
-                 seed: int = 0):
-        super().__init__()
-        self.backbone = build_backbone(backbone, num_classes=n_out)
-        self.dropout = nn.Dropout(dropout)
-        self.contrastive = contrastive
-        self.m, self.T, self.groups = momentum, temperature, max(1, shuffle_bn_groups)
-        if contrastive:
-            self.proj = projection(self.backbone.feature_dim, proj_hidden, proj_dim)
-            self.backbone_k = copy.deepcopy(self.backbone)
-            self.backbone_k.fc = nn.Identity()            # the key encoder needs no pretext head
-            self.proj_k = copy.deepcopy(self.proj)
-            for p in [*self.backbone_k.parameters(), *self.proj_k.parameters()]:
-                p.requires_grad_(False)
-            g = torch.Generator().manual_seed(seed)
-            self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim, generator=g), dim=1))
-            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    def head(self, feat: torch.Tensor) -> torch.Tensor:
-        return self.backbone.fc(self.dropout(feat))
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))
-
-    def _pairs(self):
-        q = dict(self.backbone.named_parameters()) | {"p." + k: v for k, v in self.proj.named_parameters()}
-        k = dict(self.backbone_k.named_parameters()) | {"p." + n: v for n, v in self.proj_k.named_parameters()}
-        return [k[n] for n in k], [q[n] for n in k]
-
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """theta_k <- m theta_k + (1 - m) theta_q (parameters only, as MoCo; BN buffers of the
-        key encoder are its own running statistics)."""
-        pk, pq = self._pairs()
-        torch._foreach_mul_(pk, self.m)
-        torch._foreach_add_(pk, [p.detach().to(k.dtype) for p, k in zip(pq, pk)], alpha=1 - self.m)
-
-    @torch.no_grad()
-    def encode_keys(self, x: torch.Tensor, shuffle_seed: int) -> torch.Tensor:
-        """Key embeddings with shuffle BN (see the module docstring); same order as x."""
-        fmt = (torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous()
-               and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
-        # gathers and gathers-by-index return standard layout: restore the input's layout
-        enc = lambda t: F.normalize(self.proj_k(self.backbone_k.forward_features(
-            t.contiguous(memory_format=fmt))).float(), dim=1)
-        g = torch.Generator().manual_seed(int(shuffle_seed))    # same permutation on every rank
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world, rank, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
-            xs = E.concat_all_gather(x)
-            perm = torch.randperm(xs.shape[0], generator=g).to(x.device)
-            k = enc(xs[perm.view(world, b)[rank]])              # this rank's share of shuffled keys
-            return E.concat_all_gather(k)[torch.argsort(perm).view(world, b)[rank]]
-        groups = min(self.groups, x.shape[0] // 2)             # >= 2 clips per BN sub-batch
-        if groups <= 1:
-            return enc(x)
-        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
-        k = torch.cat([enc(c) for c in x[perm].tensor_split(groups)])
-        return k[torch.argsort(perm)]
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Push the keys of ALL ranks (gathered) into the ring buffer; the pointer wraps."""
-        keys = E.concat_all_gather(keys)
-        n, size = keys.shape[0], self.queue.shape[0]
-        if size % n:
-            raise RuntimeError(f"queue size {size} is not divisible by the {n} keys per step")
-        ptr = int(self.queue_ptr)
-        self.queue[ptr:ptr + n] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + n) % size)
-
-    def _infonce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(q.device.type, enabled=False):     # logits / 0.2 over 65k keys: fp32
-            q = F.normalize(q.float(), dim=1)
-            l_pos = (q * k).sum(1, keepdim=True)
-            l_neg = q @ self.queue.clone().detach().T          # clone: the queue changes below
-            return torch.cat([l_pos, l_neg], 1) / self.T        # the positive is class 0
-
-    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor | None = None, shuffle_seed: int = 0,
-                symmetric: bool = False) -> dict:
-        feat = self.backbone.forward_features(x_q)
-        out = {"head": self.head(feat)}
-        if self.contrastive and x_k is not None:
-            self.momentum_update()
-            k = self.encode_keys(x_k, shuffle_seed)
-            out["con_logits"] = [self._infonce(self.proj(feat), k)]
-            keys = [k]
-            if symmetric:   # the unblended view as query against the blended view's key
-                q2 = self.proj(self.backbone.forward_features(x_k))
-                k2 = self.encode_keys(x_q, shuffle_seed + 1)
-                out["con_logits"].append(self._infonce(q2, k2))
-                keys.append(k2)
-            self.enqueue(torch.cat(keys))
-        return out
-
-
-def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int, n: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, per-clip correct [B], per-segment correct [B, n]) of the alpha objective.
-    ce: cross-entropy over the k^n tuple classes; a segment is correct when the predicted
-    tuple's alpha for it is the true one. mse / mse-n: sigmoid of n outputs vs the alphas, MSE;
-    a segment is correct when its prediction is within half the preset spacing of its alpha
-    (mse: the nearest preset alpha is the true one). A clip is correct when all its segments are."""
-    head = head.float()
-    if loss == "ce":
-        pred = head.argmax(1)
-        place = k ** torch.arange(n - 1, -1, -1, device=head.device)          # first segment most significant
-        seg = (pred[:, None] // place) % k == (b["label"][:, None] // place) % k
-        return F.cross_entropy(head, b["label"]), pred == b["label"], seg
-    pred, target = torch.sigmoid(head), b["alpha_target"].float()
-    if loss == "mse":
-        presets = torch.tensor(alpha_values(k), device=head.device)
-        seg = (pred[..., None] - presets).abs().argmin(-1) == b["alpha_idx"]
-    else:
-        seg = (pred - target).abs() < 0.5 / (k - 1)
-    return F.mse_loss(pred, target), seg.all(1), seg
-
-
-def pretext_chance(cfg) -> tuple[float | None, float | None]:
-    """(clip, segment) accuracy of guessing: 1 / k^n and 1 / k for ce and mse; for mse-n (targets
-    uniform in (0, 1]) a guess is within half the spacing, 1 / (2 (k - 1)) either side, with
-    probability about 1 / (k - 1) per segment."""
-    if cfg.loss == "mse-n":
-        seg = min(1.0, 1.0 / (cfg.k - 1))
-        return seg ** cfg.n, seg
-    return 1.0 / cfg.k ** cfg.n, 1.0 / cfg.k
-
 
 def at_chance(acc: float, chance: float | None, samples: int) -> bool:
     """True when `acc` over `samples` clips is not above guessing by 3 binomial standard errors."""
@@ -342,22 +195,6 @@ def chance_warning(cfg, epoch: int, step: int, acc: float, samples: int, mask_me
             f"strides give larger differences;\n"
             f"  - optimisation: a short budget with SGD can sit on the initial plateau (--optimizer adamw, or "
             f"another --lr); more alpha classes (--k {cfg.k}) make the task harder.")
-
-
-def compute_losses(out: dict, b: dict, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
-    cls, correct, seg = pretext_loss(out["head"], b, cfg.loss, cfg.k, cfg.n)
-    terms = {"loss_cls": cls, "acc": correct.float().mean()}
-    for j in range(cfg.n):
-        terms[f"acc_seg{j}"] = seg[:, j].float().mean()
-    total = cfg.cls_weight * cls
-    if "con_logits" in out:
-        con = [F.cross_entropy(lg, torch.zeros(lg.shape[0], dtype=torch.long, device=lg.device))
-               for lg in out["con_logits"]]
-        terms["loss_con"] = sum(con) / len(con)
-        terms["acc_con"] = (out["con_logits"][0].argmax(1) == 0).float().mean()
-        total = total + cfg.con_weight * terms["loss_con"]
-    terms["loss"] = total
-    return terms
 
 
 # ------------------------------------------------------------------------------------------
@@ -463,141 +300,77 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
     opt = E.make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
 
-    # resume
     if (run_dir / "last.pt").exists() and not cfg.resume:   # before touching the run dir
         raise SystemExit(f"{run_dir / 'last.pt'} exists: pass --resume to continue that run, "
                          "or choose another --run-dir")
     run_dir = E.prepare_run_dir(run_dir, cfg, d, {"global_batch": cfg.batch_size * d.world_size,
                                                    "num_classes": n_out, "mac": mcfg.to_dict()})
+    chance, chance_seg = pretext_chance(cfg)
+    quarter = max(1, round(cfg.epochs / 4))     # the epoch after which a pretext at chance is reported
+    mask_sum: dict[int, float] = {}             # mean mask value of the epoch's samples, per stride
+    mask_n: dict[int, int] = {}
+
+    def inspect(batch: dict) -> None:           # host side, before the batch goes to the device
+        # every 4th row and column: the mean of a whole B64 16x112 batch costs ~15 ms a step on the
+        # host, the subsample 1/16 of it, for a diagnostic that needs two digits
+        sub = batch["masks"][..., ::4, ::4]
+        for s_, m_ in zip(batch["clip"][:, 1].tolist(), sub.flatten(1).float().mean(1).tolist()):
+            mask_sum[s_] = mask_sum.get(s_, 0.0) + m_ / 255.0
+            mask_n[s_] = mask_n.get(s_, 0) + 1
+
+    def step(b: dict, step_: int) -> dict:
+        xq, xk = b["query"], b.get("key")
+        if cl:
+            xq = xq.contiguous(memory_format=torch.channels_last_3d)
+            xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
+        with E.autocast(d, cfg.bf16):
+            out = ddp(xq, xk, shuffle_seed=E.derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
+        return compute_losses(out, b, cfg)           # fp32 losses outside autocast
+
+    def end_epoch(e: loop.EpochEnd) -> loop.EpochResult:
+        res = loop.EpochResult(metrics={"chance": chance, "chance_seg": chance_seg,
+                                        **{f"mask_mean_s{s_}": mask_sum[s_] / mask_n[s_] for s_ in sorted(mask_sum)}})
+        if not e.partial and eval_loader is not None and ((e.epoch + 1) % cfg.eval_every == 0
+                                                          or e.epoch + 1 == cfg.epochs):
+            res.metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
+        if e.epoch + 1 == quarter and not e.partial:
+            samples = e.steps_done * cfg.batch_size * d.world_size
+            if at_chance(e.metrics["acc"], chance, samples):
+                res.warnings.append(chance_warning(cfg, e.epoch, e.step, e.metrics["acc"], samples,
+                                                   {s_: mask_sum[s_] / mask_n[s_] for s_ in mask_sum}))
+        return res
+
+    def checkpoint() -> dict:
+        return {"backbone_name": cfg.backbone, "backbone": backbone_state_dict(model.backbone),
+                "moco": ({"queue": model.queue, "ptr": int(model.queue_ptr)} if model.contrastive else None),
+                "dataset": cfg.dataset, "split": cfg.split, "mac": mcfg.to_dict(), "num_classes": n_out,
+                "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode),
+                          "masks": dataclasses.asdict(masks), "strides": list(strides)},
+                "norm": cfg.norm, "mask_stats": {"sum": dict(mask_sum), "n": dict(mask_n)}}
+
+    def restore(ck: dict) -> None:              # a mid-epoch checkpoint keeps the epoch's mask statistics
+        mask_sum.update((ck.get("mask_stats") or {}).get("sum", {}))
+        mask_n.update((ck.get("mask_stats") or {}).get("n", {}))
+
+    def epoch_start(epoch: int, start_batch: int) -> None:
+        if not start_batch:
+            mask_sum.clear(), mask_n.clear()
+
+    task = loop.Task("pretrain", prepare=tf, step=step, checkpoint=checkpoint, end_epoch=end_epoch, inspect=inspect,
+                     restore=restore, epoch_start=epoch_start, log_skip=("chance", "mask_"))
     last = run_dir / "last.pt"
-    start_epoch, step, metrics = 0, 0, {}
-    if cfg.resume and last.exists():
-        ck = E.load_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        E.restore_rng_states(ck.get("rng"), d)
-        changed = {k: (v, ck["config"].get(k)) for k, v in E.config_dict(cfg).items()
-                   if ck["config"].get(k) != v and k not in ("resume", "epochs", "progress", "workers")}
-        if changed:
-            log(f"[pretrain] warning: resuming with a different config (now, then): {changed}")
-        start_epoch, step, metrics = ck["epoch"], ck["step"], ck.get("metrics", {})
-        log(f"[pretrain] resumed {last}: epoch {start_epoch}, step {step}"
-            + (" (partial epoch: it is redone from its start)" if ck.get("partial") else ""))
+    state = loop.resume(last, model, opt, sched, cfg, d, log, task) if cfg.resume and last.exists() else loop.State()
     if cfg.compile:   # compile the encoders' bodies only: state-dict names stay unprefixed
+        E.persistent_compile_cache(cfg.cache_dir)
         model.backbone.forward_features = torch.compile(model.backbone.forward_features)
         if model.contrastive:
             model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
     ddp = E.wrap_ddp(model, d)
-    mlog = E.MetricsLog(run_dir / "metrics.jsonl", d.is_main)
-    mlog.truncate_after(step)           # forget what a killed run logged past its checkpoint
-
-    def save(epoch_done: int, partial: bool = False) -> None:
-        rng = E.gather_rng_states(d)              # collective: every rank takes part
-        if not d.is_main:
-            return
-        ck = {"kind": "pretrain", "config": E.config_dict(cfg), "backbone_name": cfg.backbone,
-              "model": model.state_dict(), "backbone": backbone_state_dict(model.backbone),
-              "epoch": epoch_done, "step": step, "partial": partial, "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "scaler": None, "rng": rng,
-              "moco": ({"queue": model.queue, "ptr": int(model.queue_ptr)} if model.contrastive else None),
-              "dataset": cfg.dataset, "split": cfg.split, "mac": mcfg.to_dict(), "num_classes": n_out,
-              "world_size": d.world_size, "global_batch": cfg.batch_size * d.world_size,
-              "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode),
-                        "masks": dataclasses.asdict(masks), "strides": list(strides)},
-              "norm": cfg.norm, "metrics": metrics}
-        E.save_checkpoint(ck, last)
-        if cfg.save_every and not partial and epoch_done % cfg.save_every == 0:
-            E.save_checkpoint(ck, run_dir / f"epoch_{epoch_done:04d}.pt")
-
-    chance, chance_seg = pretext_chance(cfg)
     log(f"[pretrain] pretext: {mcfg.num_classes if cfg.loss == 'ce' else cfg.n} outputs "
         f"({cfg.loss}, k {cfg.k}, n {cfg.n}); guessing scores {chance:.4g} per clip, {chance_seg:.4g} per segment")
-    quarter = max(1, round(cfg.epochs / 4))     # the epoch after which a pretext at chance is reported
-    stopped = bool(cfg.max_steps and step >= cfg.max_steps)
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped:
-            break
-        E.seed_everything(E.derive_seed(cfg.seed, epoch, d.rank))   # dropout etc.: f(seed, epoch, rank)
-        set_loader_epoch(loader, epoch)
-        model.train()
-        sums, n_done, t_epoch = {}, 0, time.perf_counter()
-        mask_sum, mask_n = {}, {}                       # mean mask value of the samples, per stride
-        win, win_n, data_t = {}, 0, 0.0
-        t_win = t_last = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (d.is_main and cfg.progress),
-                   dynamic_ncols=True, leave=False)
-        for i, batch in enumerate(loader):
-            if i >= steps_per_epoch:
-                break
-            data_t += time.perf_counter() - t_last
-            for s_, m_ in zip(batch["clip"][:, 1].tolist(), batch["masks"].flatten(1).float().mean(1).tolist()):
-                mask_sum[s_] = mask_sum.get(s_, 0.0) + m_ / 255.0
-                mask_n[s_] = mask_n.get(s_, 0) + 1
-            b = tf(batch)                                  # jitter + normalise + blend, on device
-            xq, xk = b["query"], b.get("key")
-            if cl:
-                xq = xq.contiguous(memory_format=torch.channels_last_3d)
-                xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
-            with E.autocast(d, cfg.bf16):
-                out = ddp(xq, xk, shuffle_seed=E.derive_seed(cfg.seed, step, 1), symmetric=cfg.symmetric)
-            terms = compute_losses(out, b, cfg)            # fp32 losses outside autocast
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
-            # one sync per step; a non-finite step is never applied
-            E.check_finite({k_: v for k_, v in terms.items() if k_.startswith(("loss", "grad"))}, epoch, step, d)
-            opt.step()
-            step, n_done, win_n = step + 1, n_done + 1, win_n + 1
-            for k_, v in terms.items():
-                win[k_] = win.get(k_, 0.0) + v.detach().float()
-            stopped = bool(cfg.max_steps and step >= cfg.max_steps)
-            bar.update(1)
-            if step % cfg.log_every == 0 or n_done == steps_per_epoch or stopped:
-                vals = {k_: float(v) / win_n for k_, v in win.items()}   # one sync per window
-                wall = time.perf_counter() - t_win
-                for k_, v in vals.items():
-                    sums[k_] = sums.get(k_, 0.0) + v * win_n
-                mlog.write(kind="train", epoch=epoch, step=step, **vals, lr=opt.param_groups[0]["lr"],
-                           data_time=data_t / win_n, step_time=wall / win_n,
-                           clips_per_s=win_n * cfg.batch_size * d.world_size / max(wall, 1e-9))
-                bar.set_postfix(loss=f"{vals['loss']:.3f}", acc=f"{vals['acc']:.3f}")
-                win, win_n, data_t, t_win = {}, 0, 0.0, time.perf_counter()
-            t_last = time.perf_counter()
-            if stopped:
-                break
-        bar.close()
-        partial = n_done < steps_per_epoch                  # only a --max-steps stop cuts an epoch
-        keys = sorted(sums)
-        tot = E.all_reduce_sum([sums[k_] for k_ in keys] + [n_done], d)
-        metrics = {"epoch": epoch, "step": step, **{k_: v / max(tot[-1], 1) for k_, v in zip(keys, tot)},
-                   "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch,
-                   "chance": chance, "chance_seg": chance_seg,
-                   **{f"mask_mean_s{s_}": mask_sum[s_] / mask_n[s_] for s_ in sorted(mask_sum)}}
-        E.broadcast_buffers(model, d)      # every rank evaluates / saves rank 0's BN statistics
-        if not partial:
-            sched.step()
-            if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
-        mlog.write(kind="epoch", **metrics, partial=partial)
-        log(f"[pretrain] epoch {epoch} step {step}: " + ", ".join(
-            f"{k_}={v:.4g}" for k_, v in metrics.items() if isinstance(v, float) and not k_.startswith(("chance", "mask_"))))
-        if epoch + 1 == quarter and not partial:
-            samples = int(tot[-1]) * cfg.batch_size * d.world_size
-            if at_chance(metrics["acc"], chance, samples):
-                msg = chance_warning(cfg, epoch, step, metrics["acc"], samples,
-                                     {s_: mask_sum[s_] / mask_n[s_] for s_ in mask_sum})
-                log(f"[pretrain] {msg}")
-                mlog.write(kind="warning", epoch=epoch, step=step, message=msg)
-        save(epoch if partial else epoch + 1, partial)
-
-    digests = E.gather_objects(E.param_hash(model), d)   # every rank must hold the same model
-    if d.is_main:
-        mlog.write(kind="final", epoch=cfg.epochs, step=step, rank_param_hashes=digests)
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"ranks disagree on the parameters: {digests}")
-    return {"run_dir": run_dir, "checkpoint": last, "step": step, "metrics": metrics}
-
+    out = loop.fit(cfg=cfg, d=d, model=model, params=params, opt=opt, sched=sched, loader=loader,
+                   steps_per_epoch=steps_per_epoch, run_dir=run_dir, task=task, state=state, log=log)
+    return {"run_dir": run_dir, "checkpoint": last, **out}
 
 if __name__ == "__main__":
     exit_with(main, "pretrain.py")

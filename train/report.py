@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):   # run as `python train/report.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from preprocess import atomic
 from preprocess.cli import UsageError, exit_with, parse_checked
 
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")
@@ -332,15 +332,13 @@ def plot_curves(records: list[dict], title: str, path: Path) -> bool:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def write_report(res: dict, pretrain_dir: Path | None = None) -> str:
     run_dir = Path(res["run_dir"])
     table = results_table(res)
-    (run_dir / "results_table.md").write_text(table)
+    atomic.write_text(run_dir / "results_table.md", table)
     write_json(run_dir / "results.json", res)
     plots = []
     for stage in TRAIN_STAGES:
@@ -368,7 +366,7 @@ def write_report(res: dict, pretrain_dir: Path | None = None) -> str:
         md += ["", f"**Missing metrics**: {', '.join(res['missing'])}"]
     md += ["", "## Wall time per stage", "", wall_table(res), "## Curves", ""]
     md += [f"![{s}]({p})" for s, p in plots] or ["(no metrics.jsonl found)"]
-    (run_dir / "summary.md").write_text("\n".join(md) + "\n")
+    atomic.write_text(run_dir / "summary.md", "\n".join(md) + "\n")
     return table
 
 
@@ -408,7 +406,7 @@ def aggregate(run_dirs: list[Path], out_dir: Path) -> tuple[dict, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = aggregate_table(agg)
     write_json(out_dir / "results.json", agg)
-    (out_dir / "results_table.md").write_text(table)
+    atomic.write_text(out_dir / "results_table.md", table)
     (out_dir / "summary.md").write_text(f"# MAC: {len(runs)} runs, mean +- std\n\nRuns: "
                                         + ", ".join(f"`{d}`" for d in agg["runs"]) + "\n\n" + table)
     return agg, table

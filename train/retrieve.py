@@ -83,24 +83,6 @@ def recall_at_k(query_feats: np.ndarray, query_labels: np.ndarray, gallery_feats
 # --------------------------------------------------------------------------------------------
 
 
-def _state_dict_of(obj) -> tuple[dict, dict]:
-    """(backbone-ish state dict, our checkpoint dict or {}) from a loaded file."""
-    import torch
-
-    if isinstance(obj, dict) and "kind" in obj:
-        sd = obj.get("backbone") or obj.get("model")
-        if not isinstance(sd, dict):
-            raise SystemExit("checkpoint has neither 'backbone' nor 'model' weights")
-        return sd, obj
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "backbone"):
-            if isinstance(obj.get(key), dict) and any(torch.is_tensor(v) for v in obj[key].values()):
-                return obj[key], {}
-        if any(torch.is_tensor(v) for v in obj.values()):
-            return obj, {}
-    raise SystemExit("unrecognised checkpoint format (expected this project's checkpoint or a state dict)")
-
-
 def load_feature_backbone(checkpoint: Path | None, init: str = "checkpoint", backbone: str | None = None,
                           seed: int = 0, trust: bool = False):
     """(model, ckpt dict, description). The model has the checkpoint's backbone weights (its
@@ -116,10 +98,11 @@ def load_feature_backbone(checkpoint: Path | None, init: str = "checkpoint", bac
     if checkpoint is None:
         raise UsageError("--checkpoint", "(none)", "pass a checkpoint, or --init random")
     check_file("--checkpoint", checkpoint)
-    from train.engine import load_checkpoint
+    from train.inference import backbone_weights, load_checkpoint
 
     obj = load_checkpoint(checkpoint, trust=trust)    # data only, unless --trust-checkpoint
-    sd, ckpt = _state_dict_of(obj)
+    sd, info = backbone_weights(obj, checkpoint)
+    ckpt = info.get("checkpoint", {})
     names = [ckpt.get("backbone_name") or backbone] if (ckpt.get("backbone_name") or backbone) else list(BACKBONES)
     errors = []
     for name in names:
@@ -136,7 +119,7 @@ def load_feature_backbone(checkpoint: Path | None, init: str = "checkpoint", bac
 
 def video_features(model, loader, device, norm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features [V, 512] averaged over clips and L2-normalised, video ids, labels)."""
-    from train.evaluate import run_clips
+    from train.inference import run_clips
 
     feats, videos, labels = run_clips(model, loader, device, norm,
                                       fn=lambda m, x: m.forward_features(x), progress="features")
@@ -177,7 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of --checkpoint / --config-from (can run code stored in the file; "
                         "only for files you trust)")
-    return parse_checked(p, argv, check_args)
+    return parse_checked(p, argv, check_args, config=True)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -191,7 +174,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from train.evaluate import (checkpoint_config, clip_geometry, default_out_dir, eval_batches,
+    from train.inference import (checkpoint_config, clip_geometry, default_out_dir, eval_batches,
                                 open_checkpoint_cache, resolve_device, write_json)
 
     t0 = time.time()
@@ -213,7 +196,7 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     model.to(device)
     norm = cfg.get("norm", "kinetics")
-    print(f"[retrieve] {desc}: {dataset} split {split}, {args.num_clips} clips of {geo['T']}x{geo['crop']}^2 "
+    print(f"[retrieve] {desc}: {dataset} split {split}, {args.num_clips} clips of {geo['frames']}x{geo['crop']}^2 "
           f"per video (stride {geo['stride']}) on {device}", flush=True)
 
     feats = {}
@@ -241,7 +224,7 @@ def main(argv=None) -> dict:
     record = {"metrics": metrics, "source": desc, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
               "init": args.init, "seed": args.seed if args.init == "random" else None, "dataset": dataset,
               "split": split, "num_clips": args.num_clips, **geo,
-              "norm": norm, "device": str(device), "limit": args.limit,
+              "norm": norm, "device": str(device), "limit": args.limit, "config_file": args.config,
               "cache": {"root": str(index.root), "manifest_hash": index.manifest_hash},
               "wall_seconds": round(time.time() - t0, 2)}
     write_json(out_dir / "metrics.json", record)
