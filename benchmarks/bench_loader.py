@@ -130,11 +130,11 @@ def time_cache_items(ds: PretrainClips, samples: int, repeats: int) -> tuple[flo
         v = int(ds.videos[i])
         nf = int(ds.index.n_frames[v])
         h, w = int(ds.index.heights[v]), int(ds.index.widths[v])
-        start, stride = draw_clip(rng, nf, cfg.T, cfg.strides)
-        draw_alphas(rng, cfg.k, cfg.n_segments, cfg.loss)
+        start, stride = draw_clip(rng, nf, cfg.frames, cfg.strides)
+        draw_alphas(rng, cfg.k, cfg.n, cfg.loss)
         sq, jq = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
         sk, jk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
-        idx = sample_clip_indices(nf, cfg.T, stride, start)
+        idx = sample_clip_indices(nf, cfg.frames, stride, start)
         t1 = time.perf_counter()
         fr = ds._read(v, idx)
         t2 = time.perf_counter()
@@ -199,7 +199,7 @@ def time_checksums(index, split: int, part: str, cfg: MACConfig, samples: int, r
         v = int(rng.choice(vids))
         stride = int(rng.integers(1, 5))
         start = int(rng.integers(0, max(1, int(index.n_frames[v]) - 15 * stride)))
-        clips.append((v, sample_clip_indices(int(index.n_frames[v]), cfg.T, stride, start), stride))
+        clips.append((v, sample_clip_indices(int(index.n_frames[v]), cfg.frames, stride, start), stride))
     on, off = ClipReader(index), ClipReader(index, verify=False)
     for r in (on, off):
         _reads_per_s(r, [c[:2] for c in clips[:8]])
@@ -251,11 +251,11 @@ def time_transform(ds: PretrainClips, batch_size: int, batches: int, repeats: in
 def baseline_item(path: Path, n_frames: int, h: int, w: int, cfg: MACConfig, rng: np.random.Generator,
                   mask_params: MaskParams) -> dict:
     """One MAC-SC sample from the source video: ffmpeg decode + masks on the fly + spatial."""
-    start, stride = draw_clip(rng, n_frames, cfg.T, cfg.strides)
-    draw_alphas(rng, cfg.k, cfg.n_segments, cfg.loss)
+    start, stride = draw_clip(rng, n_frames, cfg.frames, cfg.strides)
+    draw_alphas(rng, cfg.k, cfg.n, cfg.loss)
     sq, jq = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
     sk, jk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p), draw_jitter(rng, cfg.colour)
-    idx = sample_clip_indices(n_frames, cfg.T, stride, start)
+    idx = sample_clip_indices(n_frames, cfg.frames, stride, start)
     need = int(idx.max()) + 1
     chunks, got = [], 0
     gen = iter_frames(path, 128, chunk_frames=64)
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per figure; the best is reported")
     ap.add_argument("--baseline-samples", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--n-segments", type=int, default=2)
+    ap.add_argument("--n", type=int, default=2, help="temporal segments (MAC-2 / MAC-4)")
     ap.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many workers")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
@@ -353,16 +353,16 @@ def main(argv=None) -> int:
 
     mask_params = MaskParams()
     index = open_cache(cache_dir, dataset, DecodeParams(), mask_params)
-    cfg = MACConfig(n_segments=args.n_segments, key_view=True, mask_source="cache")
+    cfg = MACConfig(n=args.n, key_view=True, mask_source="cache")
     ds = PretrainClips(index, args.split, args.part, cfg)
     if len(ds) == 0:
         print(f"no videos in split {args.split} part {args.part}", file=sys.stderr)
         return 1
     vids = ds.videos
     print(f"cache {index.root}: {len(ds)} videos, mean {index.n_frames[vids].mean():.0f} frames, "
-          f"{index.heights[vids[0]]}x{index.widths[vids[0]]}; MAC-SC-{cfg.n_segments}, one process, 1 torch thread")
+          f"{index.heights[vids[0]]}x{index.widths[vids[0]]}; MAC-SC-{cfg.n}, one process, 1 torch thread")
 
-    res: dict = {"videos": int(len(ds)), "n_segments": cfg.n_segments, "torch": torch.__version__}
+    res: dict = {"videos": int(len(ds)), "n": cfg.n, "torch": torch.__version__}
     for source in ("cache", "clip"):
         dsm = ds if source == "cache" else PretrainClips(index, args.split, args.part,
                                                          dataclasses.replace(cfg, mask_source=source))

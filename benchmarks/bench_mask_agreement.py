@@ -106,7 +106,7 @@ def part_b(index, items: int) -> dict:
         # the alternative: the soft mask stretched over the whole frame, then cropped and resized
         v = int(a["video"])
         start, stride = a["clip"].tolist()
-        idx = sample_clip_indices(int(index.n_frames[v]), cfg.T, stride, start)
+        idx = sample_clip_indices(int(index.n_frames[v]), cfg.frames, stride, start)
         full = masks_from_diffs(reader.clip_diffs(v, idx))
         _, alt = apply_spatial(reader.frames(v, idx), full, SpatialParams.from_array(a["spatial"]))
         c_s.append(corr(alt, ref))

@@ -135,7 +135,7 @@ def test_pretrain_options(cache, cache_no_masks):
     with pytest.raises(ValueError, match=r"strides \[5\]"):
         PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5), mask_source="cache"))
     PretrainClips(cache, 1, "train", MACConfig(strides=(1, 5), mask_source="clip"))[0]
-    it = PretrainClips(cache, 1, "train", MACConfig(key_view=False, n_segments=4, loss="mse-n"))[1]
+    it = PretrainClips(cache, 1, "train", MACConfig(key_view=False, n=4, loss="mse-n"))[1]
     assert "key_frames" not in it and "key_jitter" not in it
     assert it["alpha"].shape == (4,) and int(it["label"]) == -1
     assert torch.equal(it["alpha"], it["alpha_target"]) and (it["alpha"] > 0).all()
@@ -191,7 +191,7 @@ def test_loader_workers_fork_match_single_process(cache):
 
 
 def test_loader_spawn_matches_single_process(cache):
-    cfg = MACConfig(seed=11, n_segments=4, mask_source="cache")   # the cache path in spawned workers
+    cfg = MACConfig(seed=11, n=4, mask_source="cache")   # the cache path in spawned workers
     ds = PretrainClips(cache, 1, "all", cfg)
     ref = _collect(make_loader(ds, 3, 0, shuffle=True, seed=1), epochs=(0, 2))
     # persistent spawned workers: set_epoch reaches them through the shared epoch tensor

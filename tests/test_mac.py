@@ -372,7 +372,7 @@ def test_colour_jitter_greyscale_in_transform():
 
 def _fake_batch(cfg: MACConfig, B=3, seed=0):
     rng = np.random.default_rng(seed)
-    S, T, n = cfg.crop, cfg.T, cfg.n_segments
+    S, T, n = cfg.crop, cfg.frames, cfg.n
     batch = {
         "frames": torch.from_numpy(rng.integers(0, 256, (B, T, S, S, 3), dtype=np.uint8)),
         "masks": torch.from_numpy(rng.integers(0, 256, (B, T, S, S), dtype=np.uint8)),
@@ -391,7 +391,7 @@ def _fake_batch(cfg: MACConfig, B=3, seed=0):
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("key_view", [True, False])
 def test_gpu_transform_shapes(n, key_view):
-    cfg = MACConfig(n_segments=n, key_view=key_view)
+    cfg = MACConfig(n=n, key_view=key_view)
     batch = _fake_batch(cfg, B=2)
     out = gpu_transform(batch, cfg, torch.device("cpu"))
     assert out["query"].shape == (2, 3, 16, 112, 112) and out["query"].dtype == torch.float32
@@ -445,7 +445,7 @@ def test_query_order_is_spec2(reverse, norm):
     """The batched transform equals a plain per-clip implementation of SPEC 2: jitter and
     greyscale, THEN normalisation, THEN the blend of the normalised clip (every op drawn on)."""
     always = ColourJitter(p_brightness=1.0, p_contrast=1.0, p_hue_saturation=1.0, p_greyscale=0.5)
-    cfg = MACConfig(T=4, crop=8, scales=(8,), n_segments=2, colour=always, key_view=False, norm=norm,
+    cfg = MACConfig(frames=4, crop=8, scales=(8,), n=2, colour=always, key_view=False, norm=norm,
                     reverse=reverse)
     batch = _fake_batch(cfg, B=6, seed=4)
     assert (batch["jitter"][:, 4] == 1).any() and (batch["jitter"][:, 4] == 0).any()
@@ -510,12 +510,12 @@ def test_clip_and_eval_transforms():
 
 
 def test_config_validation_and_round_trip():
-    cfg = MACConfig(n_segments=4, k=3, colour=ColourJitter(p_greyscale=0.0))
+    cfg = MACConfig(n=4, k=3, colour=ColourJitter(p_greyscale=0.0))
     assert cfg.num_classes == 81
     assert MACConfig.from_dict(cfg.to_dict()) == cfg
     assert ClipConfig.from_dict(ClipConfig().to_dict()) == ClipConfig()
     with pytest.raises(ValueError):
-        MACConfig(T=16, n_segments=3)
+        MACConfig(frames=16, n=3)
     with pytest.raises(ValueError):
         MACConfig(loss="l1")
     with pytest.raises(ValueError):
@@ -524,3 +524,14 @@ def test_config_validation_and_round_trip():
         MACConfig(scales=(100, 128))
     with pytest.raises(ValueError):
         MACConfig.from_dict({"nonsense": 1})
+
+
+def test_config_names_match_the_flags_and_old_checkpoints_still_load():
+    """One name per quantity: the sample's config says frames and n, as the flags do; the "mac"
+    section of a checkpoint written before that (T, n_segments) still loads."""
+    cfg = MACConfig(frames=8, n=4)
+    assert cfg.to_dict()["frames"] == 8 and cfg.to_dict()["n"] == 4 and "T" not in cfg.to_dict()
+    old = {**cfg.to_dict(), "T": 8, "n_segments": 4}
+    del old["frames"], old["n"]
+    assert MACConfig.from_dict(old) == cfg
+    assert ClipConfig.from_dict({"T": 12, "stride": 2}).frames == 12

@@ -16,7 +16,7 @@ Design (fastMRI SliceDataset style):
 
 Collated batch keys
 -------------------
-PretrainClips (MACConfig cfg, S = cfg.crop, n = cfg.n_segments):
+PretrainClips (MACConfig cfg, S = cfg.crop, n = cfg.n):
     frames uint8 [B,T,S,S,3], masks uint8 [B,T,S,S], alpha float32 [B,n] (blend factors),
     alpha_idx int64 [B,n], label int64 [B] (alpha-tuple class; -1 for loss "mse-n"),
     alpha_target float32 [B,n], jitter float32 [B,5], spatial int64 [B,5], clip int64 [B,2]
@@ -174,15 +174,15 @@ class PretrainClips(_CacheClips):
         n = int(self.index.n_frames[v])
         h, w = self._hw(v)
         # Draw everything first, in a fixed order (the data never influences the draws).
-        start, stride = draw_clip(rng, n, cfg.T, cfg.strides)
-        alpha_idx, alpha, label, target = draw_alphas(rng, cfg.k, cfg.n_segments, cfg.loss)
+        start, stride = draw_clip(rng, n, cfg.frames, cfg.strides)
+        alpha_idx, alpha, label, target = draw_alphas(rng, cfg.k, cfg.n, cfg.loss)
         sq = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p)
         jq = draw_jitter(rng, cfg.colour)
         if cfg.key_view:
             sk = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p)
             jk = draw_jitter(rng, cfg.key_jitter)
 
-        idx = sample_clip_indices(n, cfg.T, stride, start)
+        idx = sample_clip_indices(n, cfg.frames, stride, start)
         frames = self._read(v, idx)
         qf, _ = apply_spatial(frames, None, sq)
         qm = self._masks(v, idx, frames, qf, sq)
@@ -232,10 +232,10 @@ class LabelledClips(_CacheClips):
         v = int(self.videos[i])
         n = int(self.index.n_frames[v])
         h, w = self._hw(v)
-        start = int(rng.integers(0, max_clip_start(n, cfg.T, cfg.stride) + 1))
+        start = int(rng.integers(0, max_clip_start(n, cfg.frames, cfg.stride) + 1))
         sp = draw_spatial(rng, h, w, cfg.scales, cfg.crop, cfg.flip_p)
         jit = draw_jitter(rng, cfg.colour)
-        frames = self._read(v, sample_clip_indices(n, cfg.T, cfg.stride, start))
+        frames = self._read(v, sample_clip_indices(n, cfg.frames, cfg.stride, start))
         fr, _ = apply_spatial(frames, None, sp)
         return {
             "frames": torch.from_numpy(fr), "jitter": torch.from_numpy(jit),
@@ -247,16 +247,16 @@ class LabelledClips(_CacheClips):
 
 
 class EvalClips(_CacheClips):
-    """Test videos: per video `num_clips` uniformly spaced clips of T frames at `stride`,
+    """Test videos: per video `num_clips` uniformly spaced clips of `frames` frames at `stride`,
     short side `short_side`, centre crop `crop` (deterministic; no random draws)."""
 
     _stream = _STREAM_EVAL
 
-    def __init__(self, index, split: int, part: str, num_clips: int = 10, T: int = 16, stride: int = 2,
+    def __init__(self, index, split: int, part: str, num_clips: int = 10, frames: int = 16, stride: int = 2,
                  short_side: int = 128, crop: int = 112,
                  reader_factory: Callable[[Any], Any] | None = None):
         super().__init__(index, split, part, 0, reader_factory)
-        self.num_clips, self.T, self.stride = int(num_clips), int(T), int(stride)
+        self.num_clips, self.frames, self.stride = int(num_clips), int(frames), int(stride)
         self.short_side, self.crop = int(short_side), int(crop)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -264,12 +264,12 @@ class EvalClips(_CacheClips):
         v = int(self.videos[i])
         n = int(self.index.n_frames[v])
         h, w = self._hw(v)
-        starts = uniform_clip_starts(n, self.T, self.stride, self.num_clips)
-        idx = np.concatenate([sample_clip_indices(n, self.T, self.stride, s) for s in starts])
+        starts = uniform_clip_starts(n, self.frames, self.stride, self.num_clips)
+        idx = np.concatenate([sample_clip_indices(n, self.frames, self.stride, s) for s in starts])
         frames = self._read(v, idx)                                       # [N*T,H,W,3]
         fr, _ = apply_spatial(frames, None, centre_spatial(h, w, self.short_side, self.crop))
         return {
-            "frames": torch.from_numpy(fr).view(self.num_clips, self.T, self.crop, self.crop, 3),
+            "frames": torch.from_numpy(fr).view(self.num_clips, self.frames, self.crop, self.crop, 3),
             "label": torch.tensor(int(self.index.labels[v]), dtype=torch.int64),
             "video": torch.tensor(v, dtype=torch.int64),
             "starts": torch.from_numpy(starts),

@@ -218,7 +218,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
         if d.is_main:
             print(f"[finetune] cannot open the cache: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    ccfg = ClipConfig(T=cfg.frames, stride=cfg.stride, scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p,
+    ccfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p,
                       colour=ColourJitter.light() if cfg.colour_jitter else ColourJitter.off(),
                       norm=cfg.norm, seed=cfg.seed)
     train_ds = LabelledClips(index, cfg.split, "train", ccfg)
@@ -232,7 +232,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
     if steps_per_epoch == 0:
         raise SystemExit(f"{len(train_ds)} training videos < one global batch; lower --batch-size")
-    val_ds = EvalClips(index, cfg.split, "test", num_clips=1, T=cfg.frames, stride=cfg.stride,
+    val_ds = EvalClips(index, cfg.split, "test", num_clips=1, frames=cfg.frames, stride=cfg.stride,
                        short_side=cfg.val_short_side or round(cfg.crop * 128 / 112), crop=cfg.crop)
     val_loader = make_loader(val_ds, cfg.batch_size, min(cfg.workers, 4), shuffle=False,
                              distributed=d.distributed, seed=cfg.seed, persistent_workers=False)

@@ -163,7 +163,7 @@ def eval_batches(index, split: int, part: str, geometry: dict, num_clips: int, b
 
     from train.data import EvalClips, make_loader
 
-    ds = EvalClips(index, split, part, num_clips=num_clips, T=geometry["frames"], stride=geometry["stride"],
+    ds = EvalClips(index, split, part, num_clips=num_clips, frames=geometry["frames"], stride=geometry["stride"],
                    short_side=geometry["short_side"], crop=geometry["crop"])
     if len(ds) == 0:
         raise SystemExit(f"{index.dataset} split {split} has no '{part}' videos")

@@ -142,6 +142,10 @@ class ColourJitter:
                                or self.p_hue_saturation > 0 or self.p_greyscale > 0)
 
 
+def _renamed(d: Mapping[str, Any], old_to_new: Mapping[str, str]) -> dict:
+    return {old_to_new.get(k, k): v for k, v in d.items()}
+
+
 def _coerce(cls, value):
     if value is None or isinstance(value, cls):
         return value
@@ -154,9 +158,9 @@ def _coerce(cls, value):
 class MACConfig:
     """Everything that determines a pretraining sample (and its device transform)."""
 
-    T: int = 16
+    frames: int = 16                  # frames per clip
     strides: tuple[int, ...] = (1, 2, 3, 4)
-    n_segments: int = 2               # MAC-2 / MAC-4
+    n: int = 2                        # temporal segments: MAC-2 / MAC-4
     k: int = 4                        # |A_k|, alpha classes per segment
     reverse: bool = False             # attenuate the background instead of the foreground
     blend_space: str = "normalised"   # "normalised" (reference) | "pixel" (departure)
@@ -182,8 +186,8 @@ class MACConfig:
         object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
         object.__setattr__(self, "colour", _coerce(ColourJitter, self.colour))
         object.__setattr__(self, "key_colour", _coerce(ColourJitter, self.key_colour))
-        if self.T % self.n_segments:
-            raise ValueError(f"T={self.T} is not divisible into n_segments={self.n_segments} equal segments")
+        if self.frames % self.n:
+            raise ValueError(f"frames={self.frames} is not divisible into n={self.n} equal segments")
         if self.k < 2:
             raise ValueError(f"k must be >= 2, got {self.k}")
         if self.blend_space not in BLEND_SPACES:
@@ -199,7 +203,7 @@ class MACConfig:
 
     @property
     def num_classes(self) -> int:
-        return num_alpha_classes(self.k, self.n_segments)
+        return num_alpha_classes(self.k, self.n)
 
     @property
     def alphas(self) -> list[float]:
@@ -214,6 +218,7 @@ class MACConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "MACConfig":
+        d = _renamed(d, {"T": "frames", "n_segments": "n"})      # checkpoints written before the rename
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -226,7 +231,7 @@ class ClipConfig:
     """A labelled training clip (finetuning, SPEC 5): stride-2 16-frame clips, random start,
     scale {112,128,144} / flip p 0.35 / crop 112, light colour jitter."""
 
-    T: int = 16
+    frames: int = 16
     stride: int = 2
     scales: tuple[int, ...] = (112, 128, 144)
     crop: int = 112
@@ -248,7 +253,7 @@ class ClipConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClipConfig":
-        return cls(**dict(d))
+        return cls(**_renamed(d, {"T": "frames"}))
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def mac_config(cfg: PretrainConfig) -> MACConfig:
     cj = cfg.colour_jitter
     colour = ColourJitter(p_brightness=0.8 * cj, p_contrast=0.8 * cj, p_hue_saturation=0.8 * cj,
                           p_greyscale=0.2 * cfg.greyscale)
-    return MACConfig(T=cfg.frames, strides=cfg.strides, n_segments=cfg.n, k=cfg.k, reverse=cfg.reverse,
+    return MACConfig(frames=cfg.frames, strides=cfg.strides, n=cfg.n, k=cfg.k, reverse=cfg.reverse,
                      blend_space=cfg.blend_space, mask_source=cfg.mask_source, mask_mode=cfg.mask_mode,
                      dilate=cfg.dilate, loss=cfg.loss, key_view=cfg.method == "mac-sc",
                      scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p, colour=colour, norm=cfg.norm,
