@@ -6,11 +6,16 @@
 #   bash run_all.sh demo-large                        # a bigger demo, the paper's model and recipe (one GPU, ~10 min)
 #   bash run_all.sh ucf101 [--data-root data/ucf101]  # the paper's setting (GPU)
 #   bash run_all.sh hmdb51 [--data-root data/hmdb51] [--ucf-root data/ucf101]
+#   bash run_all.sh k400-ucf101 [--k400-root data/kinetics400] [--k400-subset classes.txt]  # K400 -> UCF101
+#   bash run_all.sh sweep --preset demo --grid k=2,3 lambda=10,30   # ablation grids: train/sweep.py
 #
 # Options:  --data-root DIR   dataset root (default data/<dataset>)
 #           --ucf-root DIR    hmdb51 only: UCF101 root for the pretraining (default data/ucf101)
 #           --run-id ID       run directory runs/<dataset>/<ID> (default: the preset's name)
 #           --pretrain-run ID hmdb51 only: the UCF101 run whose pretraining to use or create
+#           --k400-root DIR   k400-ucf101 only: Kinetics-400 in its official layout (default data/kinetics400)
+#           --k400-subset FILE  k400-ucf101 only: pretrain on these classes (one per line; Mini-Kinetics)
+#           --k400-max-per-class N  k400-ucf101 only: at most N training clips per class
 #                             (runs/ucf101/<ID>/pretrain; default ucf101, the ucf101 preset's run)
 #           --runs-root DIR   default runs;  --cache-dir DIR  default data_cache
 #           --allow-cpu       run the ucf101/hmdb51 presets without a GPU (very slow)
@@ -40,8 +45,12 @@ die() { printf '[run_all] error: %s\n' "$*" >&2; exit "${2:-2}"; }
 # ------------------------------------------------------------------------------ arguments
 PRESET=demo
 if [[ $# -gt 0 && $1 != -* && $1 != *=* ]]; then PRESET=$1; shift; fi
-case $PRESET in demo|demo-seeds|demo-large|ucf101|hmdb51) ;;
-  *) die "unknown preset '$PRESET' (demo | demo-seeds | demo-large | ucf101 | hmdb51)";; esac
+case $PRESET in demo|demo-seeds|demo-large|ucf101|hmdb51|k400-ucf101|sweep) ;;
+  *) die "unknown preset '$PRESET' (demo | demo-seeds | demo-large | ucf101 | hmdb51 | k400-ucf101 | sweep)";; esac
+if [[ $PRESET == sweep ]]; then
+  # ablation grids (train/sweep.py): bash run_all.sh sweep --preset demo --grid k=2,3 [stage.flag=value ...]
+  exec $PY train/sweep.py "$@"
+fi
 if [[ $PRESET == demo-seeds ]]; then
   # the demo chain three times (training seeds 0, 1, 2; the same generated data and cache, made
   # once), then every number as mean +- std over the seeds
@@ -60,6 +69,7 @@ if [[ $PRESET == demo-seeds ]]; then
   exec python train/report.py --aggregate "${runs[@]}" --out-dir "$RUNS_ROOT_S/demo/demo-seeds"
 fi
 DATA_ROOT="" UCF_ROOT="data/ucf101" RUN_ID="$PRESET" PT_RUN=ucf101 RUNS_ROOT=runs CACHE_DIR="" ALLOW_CPU=0
+K400_ROOT="data/kinetics400" K400_SUBSET="" K400_MAX=""
 OVERRIDES=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -67,6 +77,9 @@ while [[ $# -gt 0 ]]; do
     --ucf-root) UCF_ROOT=$2; shift 2;;
     --run-id) RUN_ID=$2; shift 2;;
     --pretrain-run) PT_RUN=$2; shift 2;;
+    --k400-root) K400_ROOT=$2; shift 2;;
+    --k400-subset) K400_SUBSET=$2; shift 2;;
+    --k400-max-per-class) K400_MAX=$2; shift 2;;
     --runs-root) RUNS_ROOT=$2; shift 2;;
     --cache-dir) CACHE_DIR=$2; shift 2;;
     --allow-cpu) ALLOW_CPU=1; shift;;
@@ -76,7 +89,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 DATASET=$PRESET
-DATA_ROOT=${DATA_ROOT:-data/$PRESET}
+[[ $PRESET == k400-ucf101 ]] && DATASET=ucf101     # pretrains on Kinetics-400, finetunes on UCF101
+DATA_ROOT=${DATA_ROOT:-data/$DATASET}
 CACHE_DIR=${CACHE_DIR:-data_cache}
 if [[ $PRESET == demo-large ]]; then
   # another generated dataset of the demo's kind: its own cache root, so the two never share shards
@@ -114,8 +128,21 @@ CONFIGS=configs/$PRESET
 SPLIT=1
 # the pretraining dataset (hmdb51 pretrains on UCF101, with the ucf101 preset's pretrain.json, and
 # reuses a ucf101 run's pretraining)
+PT_EXTRACT=()   # extract_masks.py flags of the pretraining dataset only (the Kinetics subset)
 if [[ $PRESET == hmdb51 ]]; then
   PT_DATASET=ucf101 PT_ROOT=$UCF_ROOT PT_DIR="$RUNS_ROOT/ucf101/$PT_RUN/pretrain" PT_CONFIG=configs/ucf101/pretrain.json
+elif [[ $PRESET == k400-ucf101 ]]; then
+  # the cache name of a subset is derived from it (extract_masks.py --cache-name), so two subsets
+  # never share frames and the pretraining reads the one extracted here
+  PT_DATASET=kinetics PT_ROOT=$K400_ROOT PT_DIR="$RUN_DIR/pretrain" PT_CONFIG=$CONFIGS/pretrain.json
+  if [[ -n $K400_SUBSET || -n $K400_MAX ]]; then
+    [[ -z $K400_SUBSET || -f $K400_SUBSET ]] || die "--k400-subset $K400_SUBSET: no such file"
+    [[ -z $K400_MAX || $K400_MAX =~ ^[1-9][0-9]*$ ]] || die "--k400-max-per-class $K400_MAX: must be an integer >= 1"
+    sub=$(basename "${K400_SUBSET:-all}"); sub=${sub%.*}
+    PT_EXTRACT=(--cache-name "kinetics-${sub//[^A-Za-z0-9_-]/_}${K400_MAX:+-max$K400_MAX}"
+                ${K400_SUBSET:+--class-subset "$K400_SUBSET"} ${K400_MAX:+--max-per-class "$K400_MAX"})
+    PT_DATASET=${PT_EXTRACT[1]}
+  fi
 else
   PT_DATASET=$DATASET PT_ROOT=$DATA_ROOT PT_DIR="$RUN_DIR/pretrain" PT_CONFIG=$CONFIGS/pretrain.json
 fi
@@ -162,7 +189,7 @@ eval "$PRESET_VALUES"
 if [[ $LINEAR_PROBE == 1 && ! -f $CONFIGS/linear.json ]]; then die "the $PRESET preset's file $CONFIGS/linear.json is missing"; fi
 
 # ------------------------------------------------------------------------------ checks
-if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then   # demo-large, ucf101, hmdb51
+if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then   # demo-large, ucf101, hmdb51, k400-ucf101
   $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' ||
     die "the $PRESET preset is the paper's setting (300 + 150 epochs of R(2+1)D-18) and needs a CUDA GPU.
 Try the CPU demo: bash run_all.sh demo   (or pass --allow-cpu to run it anyway)"
@@ -171,6 +198,7 @@ mkdir -p "$RUN_DIR/stages"
 # what the run's results depend on (not where the videos lie); checked once a stage past the
 # preflight has finished, so fixing a wrong --data-root after a failed preflight is no problem
 SIGNATURE="preset=$PRESET pretrain_run=$PT_RUN cache_dir=$CACHE_DIR overrides=${OVERRIDES[*]+"${OVERRIDES[*]}"}"
+if [[ $PRESET == k400-ucf101 ]]; then SIGNATURE+=" pretrain_dataset=$PT_DATASET"; fi
 started=$(find "$RUN_DIR/stages" -name '*.done' ! -name 'data.done' ! -name 'preflight*.done' | head -1)
 if [[ -n $started && -f $RUN_DIR/run_args.txt && $(cat "$RUN_DIR/run_args.txt") != "$SIGNATURE" ]]; then
   die "$RUN_DIR was started with other settings:
@@ -211,13 +239,14 @@ EOF
   say "stage $name finished in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }') s"
 }
 
-preflight() {   # dataset layout, ffmpeg, disk; on a missing dataset: where to get it, and the demo
-  local ds=$1 root=$2
+preflight() {   # preflight DATASET ROOT [FLAG...]: layout, ffmpeg, disk; on a missing dataset: where to get it
+  local ds=$1 root=$2; shift 2
   if ! $PY preprocess/extract_masks.py --doctor --config "$CONFIGS/extract.json" --dataset "$ds" --data-root "$root" \
-      --cache-dir "$CACHE_DIR" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"; then
+      --cache-dir "$CACHE_DIR" "$@" "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}"; then
     cat >&2 <<EOF
 [run_all] preflight failed for $ds at $root (details above).$(
-  [[ $ds != "$DATASET" ]] && printf '\n[run_all] (the %s preset pretrains on UCF101: pass --ucf-root DIR, or run "bash run_all.sh ucf101" first)' "$PRESET")
+  [[ $ds != "$DATASET" && $PRESET == hmdb51 ]] && printf '\n[run_all] (the %s preset pretrains on UCF101: pass --ucf-root DIR, or run "bash run_all.sh ucf101" first)' "$PRESET"
+  [[ $ds != "$DATASET" && $PRESET == k400-ucf101 ]] && printf '\n[run_all] (the %s preset pretrains on Kinetics-400: pass --k400-root DIR)' "$PRESET")
 [run_all] Put the dataset there in the layout shown (or pass --data-root DIR), or try the
 [run_all] self-contained demo first:   bash run_all.sh demo
 EOF
@@ -225,14 +254,14 @@ EOF
   fi
 }
 
-extract() {     # idempotent: cached frames / masks are not recomputed
-  local rc=0
-  $PY preprocess/extract_masks.py --config "$CONFIGS/extract.json" --dataset "$1" --data-root "$2" \
-    --cache-dir "$CACHE_DIR" --lambda "$LAMBDA" --m "$M" --strides "${STRIDES[@]}" \
+extract() {     # extract DATASET ROOT [FLAG...]; idempotent: cached frames / masks are not recomputed
+  local rc=0 ds=$1 root=$2; shift 2
+  $PY preprocess/extract_masks.py --config "$CONFIGS/extract.json" --dataset "$ds" --data-root "$root" \
+    --cache-dir "$CACHE_DIR" --lambda "$LAMBDA" --m "$M" --strides "${STRIDES[@]}" "$@" \
     "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
   # exit 1: some videos could not be decoded (listed above and in failures.txt); every other
   # video is cached, so training goes on without them, as it would with the videos missing
-  if [[ $rc == 1 ]]; then say "warning: some $1 videos failed to decode and are left out (see above)"; rc=0; fi
+  if [[ $rc == 1 ]]; then say "warning: some $ds videos failed to decode and are left out (see above)"; rc=0; fi
   return $rc
 }
 
@@ -273,17 +302,17 @@ if [[ $DATASET == demo ]]; then
     "${X_DEMO[@]+"${X_DEMO[@]}"}"
 fi
 REUSE_PT=0
-if [[ $PT_DATASET != "$DATASET" && -f $PT_DIR/last.pt && -f $RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done ]]; then
+if [[ $PRESET == hmdb51 && -f $PT_DIR/last.pt && -f $RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done ]]; then
   REUSE_PT=1
   say "reusing the UCF101 pretraining of run $PT_RUN: $PT_DIR/last.pt"
   [[ -f $RUN_DIR/stages/pretrain.done ]] || cp "$RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done" "$RUN_DIR/stages/"
 fi
 if [[ $PT_DATASET != "$DATASET" && $REUSE_PT == 0 ]]; then
-  stage preflight_$PT_DATASET preflight "$PT_DATASET" "$PT_ROOT"
+  stage preflight_$PT_DATASET preflight "${PT_DATASET%%-*}" "$PT_ROOT" "${PT_EXTRACT[@]+"${PT_EXTRACT[@]}"}"
 fi
 stage preflight preflight "$DATASET" "$DATA_ROOT"
 if [[ $PT_DATASET != "$DATASET" && $REUSE_PT == 0 ]]; then
-  stage extract_$PT_DATASET extract "$PT_DATASET" "$PT_ROOT"
+  stage extract_$PT_DATASET extract "${PT_DATASET%%-*}" "$PT_ROOT" "${PT_EXTRACT[@]+"${PT_EXTRACT[@]}"}"
 fi
 stage extract extract "$DATASET" "$DATA_ROOT"
 stage pretrain pretrain     # hmdb51: into runs/ucf101/<run-id>/pretrain (a finished one is a no-op)

@@ -86,6 +86,16 @@ def build_shard(job: ShardJob, progress=None) -> ShardResult:
     return result
 
 
+def build_shard_on_worker(job: ShardJob, env: dict[str, str]) -> ShardResult:
+    """`build_shard` on a remote worker (the Dask backend): no progress queue, and first the
+    environment that local worker processes inherit (one thread per numba/OpenMP/BLAS pool, the
+    kernels' cache folder), for everything that reads it from now on."""
+    import os
+
+    os.environ.update(env)
+    return build_shard(job, None)
+
+
 def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, progress) -> None:
     from preprocess.decode import DecodeError, open_video
 

@@ -8,6 +8,8 @@ per parameter set, so adding a set never rewrites frames or other sets):
         frames/manifest.json                        per-video index of the whole frame set
         masks-<lam/m>_stride<s>/shard-00000.h5 ...  e.g. masks-lam30_m0.5_stride2/: one mask set
         masks-<lam/m>_stride<s>/manifest.json       per (lambda, m) and temporal stride s
+        masks-ext-<NAME>/shard-00000.h5 ...         a named mask set imported from elsewhere
+        masks-ext-<NAME>/manifest.json              (preprocess/import_masks.py), e.g. masks-ext-gt/
         failures.txt                                the last run's failures, one line per video
 
 A mask set (lambda, m, stride s) stores, for every frame t of every video, the thresholded
@@ -20,6 +22,17 @@ dilated: the loader applies the per-frame min-max stretch over the clip's crop (
 reference, which computes masks after cropping), the dilation and the first-mask rule, so the
 mask mode (soft/hard) and the dilation are sample-time options, not cache keys.
 
+A named mask set (`NamedMaskSet`, written by preprocess/import_masks.py from boxes, mask arrays or a
+callable) stores FINAL masks instead: uint8 0..255 per frame (soft or binary as imported), one per
+frame of every video, stride-independent (a clip of any stride reads the masks of its own frame
+indices), never stretched, dilated or given the first-mask rule; the trainer (`--mask-set NAME`)
+crops, resizes and flips them with the clip's frames. Its shards use the same record codec, CRCs,
+index checksum and temp+rename writes as the other mask shards (attribute mask_kind = "named"), one
+per frame shard, tied to it by frames_uid; its manifest records the source (file, kind
+boxes/arrays/fn, source resolution) and every video that could not be imported, with the reason.
+A named set is complete when every shard is current and no video failed: `open_cache(...,
+mask_set=NAME)` refuses anything else with the import command to run.
+
 Shard files (HDF5). Every frame of every video is stored as one independently decodable record in
 a flat uint8 blob, with an int64 offsets table: a clip read is one contiguous HDF5 read of the
 byte range spanning the clip plus one small decode per needed frame.
@@ -30,6 +43,8 @@ byte range spanning the clip plus one small decode per needed frame.
                   crc32[F], names, n_frames; attrs frames_uid = the uid of the frame shard the masks were
                   computed from, masks = {lam, m, stride}, mask_format, stats (mean soft mask and coverage on
                   a sample of frames, for `extract_masks.py --list`)
+    named shard:  as a mask shard, data = final masks; attrs mask_kind = "named", mask_set = NAME,
+                  source (JSON), mask_format = NAMED_MASK_FORMAT, stats of the masks as stored
     both:         attr index_crc32 = CRC32 over every dataset but the blob and every other attribute
 
 Each shard is written to a temporary file and renamed into place when complete, so a file named
@@ -80,6 +95,11 @@ MASK_STATS_EVERY = 4  # one frame in 4 feeds the per-set statistics (mean mask v
 DEFAULT_VIDEOS_PER_SHARD = 32
 BLOB_CHUNK_BYTES = 1 << 16  # small: the last, partly filled chunk of a shard is allocated whole
 MASK_ZLIB_LEVEL = 1
+# Named (imported) mask sets: final masks, uint8 0..255 per frame, stride-independent.
+NAMED_MASK_FORMAT = 1
+NAMED_KIND = "named"
+NAMED_PREFIX = "ext-"          # folder masks-ext-<NAME>
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
 class CacheError(ToolError):
@@ -129,12 +149,42 @@ class MaskSet:
         return f"{self.params.key()}_stride{self.stride}"
 
 
+@dataclass(frozen=True)
+class NamedMaskSet:
+    """A mask set imported from elsewhere (preprocess/import_masks.py), selected by name: final
+    masks per frame, independent of lambda, m and the stride."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        import re
+
+        if not re.fullmatch(NAME_PATTERN, str(self.name)):
+            raise ValueError(f"mask set name {self.name!r}: letters, digits, '_', '-', '.', starting with a letter "
+                             f"or digit, at most 64 characters")
+
+    def key(self) -> str:
+        return f"{NAMED_PREFIX}{self.name}"
+
+
+def valid_mask_set_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(NAME_PATTERN, str(name)) is not None
+
+
 def frame_set_dir(cache_dir: str | Path, dataset: str, decode: DecodeParams) -> Path:
     return Path(cache_dir) / dataset / decode.key()
 
 
-def mask_set_dir(frame_set: Path, mask_set: MaskSet) -> Path:
+def mask_set_dir(frame_set: Path, mask_set: "MaskSet | NamedMaskSet") -> Path:
     return frame_set / f"masks-{mask_set.key()}"
+
+
+def named_mask_sets(frame_set: Path) -> list[str]:
+    """Names of the named mask sets that have a manifest."""
+    return sorted(p.parent.name[len("masks-" + NAMED_PREFIX):]
+                  for p in frame_set.glob(f"masks-{NAMED_PREFIX}*/manifest.json"))
 
 
 def old_mask_sets(frame_set: Path) -> list[Path]:
@@ -143,9 +193,12 @@ def old_mask_sets(frame_set: Path) -> list[Path]:
     old = []
     for manifest in sorted(frame_set.glob("masks-*/manifest.json")):
         try:
-            fmt = json.loads(manifest.read_text()).get("mask_format", 1)
-        except (OSError, ValueError):
+            content = json.loads(manifest.read_text())
+            fmt = content.get("mask_format", 1)
+        except (OSError, ValueError, AttributeError):
             continue
+        if content.get("kind") == NAMED_KIND or manifest.parent.name.startswith("masks-" + NAMED_PREFIX):
+            continue        # an imported set (import_masks.py), not an old frame-difference set
         if fmt != MASK_FORMAT:
             old.append(manifest.parent)
     return old
@@ -167,6 +220,21 @@ def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, m
         cmd.append(f"--lambda {masks.lam} --m {masks.m:g}")
         if tuple(strides) != DEFAULT_STRIDES:
             cmd.append("--strides " + " ".join(str(s) for s in strides))
+    return " ".join(cmd)
+
+
+def import_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, name: str,
+                   source: str | None = None) -> str:
+    """The import_masks.py command that (re)builds the named mask set `name`; `source` is its
+    source flags (e.g. "--boxes data/demo/boxes.csv --source-size 320x240"), a placeholder when
+    unknown."""
+    cmd = ["python preprocess/import_masks.py", f"--dataset {dataset}"]
+    if str(cache_dir) != "data_cache":
+        cmd.append(f"--cache-dir {cache_dir}")
+    if decode != DecodeParams():
+        cmd.append(f"--short-side {decode.short_side} --jpeg-quality {decode.jpeg_quality}")
+    cmd.append(f"--name {name}")
+    cmd.append(source or "--boxes FILE.csv --source-size WxH  (or --arrays DIR, or --mask-fn module:function)")
     return " ".join(cmd)
 
 
@@ -393,6 +461,16 @@ class MaskStats:
         self.mask_sum += float(masks.sum(dtype=np.int64)) / 255.0
         self.nonzero += int(np.count_nonzero(masks))
 
+    def add_masks(self, masks: np.ndarray) -> None:
+        """Account for sampled frames of final masks uint8 [t, H, W] (a named set: as stored)."""
+        sample = masks[::MASK_STATS_EVERY]
+        if len(sample) == 0:
+            return
+        self.frames += len(sample)
+        self.pixels += sample.size
+        self.mask_sum += float(sample.sum(dtype=np.int64)) / 255.0
+        self.nonzero += int(np.count_nonzero(sample))
+
     def merge(self, other: "MaskStats") -> None:
         self.frames += other.frames
         self.pixels += other.pixels
@@ -412,7 +490,9 @@ class MaskStats:
 
 
 class ShardWriter:
-    """Writes one frame shard and, alongside, one shard per mask set (lambda, m, stride).
+    """Writes one frame shard and, alongside, one shard per mask set (lambda, m, stride) or
+    named set (a NamedMaskSet key: final masks, `frames_path` None, `frames_uid` the frame shard's,
+    `source` its provenance).
 
     Usage: `add_frames(records, masks_by_set, diffs_by_set)` per decoded chunk, `end_video(row)`
     per video, `fail(...)` for a video that could not be processed, then `commit()` (atomic rename
@@ -421,7 +501,7 @@ class ShardWriter:
 
     def __init__(self, frames_path: Path | None, mask_paths: dict[MaskSet, Path], *,
                  dataset: str, shard_id: int, decode: DecodeParams, frames_uid: str | None,
-                 extra_attrs: dict | None = None):
+                 extra_attrs: dict | None = None, source: dict | None = None):
         self.frames_path, self.mask_paths = frames_path, dict(mask_paths)
         self.shard_id = shard_id
         self.uid = frames_uid or os.urandom(8).hex()  # frames uid: new when frames are written
@@ -443,6 +523,15 @@ class ShardWriter:
                 self._blobs["frames"] = _BlobWriter(f, "jpeg")
             for params, path in self.mask_paths.items():
                 f = self._open(path, params)
+                if isinstance(params, NamedMaskSet):
+                    f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(), "frames_uid": self.uid,
+                                    "mask_kind": NAMED_KIND, "mask_set": params.name,
+                                    "mask_format": NAMED_MASK_FORMAT, "codec": "zlib-rle",
+                                    "source": json.dumps(source or {}, sort_keys=True),
+                                    "content": "final masks (uint8 0..255) per frame, imported: used as stored "
+                                               "(no stretch, no dilation, no first-mask rule)"})
+                    self._blobs[params] = _BlobWriter(f, "data")
+                    continue
                 f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(),
                                 "frames_uid": self.uid, "masks": json.dumps(asdict(params)),
                                 "mask_format": MASK_FORMAT, "codec": "zlib-rle",
@@ -462,7 +551,7 @@ class ShardWriter:
     def add_frames(self, jpegs: Sequence[bytes] | None, masks: dict[MaskSet, Sequence[bytes]],
                    diffs: dict[MaskSet, np.ndarray] | None = None) -> None:
         """Append a chunk: JPEG records, mask records per set, and (for the statistics) the
-        chunk's D arrays per set."""
+        chunk's D arrays per set (a named set: its final masks)."""
         if jpegs is not None:
             self._blobs["frames"].append(jpegs)
             self._frames_in_video += len(jpegs)
@@ -470,7 +559,10 @@ class ShardWriter:
             self._blobs[params].append(recs)
             self._masks_in_video[params] += len(recs)
         for params, d in (diffs or {}).items():
-            self._stats_video[params].add_diffs(d)
+            if isinstance(params, NamedMaskSet):
+                self._stats_video[params].add_masks(d)
+            else:
+                self._stats_video[params].add_diffs(d)
 
     def end_video(self, row: VideoRecord) -> None:
         counts = set(self._masks_in_video.values())
@@ -601,6 +693,21 @@ def frames_shard_is_current(info: ShardInfo, decode: DecodeParams, planned: Sequ
     return None
 
 
+def named_shard_is_current(info: ShardInfo, mask_set: NamedMaskSet, frames_uid: str,
+                           source: dict | None = None) -> str | None:
+    """None if a named set's shard belongs to `mask_set`, was imported for the frame shard
+    `frames_uid` (and, when given, from `source`); else why not."""
+    if str(info.attrs.get("mask_kind", "")) != NAMED_KIND or str(info.attrs.get("mask_set")) != mask_set.name:
+        return "not a shard of this named mask set"
+    if int(info.attrs.get("mask_format", -1)) != NAMED_MASK_FORMAT:
+        return f"named mask format {int(info.attrs.get('mask_format', -1))} (current: {NAMED_MASK_FORMAT})"
+    if str(info.attrs.get("frames_uid")) != frames_uid:
+        return "imported for other frames (the frame shard was rebuilt)"
+    if source is not None and json.loads(info.attrs.get("source", "{}")) != source:
+        return "imported from another source"
+    return None
+
+
 def mask_shard_is_current(info: ShardInfo, masks: MaskSet, frames_uid: str) -> str | None:
     if int(info.attrs.get("mask_format", 1)) != MASK_FORMAT:
         return f"mask format {int(info.attrs.get('mask_format', 1))} (current: {MASK_FORMAT})"
@@ -635,10 +742,11 @@ def _write_manifest(path: Path, manifest: dict) -> dict:
     return manifest
 
 
-def parse_manifest(path: Path, raw: bytes, fix: str) -> dict:
+def parse_manifest(path: Path, raw: bytes, fix: str, tool: str = "extract_masks.py") -> dict:
     """A manifest.json's content, its sha256 checked (manifests written before checksums have
     none and are accepted); CacheError naming the file and `fix` when damaged."""
-    hint = f"Rerunning extract_masks.py rewrites it from the shards:\n  {fix}"
+    hint = (f"Rerunning extract_masks.py rewrites it from the shards:\n  {fix}" if tool == "extract_masks.py"
+            else f"Rerunning {tool} rewrites it:\n  {fix}")
     try:
         manifest = json.loads(raw)
         if not isinstance(manifest, dict):
@@ -717,6 +825,44 @@ def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict)
     return _write_manifest(mdir / "manifest.json", manifest)
 
 
+def write_named_manifest(frame_set: Path, mask_set: NamedMaskSet, frames_manifest: dict, source: dict,
+                         command: str, unmatched: Sequence[str] = ()) -> dict:
+    """Scan a named set's shards and write its manifest.json (atomically): the source, the
+    command that imports it, the videos that failed (with the reasons, from the shards), source
+    videos that match no cached video, statistics, and whether the set is complete (every
+    frame shard has a current shard of this set from this source, and no video failed)."""
+    mdir = mask_set_dir(frame_set, mask_set)
+    present, stale, failed, videos = [], [], [], 0
+    stats = MaskStats()
+    for shard_id in frames_manifest["shards_present"]:
+        path = mdir / shard_name(shard_id)
+        if not path.exists():
+            continue
+        try:
+            info = read_shard_info(path)
+        except CacheError:
+            stale.append(shard_id)
+            continue
+        if named_shard_is_current(info, mask_set, frames_manifest["shard_uids"][str(shard_id)], source) is None:
+            present.append(shard_id)
+            videos += len(info.names)
+            failed += [{"name": f["name"], "reason": f["reason"]} for f in info.failed]
+            stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
+        else:
+            stale.append(shard_id)
+    manifest = {"format_version": FORMAT_VERSION, "kind": NAMED_KIND, "mask_format": NAMED_MASK_FORMAT,
+                "name": mask_set.name, "source": source, "command": command,
+                "stats": {**stats.to_dict(), "mean": stats.mean if stats.pixels else None,
+                          "coverage": stats.coverage if stats.pixels else None},
+                "videos": videos, "failed": failed, "unmatched_source_videos": list(unmatched),
+                "shards_present": present, "stale": stale,
+                "frames_shard_uids": {str(k): frames_manifest["shard_uids"][str(k)] for k in present},
+                "complete": (frames_manifest["complete"] and len(present) == frames_manifest["n_shards"]
+                             and not failed)}
+    mdir.mkdir(parents=True, exist_ok=True)
+    return _write_manifest(mdir / "manifest.json", manifest)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading: the index the trainer builds once, and the lazily opened clip reader.
 
@@ -743,6 +889,8 @@ class CacheIndex:
     masks: MaskParams | None
     manifest_hash: str
     strides: tuple[int, ...] = ()     # the cached mask sets' strides (masks is not None)
+    mask_set_name: str = ""           # the named (imported) mask set opened with it, if any
+    mask_set_fix: str = ""            # the import_masks.py command that rebuilds it
 
     def __len__(self) -> int:
         return len(self.names)
@@ -770,12 +918,18 @@ class CacheIndex:
     def masks_path(self, shard: int, stride: int) -> Path:
         return mask_set_dir(self.root, self.mask_set(stride)) / shard_name(shard)
 
+    def named_masks_path(self, shard: int) -> Path:
+        if not self.mask_set_name:
+            raise CacheError("this CacheIndex was opened without a named mask set (open_cache(..., mask_set=NAME))")
+        return mask_set_dir(self.root, NamedMaskSet(self.mask_set_name)) / shard_name(shard)
+
 
 def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
                decode: DecodeParams = DecodeParams(), masks: MaskParams | None = None,
-               strides: Sequence[int] = DEFAULT_STRIDES) -> CacheIndex:
+               strides: Sequence[int] = DEFAULT_STRIDES, mask_set: str = "") -> CacheIndex:
     """Load the index of a frame set and check the mask sets of (masks, stride) for every
-    stride in `strides`, or explain exactly what to run."""
+    stride in `strides` and, with `mask_set`, the named (imported) mask set of that name (it must
+    exist, be complete and belong to the current frames), or explain exactly what to run."""
     root = frame_set_dir(cache_dir, dataset, decode)
     strides = tuple(int(x) for x in strides) if masks is not None else ()
     fix = extract_command(dataset, cache_dir, decode, masks, strides or DEFAULT_STRIDES)
@@ -806,6 +960,10 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
             raise CacheError(f"{mpath}: mask set {mset.key()} is incomplete or was computed from other frames "
                              f"(stale shards {mman.get('stale', [])}). Rebuild it with:\n  {fix}")
         digest.update(mraw)
+    named_fix = ""
+    if mask_set:
+        named_fix = _check_named_set(root, dataset, cache_dir, decode, mask_set, manifest)
+        digest.update((mask_set_dir(root, NamedMaskSet(mask_set)) / "manifest.json").read_bytes())
     v = manifest["videos"]
     return CacheIndex(
         dataset=dataset, root=root, classes=tuple(manifest["classes"]),
@@ -818,7 +976,42 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
         splits=np.array([x["splits"] for x in v], dtype=np.int8).reshape(-1, 3),
         shard=np.array([x["shard"] for x in v], dtype=np.int32),
         first_frame=np.array([x["first_frame"] for x in v], dtype=np.int64),
-        decode=decode, masks=masks, manifest_hash=digest.hexdigest()[:16], strides=strides)
+        decode=decode, masks=masks, manifest_hash=digest.hexdigest()[:16], strides=strides,
+        mask_set_name=str(mask_set or ""), mask_set_fix=named_fix)
+
+
+def _check_named_set(root: Path, dataset: str, cache_dir, decode: DecodeParams, name: str,
+                     frames_manifest: dict) -> str:
+    """CacheError (naming the file and the import command) unless the named set `name` exists,
+    is complete and was imported for the current frames; returns its import command."""
+    try:
+        nset = NamedMaskSet(name)
+    except ValueError as e:
+        raise CacheError(str(e)) from None
+    placeholder = import_command(dataset, cache_dir, decode, name)
+    npath = mask_set_dir(root, nset) / "manifest.json"
+    if not npath.exists():
+        have = named_mask_sets(root)
+        raise CacheError(f"named mask set '{name}' is not in the cache for {dataset} ({npath} missing; named sets "
+                         f"cached: {', '.join(have) or 'none'}). Import it (boxes, mask arrays or a mask function) "
+                         f"with:\n  {placeholder}")
+    nman = parse_manifest(npath, npath.read_bytes(), placeholder, tool="import_masks.py")
+    fix = nman.get("command") or placeholder
+    if nman.get("kind") != NAMED_KIND or nman.get("name") != name:
+        raise CacheError(f"{npath}: not the manifest of the named mask set '{name}'. Import it again with:\n  {fix}")
+    failed = nman.get("failed") or []
+    if failed:
+        listed = "\n".join(f"  {f['name']}: {f['reason']}" for f in failed[:10])
+        more = f"\n  ... and {len(failed) - 10} more (all in {npath.parent / 'failures.txt'})" if len(failed) > 10 else ""
+        raise CacheError(f"{npath}: named mask set '{name}' lacks {len(failed)} video(s) that could not be "
+                         f"imported:\n{listed}{more}\nFix their masks (or pass --allow-missing to import videos "
+                         f"without masks as empty) and import again with:\n  {fix}")
+    uids = nman.get("frames_shard_uids") or {}
+    if not nman.get("complete") or uids != {k: frames_manifest["shard_uids"].get(k) for k in uids}:
+        raise CacheError(f"{npath}: named mask set '{name}' is incomplete or was imported for other frames "
+                         f"(stale shards {nman.get('stale', [])}; the frames were rebuilt since, or an import was "
+                         f"interrupted). Import it again with:\n  {fix}")
+    return fix
 
 
 def _missing_mask_set_message(root: Path, dataset: str, mset: MaskSet, mpath: Path, fix: str) -> str:
@@ -881,12 +1074,20 @@ class ClipReader:
         return {"index": self.index, "verify": self.verify, "_files": {}}
 
     def _path(self, kind: object, shard: int) -> Path:
-        """kind: "frames", or a stride (int) for that stride's mask set."""
-        return self.index.frames_path(shard) if kind == "frames" else self.index.masks_path(shard, int(kind))
+        """kind: "frames", "named" (the index's named mask set), or a stride (int) for that stride's mask set."""
+        if kind == "frames":
+            return self.index.frames_path(shard)
+        if kind == "named":
+            return self.index.named_masks_path(shard)
+        return self.index.masks_path(shard, int(kind))
 
-    def _fix(self) -> str:
-        """The command that checks the whole cache and rebuilds what is damaged."""
+    def _fix(self, kind: object = None) -> str:
+        """The command that checks the whole cache and rebuilds what is damaged (a named set:
+        the command that imports it again)."""
         idx = self.index
+        if kind == "named":
+            return idx.mask_set_fix or import_command(idx.dataset, idx.root.parent.parent, idx.decode,
+                                                      idx.mask_set_name)
         return extract_command(idx.dataset, idx.root.parent.parent, idx.decode, idx.masks,
                                idx.strides or DEFAULT_STRIDES) + " --verify"
 
@@ -895,10 +1096,14 @@ class ClipReader:
         if key not in self._files:
             path = self._path(kind, shard)
             blob_name, offsets_name, crc_name = BLOBS["frames" if kind == "frames" else "masks"]
-            fix = f"Check the whole cache and rebuild what is damaged with:\n  {self._fix()}"
+            fix = (f"Import it again with:\n  {self._fix(kind)}" if kind == "named" else
+                   f"Check the whole cache and rebuild what is damaged with:\n  {self._fix()}")
             f = None
             try:
                 f = h5py.File(path, "r")
+                if kind == "named" and str(f.attrs.get("mask_kind", "")) != NAMED_KIND:
+                    raise CacheError(f"{path}: not a shard of a named mask set (mask_kind "
+                                     f"{f.attrs.get('mask_kind')!r}). {fix}")
                 crcs = f[crc_name][()].tolist() if self.verify and check_index(f, path, fix) else None
                 blob = f[blob_name]
                 offsets = f[offsets_name][()]
@@ -914,6 +1119,10 @@ class ClipReader:
 
     def _damaged(self, kind: object, shard: int, video: int, record: int) -> CacheError:
         t = record - int(self.index.first_frame[video])
+        if kind == "named":
+            return CacheError(f"{self._path(kind, shard)}: the shard is damaged: checksum mismatch in record {record} "
+                              f"({self.index.names[video]}, frame {t}, named mask set {self.index.mask_set_name}). "
+                              f"Import the set again with:\n  {self._fix(kind)}")
         what = f"frame {t}" if kind == "frames" else f"frame {t}, mask set stride {kind}"
         return CacheError(f"{self._path(kind, shard)}: the shard is damaged: checksum mismatch in record {record} "
                           f"({self.index.names[video]}, {what}). Check the whole cache and rebuild what is "
@@ -934,7 +1143,7 @@ class ClipReader:
         except OSError as e:
             path = self._path(kind, shard)
             raise CacheError(f"{path}: read failed ({e}): the shard is damaged. Check the whole cache and "
-                             f"rebuild what is damaged with:\n  {self._fix()}") from e
+                             f"rebuild what is damaged with:\n  {self._fix(kind)}") from e
         recs = [span[offsets[g] - start:offsets[g + 1] - start] for g in global_idx]
         if crcs is not None:      # only the records returned: ~2 us per 6.5 KB frame
             for g, record in zip(global_idx.tolist(), recs):
@@ -959,6 +1168,19 @@ class ClipReader:
         out = np.empty((len(recs), h, w), np.uint8)
         for record, d in zip(recs, out):
             d[...] = decode_mask(record, h, w)
+        return out
+
+    def named_masks(self, video: int, indices: np.ndarray) -> np.ndarray:
+        """uint8 [T,H,W]: the masks of frames `indices` (any indices, a clip of any stride, repeats
+        allowed) of video `video` in the named mask set the index was opened with, as stored:
+        final masks at cached resolution, no stretch, dilation or first-mask rule."""
+        if not self.index.mask_set_name:
+            raise CacheError("this CacheIndex was opened without a named mask set (open_cache(..., mask_set=NAME))")
+        h, w = int(self.index.heights[video]), int(self.index.widths[video])
+        recs = self._records("named", video, indices)
+        out = np.empty((len(recs), h, w), np.uint8)
+        for record, m in zip(recs, out):
+            m[...] = decode_mask(record, h, w)
         return out
 
     def clip_diffs(self, video: int, indices: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:

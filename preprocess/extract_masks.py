@@ -7,6 +7,9 @@
     python preprocess/extract_masks.py --list                          # what is cached, mask statistics
     python preprocess/extract_masks.py --verify                        # check every record, rebuild damage
     python preprocess/extract_masks.py --doctor                        # preflight only
+    python preprocess/extract_masks.py --dataset kinetics --data-root /data/k400    # Kinetics-400
+    python preprocess/extract_masks.py --dataset kinetics --class-subset mini100.txt --max-per-class 400
+    python preprocess/extract_masks.py --dataset kinetics --joblib-backend dask --scheduler tcp://head:8786
 
 Frames are cached once per dataset and decode parameters; each (lambda, m, stride) gets its own
 mask set beside them: the thresholded differences of Algorithm 1 with the background run over
@@ -17,7 +20,16 @@ with the same parameters recomputes nothing; a new lambda/m/stride computes mask
 frames without running ffmpeg and touches no other file; a changed source file is redone.
 Cluster job arrays: `--shard-index I --num-shards N` builds the shards with id % N == I, into the
 same (shared) cache directory; the last part to finish writes the complete manifest, and rerunning
-without --shard-index afterwards only checks and indexes.
+without --shard-index afterwards only checks and indexes. `--joblib-backend dask --scheduler ADDRESS`
+runs the same shard jobs on a Dask cluster (dask.distributed, optional: requirements-dev.txt) through
+joblib's dask backend; its workers must see the dataset and the cache directory at the same paths
+(a shared filesystem) and import this project. Both can be combined (one cluster per part).
+
+Kinetics: annotated videos without a file are reported and listed in missing.txt of the frame set,
+never fatal. `--class-subset FILE` (one class name per line) and `--max-per-class N` (the first N
+videos of a class by file name, train and val separately) select a subset, cached under its own
+name, `kinetics-<8 hex digits of the selection>` (or `--cache-name`): pass that name as the
+trainer's --dataset. A cache folder records its selection in selection.json and refuses another.
 
 Integrity: every record of a shard has a CRC32 and its index one more (preprocess/cache.py). A
 plain run checks every shard's index (cheap) and rebuilds a damaged one; `--verify` also reads
@@ -38,7 +50,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):   # run as `python preprocess/extract_masks.py`, installed or not: the checkout first
@@ -53,6 +65,8 @@ from preprocess import atomic
 from preprocess.cli import UsageError, check_range, parse_checked
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DASK_REQUIREMENT = "dask[distributed]==2026.8.0"
 EST_BYTES_PER_FRAME = 6500       # JPEG q90 4:2:0 at 128x171, measured on the demo; see README
 EST_BYTES_PER_MASK = 1500        # zlib'd soft mask at 128x171
 
@@ -81,12 +95,18 @@ class ExtractConfig:
     timeout_s: float | None
     chunk_frames: int
     verify: bool = False
+    cache_name: str | None = None   # the dataset's folder in the cache (default: the dataset's name)
+
+    @property
+    def cache_dataset(self) -> str:
+        """The dataset's name in the cache: its folder, the manifests' "dataset", the trainer's --dataset."""
+        return self.cache_name or self.dataset
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="extract_masks.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--dataset", default="ucf101", choices=("ucf101", "hmdb51", "folder", "demo"))
+    p.add_argument("--dataset", default="ucf101", choices=("ucf101", "hmdb51", "folder", "demo", "kinetics"))
     p.add_argument("--data-root", type=Path, help="dataset root (default data/<dataset>)")
     p.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
     p.add_argument("--lambda", dest="lam", type=int, default=30, help="threshold lambda, 0..255 (paper: 10, 30, 60)")
@@ -108,6 +128,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify", action="store_true",
                    help="check the checksum of every record of the frame set and its mask sets, and rebuild the "
                         "shards that are damaged (a plain run checks only each shard's index)")
+    p.add_argument("--class-subset", metavar="FILE", type=Path, default=None,
+                   help="kinetics: only these classes, one name per line as in the annotations' label column "
+                        "('#' comments and blank lines ignored); labels renumbered 0..K-1 in sorted order")
+    p.add_argument("--max-per-class", metavar="N", type=int, default=None,
+                   help="kinetics: at most N videos per class in each of train and val, the first N by file name")
+    p.add_argument("--cache-name", metavar="NAME", default=None,
+                   help="the dataset's folder in the cache and the trainer's --dataset (default: the dataset's "
+                        "name; kinetics with a subset: kinetics-<8 hex digits of the selection>)")
+    p.add_argument("--joblib-backend", choices=("loky", "dask"), default="loky",
+                   help="loky: --workers processes on this machine; dask: the shard jobs on the Dask cluster "
+                        "at --scheduler (workers see the same paths)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="the Dask scheduler for --joblib-backend dask, e.g. tcp://head-node:8786")
+    p.add_argument("--scheduler-timeout", metavar="S", type=float, default=30.0,
+                   help="seconds to wait for the Dask scheduler before giving up (exit 2)")
     # Run-level values are checked before any video is touched: a bad value is a problem of the
     # command, never recorded as a failure of the videos.
     return parse_checked(p, argv, _check_args, config=True)
@@ -128,6 +163,29 @@ def _check_args(args: argparse.Namespace) -> None:
     check_range("--chunk-frames", args.chunk_frames, lo=1)
     if args.timeout is not None:
         check_range("--timeout", args.timeout, lo=0, lo_open=True)
+    for flag, value in (("--class-subset", args.class_subset), ("--max-per-class", args.max_per_class)):
+        if value is not None and args.dataset != "kinetics":
+            raise UsageError(flag, value, "only with --dataset kinetics")
+    if args.max_per_class is not None:
+        check_range("--max-per-class", args.max_per_class, lo=1)
+    args.class_subset_names = None
+    if args.class_subset is not None:
+        from preprocess.datasets import read_class_subset
+
+        try:
+            args.class_subset_names = read_class_subset(args.class_subset)
+        except FileNotFoundError:
+            raise UsageError("--class-subset", args.class_subset, "no such file") from None
+        except (OSError, ValueError) as e:
+            raise UsageError("--class-subset", args.class_subset, str(e)) from None
+    if args.cache_name is not None and not CACHE_NAME.fullmatch(args.cache_name):
+        raise UsageError("--cache-name", args.cache_name, "must be letters, digits, '_', '-' or '.', starting with a "
+                         "letter or digit (a folder name), at most 64 characters")
+    if args.joblib_backend == "dask" and not args.scheduler:
+        raise UsageError("--joblib-backend", "dask", "needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+    if args.scheduler and args.joblib_backend != "dask":
+        raise UsageError("--scheduler", args.scheduler, "only with --joblib-backend dask")
+    check_range("--scheduler-timeout", args.scheduler_timeout, lo=0, lo_open=True)
 
 
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
@@ -136,7 +194,8 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         decode=DecodeParams(args.short_side, args.jpeg_quality),
         masks=MaskParams(args.lam, args.m), strides=tuple(sorted(args.strides)), videos_per_shard=args.videos_per_shard,
         workers=args.workers, shard_index=args.shard_index, num_shards=args.num_shards, force=args.force,
-        retry_failed=args.retry_failed, timeout_s=args.timeout, chunk_frames=args.chunk_frames, verify=args.verify)
+        retry_failed=args.retry_failed, timeout_s=args.timeout, chunk_frames=args.chunk_frames, verify=args.verify,
+        cache_name=args.cache_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +206,7 @@ def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None,
     """Jobs for this part of the cache; also the count of videos skipped and notes on why shards are redone.
     `damaged` ({shard path: reason}, from `verify_cache`) names shards to rebuild whatever else holds."""
     damaged = damaged or {}
-    frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
+    frame_set = frame_set_dir(cfg.cache_dir, cfg.cache_dataset, cfg.decode)
     n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     jobs, skipped, notes = [], 0, []
     wanted = requested_sets(cfg)
@@ -174,7 +233,7 @@ def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None,
             if not todo:
                 skipped += len(part)
                 continue
-            jobs.append(ShardJob(cfg.dataset, shard_id, frame_set, cfg.decode,
+            jobs.append(ShardJob(cfg.cache_dataset, shard_id, frame_set, cfg.decode,
                                  tuple(v for v in part if v.name in set(info.names)), False, tuple(todo),
                                  frames_uid=info.uid, chunk_frames=cfg.chunk_frames))
             skipped += len(part) - len(jobs[-1].videos)  # known failures stay failed
@@ -182,7 +241,7 @@ def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None,
             notes.append(f"shard {shard_id}: frames: {why}")
             # Rebuilding frames invalidates every mask set of this shard: rebuild the cached ones too.
             others = [ms for ms in cached if ms not in wanted and (mask_set_dir(frame_set, ms) / shard_name(shard_id)).exists()]
-            jobs.append(ShardJob(cfg.dataset, shard_id, frame_set, cfg.decode, part, True,
+            jobs.append(ShardJob(cfg.cache_dataset, shard_id, frame_set, cfg.decode, part, True,
                                  (*wanted, *others), ffmpeg=ffmpeg, chunk_frames=cfg.chunk_frames,
                                  timeout_s=cfg.timeout_s))
     return jobs, skipped, notes
@@ -245,7 +304,7 @@ def verify_cache(cfg: ExtractConfig, n_shards: int) -> tuple[dict[Path, str], li
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
-    frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
+    frame_set = frame_set_dir(cfg.cache_dir, cfg.cache_dataset, cfg.decode)
     sets = sorted({*requested_sets(cfg), *_cached_mask_sets(frame_set)}, key=lambda ms: (ms.lam, ms.m, ms.stride))
     folders = [frame_set / "frames", *(mask_set_dir(frame_set, ms) for ms in sets)]
     paths = [p for shard_id in range(cfg.shard_index, n_shards, cfg.num_shards)
@@ -302,11 +361,58 @@ def _limit_worker_threads(cache_dir: Path) -> None:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir.resolve() / ".numba"))
 
 
-def run_jobs(jobs: list[ShardJob], workers: int, total_videos: int) -> list[ShardResult]:
+WORKER_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_CACHE_DIR")
+
+
+def connect_scheduler(address: str, timeout_s: float):
+    """A dask.distributed Client of the scheduler at `address`, or a UsageError (exit 2) saying
+    why not: dask.distributed is not installed, or no scheduler answers there in time."""
+    try:
+        from dask.distributed import Client
+    except ImportError as e:
+        raise UsageError("--joblib-backend", "dask",
+                         f"needs dask.distributed, which is not installed ({e}); install it with "
+                         f"`pip install '{DASK_REQUIREMENT}'` (listed in requirements-dev.txt) or use "
+                         f"--joblib-backend loky") from None
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:      # a bad address fails here, before a Client exists (whose cleanup would hang)
+        comm = await connect(address, timeout=timeout_s)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+    except RuntimeError:
+        pass    # called inside a running event loop (a notebook): the Client below checks the address
+    except (ValueError, TypeError) as e:
+        raise UsageError("--scheduler", address, f"not a Dask scheduler address ({e}); e.g. "
+                         f"tcp://head-node:8786") from None
+    except (OSError, TimeoutError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UsageError("--scheduler", address,
+                         f"no Dask scheduler reachable there within {timeout_s:g} s ({why}); start one with "
+                         f"`dask scheduler` and its workers with `dask worker ADDRESS` on machines that see "
+                         f"the same paths") from None
+    try:
+        return Client(address, timeout=timeout_s, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UsageError("--scheduler", address,
+                         f"no Dask scheduler reachable there within {timeout_s:g} s ({why}); start one with "
+                         f"`dask scheduler` and its workers with `dask worker ADDRESS` on machines that see "
+                         f"the same paths") from None
+
+
+def run_jobs(jobs: list[ShardJob], workers: int, total_videos: int, client=None) -> list[ShardResult]:
+    """Build the shards: `workers` local processes (joblib's loky backend, live per-video progress),
+    or, given a dask.distributed `client`, on its cluster through joblib's dask backend (progress
+    per finished shard: the progress queue does not reach remote workers)."""
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
-    from preprocess.build import build_shard
+    from preprocess.build import build_shard, build_shard_on_worker
 
     results: list[ShardResult] = []
     bar = tqdm(total=total_videos, unit="video", dynamic_ncols=True, smoothing=0.1)
@@ -319,7 +425,16 @@ def run_jobs(jobs: list[ShardJob], workers: int, total_videos: int) -> list[Shar
         bar.update(n_videos)
         bar.set_postfix(frames_per_s=f"{frames / max(time.perf_counter() - start, 1e-9):.0f}", refresh=False)
 
-    if workers == 1 or len(jobs) == 1:
+    if client is not None:
+        from joblib import parallel_config
+
+        env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}  # what local workers inherit
+        with parallel_config(backend="dask", client=client):
+            for result in Parallel(n_jobs=-1, return_as="generator_unordered")(
+                    delayed(build_shard_on_worker)(job, env) for job in jobs):
+                results.append(result)
+                advance(result.videos_ok + len(result.failures), result.frames)
+    elif workers == 1 or len(jobs) == 1:
         class _Inline:
             def put(self, item):
                 advance(*item)
@@ -466,6 +581,60 @@ def _stats_text(stats: dict | None) -> str:
             f"({stats['frames']:,} sampled frames)")
 
 
+SELECTION_FILE = "selection.json"   # in <cache-dir>/<cache name>/: which videos this folder caches
+
+
+def select_videos(args: argparse.Namespace, cfg: ExtractConfig, index):
+    """Apply --class-subset / --max-per-class; returns (index, cfg with the cache name, the
+    selection record). A subset gets its own cache name, `<dataset>-<8 hex digits>` of the
+    selection (sha256 of the record below), unless --cache-name names one."""
+    import hashlib
+
+    from preprocess.datasets import UnknownClassesError, select_classes
+
+    subset = args.class_subset_names is not None or args.max_per_class is not None
+    if subset:
+        try:
+            index = select_classes(index, args.class_subset_names, args.max_per_class)
+        except UnknownClassesError as e:
+            raise UsageError("--class-subset", args.class_subset,
+                             f"{e} (names are the annotations' label column, one per line)") from None
+    record = {"dataset": cfg.dataset,
+              "classes": list(index.classes) if args.class_subset_names is not None else "all",
+              "max_per_class": args.max_per_class}
+    name = cfg.cache_name
+    if name is None and subset:
+        digest = hashlib.sha256(json.dumps(record, ensure_ascii=False, sort_keys=True)
+                                .encode("utf-8", "surrogateescape")).hexdigest()
+        name = f"{cfg.dataset}-{digest[:8]}"
+    return index, replace(cfg, cache_name=name), record
+
+
+def check_selection(cfg: ExtractConfig, record: dict, write: bool) -> None:
+    """Refuse a cache folder that holds another dataset or selection (exit 2); record ours in it.
+    Only for kinetics and --cache-name: the default folders of the other datasets keep no record."""
+    if cfg.dataset != "kinetics" and cfg.cache_name is None:
+        return
+    path = cfg.cache_dir / cfg.cache_dataset / SELECTION_FILE
+    if path.exists():
+        try:
+            held = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            held = None
+        if held != record:
+            def brief(r) -> str:
+                if not isinstance(r, dict):
+                    return "unreadable"
+                c = r.get("classes")
+                n = "all classes" if c == "all" else f"{len(c) if isinstance(c, list) else '?'} classes"
+                return f"{r.get('dataset')}, {n}, max_per_class {r.get('max_per_class')}"
+            flag, value = ("--cache-name", cfg.cache_name) if cfg.cache_name else ("--dataset", cfg.dataset)
+            raise UsageError(flag, value, f"{path.parent} caches another selection ({brief(held)}; this run: "
+                             f"{brief(record)}); use another --cache-name, or the same subset flags")
+    elif write:
+        atomic.write_text(path, json.dumps(record, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -473,6 +642,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = config_from_args(args)
     print(f"[extract] {cfg}")
+    client = None
+    if args.joblib_backend == "dask":   # before any work: dask installed, the scheduler answers
+        client = connect_scheduler(args.scheduler, args.scheduler_timeout)
+        cores = sum(client.ncores().values())
+        print(f"[extract] Dask scheduler {args.scheduler}: {len(client.ncores())} worker(s), {cores} thread(s)")
+    try:
+        return _main(args, cfg, client)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _main(args: argparse.Namespace, cfg: ExtractConfig, client) -> int:
     from preprocess.datasets import DatasetLayoutError
 
     try:
@@ -480,11 +662,18 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetLayoutError as e:
         print(f"[extract] {e}", file=sys.stderr)
         return 2
+    index, cfg, selection = select_videos(args, cfg, index)
+    check_selection(cfg, selection, write=False)
+    if cfg.cache_dataset != cfg.dataset:
+        print(f"[extract] cache name {cfg.cache_dataset} (the trainer's --dataset): {len(index.classes)} classes, "
+              f"{len(index.videos)} videos found" + (f", at most {args.max_per_class} per class and split"
+                                                    if args.max_per_class else ""))
     videos = source_videos(index)
     if args.doctor:
         return 0 if doctor(cfg, index, videos) else 2
     for problem in index.problems:
         print(f"[extract] dataset problem: {problem}", file=sys.stderr)
+    check_selection(cfg, selection, write=True)
 
     _limit_worker_threads(cfg.cache_dir)
     from preprocess.decode import ffmpeg_binary
@@ -493,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     damaged, checks, bad_manifests = verify_cache(cfg, n_shards) if cfg.verify else ({}, [], [])
     jobs, skipped, notes = plan_jobs(cfg, videos, None, damaged)
-    frame_set = frame_set_dir(cfg.cache_dir, cfg.dataset, cfg.decode)
+    frame_set = frame_set_dir(cfg.cache_dir, cfg.cache_dataset, cfg.decode)
     if any(j.build_frames for j in jobs):
         try:
             binary = ffmpeg_binary()
@@ -509,16 +698,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[extract] {note}")
         n_decode = sum(len(j.videos) for j in jobs if j.build_frames)
         n_masks = sum(len(j.videos) for j in jobs if not j.build_frames)
+        where = f"the Dask cluster at {args.scheduler}" if client is not None else f"{cfg.workers} worker(s)"
         print(f"[extract] {len(jobs)} shard(s): {n_decode} videos to decode, {n_masks} to mask from cached "
-              f"frames, {skipped} already cached; {cfg.workers} worker(s)")
+              f"frames, {skipped} already cached; {where}")
     try:
-        results = run_jobs(jobs, cfg.workers, sum(len(j.videos) for j in jobs)) if jobs else []
+        results = run_jobs(jobs, cfg.workers, sum(len(j.videos) for j in jobs), client) if jobs else []
     except CacheError as e:     # e.g. masks asked of a damaged frame shard: the message says what to run
         print(f"[extract] {e}", file=sys.stderr)
         return 2
 
     # Index what is on disk now (all parts of a job array write the same cache directory).
-    manifest = write_frames_manifest(frame_set, cfg.dataset, index.classes, cfg.decode, n_shards, cfg.videos_per_shard)
+    manifest = write_frames_manifest(frame_set, cfg.cache_dataset, index.classes, cfg.decode, n_shards,
+                                     cfg.videos_per_shard)
     mask_manifests = {ms: write_masks_manifest(frame_set, ms, manifest)
                       for ms in {*requested_sets(cfg), *_cached_mask_sets(frame_set)}}
     for ms in requested_sets(cfg):
@@ -540,6 +731,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[extract] FAILED {line}", file=sys.stderr)
     elif report.exists():
         report.unlink()
+    missing_report = frame_set / "missing.txt"   # kinetics: annotated videos without a file (not fatal)
+    if index.missing:
+        text = "# annotation row\texpected file\tclass\n" + "\n".join(index.missing) + "\n"
+        atomic.write_bytes(missing_report, text.encode("utf-8", "surrogateescape"))
+        print(f"[extract] {len(index.missing)} annotated video(s) are missing on disk (not fatal): listed in "
+              f"{missing_report}", file=sys.stderr)
+    elif missing_report.exists():
+        missing_report.unlink()
     elapsed = time.perf_counter() - t0
     ok = sum(r.videos_ok for r in results)
     frames = sum(r.frames for r in results)

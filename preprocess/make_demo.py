@@ -2,6 +2,7 @@
 
     python preprocess/make_demo.py --data-root data/demo --seed 0 [--classes 6 --groups 18 --clips 3
                                                                     --frames 40] [--config FILE]
+    python preprocess/make_demo.py --data-root data/demo --write-boxes    # + ground-truth boxes.csv
 
 Layout (what UCF101's two archives unpack to)::
 
@@ -10,6 +11,7 @@ Layout (what UCF101's two archives unpack to)::
     <root>/ucfTrainTestlist/trainlist0{1,2,3}.txt         "Circle/v_Circle_g04_c01.avi 1"
     <root>/ucfTrainTestlist/testlist0{1,2,3}.txt          "Circle/v_Circle_g01_c01.avi"
     <root>/demo.json                                      parameters, per-video frame counts
+    <root>/boxes.csv, boxes.json                          with --write-boxes only (see below)
 
 The list files use CRLF line endings like the official UCF101 split files. Groups are cut into
 three contiguous, nearly equal blocks; split k tests on block k and trains on the rest (UCF101:
@@ -52,6 +54,18 @@ reported demo's test split):
 - Motions are fast enough (1.5x version 2) to show in an 8-frame clip at 48 pixels.
 
 Frame counts vary per video, uniformly in ``[frames - frames // 4, frames]``.
+
+Ground-truth boxes (``--write-boxes``, or ``make_demo(..., write_boxes=True)``): ``boxes.csv``
+holds, for every frame of every video, the bounding box of each MOVING object (never the static
+distractors) as rendered: columns ``video,frame,object,x1,y1,x2,y2``, ``video`` the path used in
+the list files and the cache (``Circle/v_Circle_g01_c01.avi``), ``frame`` 0-based, integer pixel
+coordinates of the 320x240 rendered video with the box covering ``x1 <= x < x2``, ``y1 <= y < y2``:
+exactly the pixels the object paints (its anti-aliased edge included), clipped to the frame; a
+frame where an object is entirely outside the picture has no row for it. ``boxes.json`` records
+the resolution (``source_size``: [320, 240]) and the parameters. They feed
+``preprocess/import_masks.py --boxes <root>/boxes.csv --source-size 320x240`` (Table 3's
+comparison with an external mask source). Written without rendering (the boxes come from the
+scene, tracks and camera draws); the videos and other files are the same with or without them.
 
 Determinism: the frames depend only on (seed, class, group, clip, frames); ``render_video``
 returns them before encoding. The encoder runs single-threaded with bitexact flags, so the same
@@ -99,6 +113,8 @@ __all__ = [
     "render_video",
     "encode_video",
     "make_demo",
+    "object_boxes",
+    "write_ground_truth_boxes",
     "main",
 ]
 
@@ -465,6 +481,95 @@ def clip_scene(seed: int, class_name: str, group: int, clip: int, height: int = 
     return sample_scene(_rng(seed, _SCENE, ALL_CLASSES.index(class_name), group, clip), height, width)
 
 
+def _object_box(look: ObjectLook, cx: float, cy: float, scale: float, angle: float, height: int,
+                width: int) -> tuple[int, int, int, int] | None:
+    """The pixels `_draw` paints (alpha > 0) for this pose on a height x width image: (x1, y1,
+    x2, y2) with x1 <= x < x2, or None when none lies in the image. Same grid arithmetic as
+    `_draw`."""
+    rad = look.radius * scale
+    ext = rad * max(look.aspect, 1.0) * 1.1 + 2
+    x0, x1 = max(0, int(cx - ext)), min(width, int(cx + ext) + 2)
+    y0, y1 = max(0, int(cy - ext)), min(height, int(cy + ext) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    dx = (np.arange(x0, x1, dtype=np.float32)[None, :] - cx) / rad
+    dy = (np.arange(y0, y1, dtype=np.float32)[:, None] - cy) / rad
+    c, s = math.cos(angle), math.sin(angle)
+    u = c * dx + s * dy
+    v = -s * dx + c * dy
+    inside = np.clip(0.5 - _shape_distance(look, u, v) * rad, 0.0, 1.0) > 0
+    cols, rows = np.flatnonzero(inside.any(0)), np.flatnonzero(inside.any(1))
+    if cols.size == 0:
+        return None
+    return x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1
+
+
+def object_boxes(class_name: str, group: int, clip: int, seed: int = 0, n_frames: int = 40,
+                 height: int = HEIGHT, width: int = WIDTH) -> list[tuple[int, int, int, int, int, int]]:
+    """Ground-truth boxes of the moving objects of one video, as ``render_video`` draws them:
+    [(frame, object, x1, y1, x2, y2)] in the rendered frame's pixels (x1 <= x < x2), sorted by
+    frame and object; an object entirely outside a frame has no box there."""
+    ci = ALL_CLASSES.index(class_name)
+    scene = clip_scene(seed, class_name, group, clip, height, width)
+    trng = _rng(seed, _TRACK, ci, group, clip)
+    tracks = [sample_track(class_name, trng, n_frames, height, width) for _ in scene.looks]
+    cam = sample_camera(_rng(seed, _CAMERA, ci, group, clip), n_frames)
+    out = []
+    for t in range(n_frames):
+        for k, (look, tr) in enumerate(zip(scene.looks, tracks)):
+            box = _object_box(look, tr.x[t] - cam.ox[t], tr.y[t] - cam.oy[t], tr.scale[t],
+                              look.angle + tr.angle[t], height, width)
+            if box is not None:
+                out.append((t, k, *box))
+    return out
+
+
+BOX_HEADER = "video,frame,object,x1,y1,x2,y2"
+
+
+def _video_boxes_csv(c: str, g: int, j: int, n: int, seed: int) -> str:
+    name = video_name(c, g, j)
+    return "".join(f"{name},{t},{k},{x1},{y1},{x2},{y2}\n" for t, k, x1, y1, x2, y2 in
+                   object_boxes(c, g, j, seed=seed, n_frames=n))
+
+
+def write_ground_truth_boxes(root, seed: int = 0, classes: int = DEFAULTS["classes"], groups: int = DEFAULTS["groups"],
+                clips: int = DEFAULTS["clips"], frames: int = DEFAULTS["frames"], verbose: bool = False) -> Path:
+    """Write ``<root>/boxes.csv`` and ``boxes.json`` (ground-truth boxes of the moving objects,
+    see the module docstring) for the demo of these parameters; a file whose content is already
+    right is left as it is. Returns the path of boxes.csv."""
+    from preprocess import atomic
+
+    root = Path(root)
+    params = _params(seed, classes, groups, clips, frames)
+    jobs = [(c, g, j, video_length(seed, c, g, j, frames))
+            for c in class_names(classes) for g in range(1, groups + 1) for j in range(1, clips + 1)]
+    jobs.sort(key=lambda x: video_name(*x[:3]))
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(_video_boxes_csv, *zip(*jobs), [seed] * len(jobs), chunksize=8))
+    text = BOX_HEADER + "\n" + "".join(parts)
+    meta = json.dumps({"file": "boxes.csv", "source_size": [WIDTH, HEIGHT], "columns": BOX_HEADER.split(","),
+                       "objects": "the moving objects of every video (never the static distractors)",
+                       "coordinates": "pixels of the rendered video (x right, y down); a box covers "
+                                      "x1 <= x < x2, y1 <= y < y2: the pixels the object paints, clipped to the frame",
+                       "import": f"python preprocess/import_masks.py --dataset demo --name gt --boxes "
+                                 f"{root / 'boxes.csv'} --source-size {WIDTH}x{HEIGHT}",
+                       "params": params}, indent=1) + "\n"
+    path = root / "boxes.csv"
+    for target, content in ((path, text), (root / "boxes.json", meta)):
+        try:
+            if target.read_text() == content:
+                continue
+        except OSError:
+            pass
+        atomic.write_text(target, content)
+    if verbose:
+        print(f"wrote ground-truth boxes of the moving objects ({text.count(chr(10)) - 1} boxes, "
+              f"{len(jobs)} videos, {WIDTH}x{HEIGHT}) to {path}")
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # encoding and the dataset
 
@@ -516,8 +621,9 @@ def _write_lists(lists: Path, classes: list[str], groups: int, clips: int) -> No
 def make_demo(root, seed: int = 0, classes: int = DEFAULTS["classes"],
               groups: int = DEFAULTS["groups"], clips: int = DEFAULTS["clips"],
               frames: int = DEFAULTS["frames"], binary: str | None = None,
-              verbose: bool = False) -> Path:
-    """Build (or find) the demo dataset at ``root``; returns ``root`` as a Path."""
+              verbose: bool = False, write_boxes: bool = False) -> Path:
+    """Build (or find) the demo dataset at ``root``; returns ``root`` as a Path. With
+    ``write_boxes`` also ``boxes.csv`` / ``boxes.json`` (ground-truth boxes, see `write_ground_truth_boxes`)."""
     root = Path(root)
     if frames < 8:
         raise ValueError("frames must be >= 8")
@@ -536,6 +642,8 @@ def make_demo(root, seed: int = 0, classes: int = DEFAULTS["classes"],
     if existing() == params:
         if verbose:
             print(f"demo dataset already at {root} (same parameters): nothing to do")
+        if write_boxes:
+            write_ground_truth_boxes(root, seed, classes, groups, clips, frames, verbose)
         return root
     if root.exists() and not marker.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and is not a demo dataset; refusing to replace it")
@@ -572,6 +680,8 @@ def make_demo(root, seed: int = 0, classes: int = DEFAULTS["classes"],
     if verbose:
         print(f"wrote {len(videos)} videos ({len(names)} classes x {groups} groups x {clips} "
               f"clips, {sum(videos.values())} frames) to {root} in {seconds:.1f} s")
+    if write_boxes:
+        write_ground_truth_boxes(root, seed, classes, groups, clips, frames, verbose)
     return root
 
 
@@ -625,13 +735,16 @@ def parse_args(argv=None):
                     help=f"clips per group (default {DEFAULTS['clips']})")
     ap.add_argument("--frames", type=int, default=DEFAULTS["frames"],
                     help=f"maximum frames per video; lengths vary down to 3/4 of it (default {DEFAULTS['frames']})")
+    ap.add_argument("--write-boxes", action="store_true",
+                    help="also write boxes.csv (+ boxes.json): ground-truth boxes of the moving objects per frame, "
+                         "for preprocess/import_masks.py --boxes (an existing demo gets them without re-rendering)")
     return parse_checked(ap, argv, _check_args, config=True)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     make_demo(args.root, seed=args.seed, classes=args.classes, groups=args.groups,
-              clips=args.clips, frames=args.frames, verbose=True)
+              clips=args.clips, frames=args.frames, verbose=True, write_boxes=args.write_boxes)
     return 0
 
 

@@ -134,3 +134,34 @@ def test_demo_large_preset_runs_on_tiny_settings(tmp_path):
     assert res["missing"] == [] and res["configs"]["pretrain"]["method"] == "mac-sc"
     assert res["configs"]["pretrain"]["dataset"] == "demo" and res["configs"]["pretrain"]["frames"] == 4
     assert set(res["gains"]) == {"finetuned video top-1", "linear probe video top-1", "retrieval R@1"}
+
+
+@pytest.mark.slow
+def test_chain_k400_to_ucf101_on_tiny_trees(tmp_path, ffmpeg_exe):
+    """k400-ucf101: pretraining on a Kinetics tree in the official layout (missing and broken
+    clips reported, not fatal; a class subset cached under its own name), then finetuning and
+    evaluation on a UCF101 tree."""
+    from tests.conftest import make_ucf_layout
+    from tests.test_kinetics import CLASSES as K_CLASSES, make_kinetics
+
+    k400 = make_kinetics(tmp_path / "k400", ffmpeg_exe, per_class=True)
+    ucf = make_ucf_layout(tmp_path / "ucf", ffmpeg_exe)
+    subset = tmp_path / "two.txt"
+    subset.write_text("".join(c + "\n" for c in sorted(K_CLASSES)[:2]))
+    tiny = [o for o in TINY if not o.startswith("demo.")]
+    args = ["k400-ucf101", "--allow-cpu", "--k400-root", str(k400["root"]), "--k400-subset", str(subset),
+            "--data-root", str(ucf), "--runs-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--run-id", "tiny", *tiny, "pretrain.eval-every=0"]
+    r = run_all(tmp_path, *args)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    run = tmp_path / "runs" / "ucf101" / "tiny"
+    stages = {p.stem for p in (run / "stages").glob("*.done")}
+    assert {"preflight_kinetics-two", "extract_kinetics-two", "extract", "pretrain", "finetune", "evaluate",
+            "retrieve", "summary"} <= stages, stages
+    pre = json.loads((run / "pretrain" / "config.json").read_text())["config"]
+    assert pre["dataset"] == "kinetics-two" and pre["method"] == "mac-sc"
+    assert (tmp_path / "cache" / "kinetics-two").is_dir() and not (tmp_path / "cache" / "kinetics").exists()
+    assert "failed to decode" in r.stdout                        # the broken clip: reported, left out
+    res = json.loads((run / "results.json").read_text())
+    assert 0.0 <= res["metrics"]["evaluate"]["video_top1"] <= 100.0
+    assert res["configs"]["finetune"]["dataset"] == "ucf101"

@@ -18,7 +18,7 @@ from train.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-PRESETS = ("demo", "demo-large", "ucf101", "hmdb51")
+PRESETS = ("demo", "demo-large", "ucf101", "hmdb51", "k400-ucf101")
 
 
 def write(path: Path, obj) -> Path:
@@ -220,7 +220,7 @@ def test_extract_masks_file_flags_defaults(tmp_path, capsys):
     assert a.strides == [3] and a.lam == 60 and a.m == 1.0
     for content, key, expected in [({"strides": [2, 2]}, "strides", "must be distinct"),
                                    ({"lambda": -5}, "lambda", "-5: must be an integer in [0, 255]"),
-                                   ({"dataset": "kinetics"}, "dataset", "must be one of ucf101, hmdb51, folder, demo"),
+                                   ({"dataset": "sports1m"}, "dataset", "must be one of ucf101, hmdb51, folder, demo, kinetics"),
                                    ({"timeout": "10"}, "timeout", "must be a number or null"),
                                    ({"lam": 30}, "lam", 'write it "lambda"')]:
         bad = write(tmp_path / "bad.json", content)

@@ -259,7 +259,7 @@ def test_ucf_layout_errors(tmp_path):
         load_dataset("ucf101", root)
 
     with pytest.raises(ValueError, match="unknown dataset"):
-        load_dataset("kinetics", root)
+        load_dataset("sports1m", root)
 
 
 # --------------------------------------------------------------------------- HMDB51
@@ -429,7 +429,7 @@ def test_class_index_round_trip(tmp_path):
 
 
 def test_registry_describes_every_dataset():
-    assert set(DATASETS) == {"ucf101", "hmdb51", "folder", "demo"}
+    assert set(DATASETS) == {"ucf101", "hmdb51", "folder", "demo", "kinetics"}
     assert "UCF101.rar" in DATASETS["ucf101"] and "test_train_splits.rar" in DATASETS["hmdb51"]
     assert DEMO_COMMAND in DATASETS["demo"]
     assert ds.VIDEO_EXTENSIONS >= {".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v"}

@@ -149,16 +149,27 @@ class PretrainClips(_CacheClips):
     (`preprocess.masks.foreground_masks`, the reference exactly; lambda and m from
     ``index.masks``, no mask set needed); "cache" reads the clip's thresholded differences from
     the mask set of its stride (the index must be opened with every stride of cfg.strides) and
-    makes the masks over the crop (`train.mac.clip_masks`)."""
+    makes the masks over the crop (`train.mac.clip_masks`).
+
+    `mask_set` NAME (a named set imported by preprocess/import_masks.py; the index must be opened
+    with open_cache(..., mask_set=NAME)) replaces both: the set's final masks are read at the
+    clip's frame indices and cropped, resized and flipped together with the frames
+    (`train.mac.apply_spatial`), with no stretch, dilation or first-mask rule (cfg.mask_source,
+    mask_mode and dilate are not used)."""
 
     _stream = _STREAM_PRETRAIN
 
     def __init__(self, index, split: int, part: str, cfg: MACConfig,
-                 reader_factory: Callable[[Any], Any] | None = None):
+                 reader_factory: Callable[[Any], Any] | None = None, mask_set: str = ""):
+        self.mask_set = str(mask_set or "")
+        if self.mask_set and getattr(index, "mask_set_name", "") != self.mask_set:
+            raise ValueError(f"mask_set {self.mask_set!r} needs the cache opened with it: "
+                             f"open_cache(..., mask_set={self.mask_set!r}) (opened with "
+                             f"{getattr(index, 'mask_set_name', '') or 'none'})")
         if getattr(index, "masks", None) is None:
             raise ValueError("PretrainClips needs the mask parameters: open the cache with "
                              "open_cache(..., masks=MaskParams(lam, m))")
-        if cfg.mask_source == "cache":
+        if cfg.mask_source == "cache" and not self.mask_set:
             missing = sorted(set(cfg.strides) - set(getattr(index, "strides", ())))
             if missing:
                 raise ValueError(f"mask_source 'cache' needs the mask sets of strides {missing}: open the cache "
@@ -184,8 +195,11 @@ class PretrainClips(_CacheClips):
 
         idx = sample_clip_indices(n, cfg.frames, stride, start)
         frames = self._read(v, idx)
-        qf, _ = apply_spatial(frames, None, sq)
-        qm = self._masks(v, idx, frames, qf, sq)
+        if self.mask_set:       # imported final masks: the frames' own crop, resize and flip
+            qf, qm = apply_spatial(frames, self.reader.named_masks(v, idx), sq)
+        else:
+            qf, _ = apply_spatial(frames, None, sq)
+            qm = self._masks(v, idx, frames, qf, sq)
         item = {
             "frames": torch.from_numpy(qf), "masks": torch.from_numpy(qm),
             "alpha": torch.from_numpy(alpha), "alpha_idx": torch.from_numpy(alpha_idx),

@@ -29,8 +29,10 @@ cropped, flipped, stretched per frame over the crop (soft) or thresholded (hard)
 resized with the frames; inflating 16 stored records costs more than computing the masks
 (`benchmarks/bench_loader.py`: ~1.3 ms against ~0.3 ms a clip), and the background at the clip's
 start carries its phase's earlier frames (`benchmarks/bench_mask_agreement.py`: correlation
-0.93-0.95 with the exact masks on training samples). It is there for mask sets that cannot be
-computed from the frames (e.g. imported ones) and for inspecting the cached sets.
+0.93-0.95 with the exact masks on training samples). It is there to inspect the cached sets and
+to compare with them. Masks that cannot be computed from the frames (boxes of a detector,
+segmentations: preprocess/import_masks.py) are a named set (`--mask-set NAME`), read at the
+clip's indices and cropped with the frames, never stretched or dilated.
 
 Blending (SPEC 2.6)
 -------------------

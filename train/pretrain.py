@@ -3,6 +3,7 @@
     python train/pretrain.py --dataset ucf101 --lambda 30 --m 0.5 --method mac-sc --n 2 --k 4 --backbone r2plus1d_18 --epochs 300
     torchrun --nproc_per_node 8 train/pretrain.py ...       # --batch-size is per process
     python train/pretrain.py --dataset demo --frames 8 --crop 64 --batch-size 4 --epochs 2 --workers 0   # CPU smoke
+    python train/pretrain.py --config configs/demo/pretrain.json --mask-set gt   # masks imported by import_masks.py
 
 This script builds the data, the model (train/mac_model.py: MACModel, shuffle BN, the losses)
 and the optimiser, and hands train/loop.py's `fit` what is its own: the MAC transform, the step,
@@ -27,7 +28,7 @@ import torch
 if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.cache import CacheError, DecodeParams, MaskParams, open_cache
+from preprocess.cache import NAME_PATTERN, CacheError, DecodeParams, MaskParams, open_cache, valid_mask_set_name
 from preprocess.cli import UsageError, exit_with
 from train import engine as E
 from train import loop
@@ -55,6 +56,9 @@ class PretrainConfig:
     mask_mode: str = flag("soft", "masks: soft (stretched differences, the reference) | hard (255)",
                           choices=MASK_MODES)
     dilate: bool = flag(True, "masks: the reference's 2x2 dilation")
+    mask_set: str = flag("", "masks: a named mask set imported with preprocess/import_masks.py (e.g. boxes of "
+                         "detections, Table 3), read at the clip's frames and cropped/resized with them, used as "
+                         "stored; replaces the frame-difference masks ('' = none)")
     # the MAC sample
     method: str = flag("mac-sc", "mac-s: alpha classification; mac-sc: + MoCo v2", choices=("mac-s", "mac-sc"))
     n: int = flag(2, "temporal segments (MAC-2 / MAC-4)", lo=1, note="the paper's: 2, 4")
@@ -132,6 +136,17 @@ class PretrainConfig:
             raise UsageError("--frames", self.frames, f"must be a multiple of --n {self.n} (equal segments)")
         if self.crop > min(self.scales):
             raise UsageError("--crop", self.crop, f"must be <= the smallest of --scales ({min(self.scales)})")
+        if self.mask_set:
+            if not valid_mask_set_name(self.mask_set):
+                raise UsageError("--mask-set", self.mask_set, f"must be a mask set name ({NAME_PATTERN}), as given to "
+                                                              f"import_masks.py --name")
+            if self.mask_source != "clip":
+                raise UsageError("--mask-source", self.mask_source, "does not combine with --mask-set (the named "
+                                                                    "set's masks replace the frame-difference masks)")
+            if self.mask_mode != "soft" or not self.dilate:
+                raise UsageError("--mask-mode" if self.mask_mode != "soft" else "--dilate",
+                                 self.mask_mode if self.mask_mode != "soft" else "false",
+                                 "applies to frame-difference masks only: a --mask-set's masks are used as stored")
         if self.method == "mac-sc":
             check_queue(self, world=1)
 
@@ -165,6 +180,8 @@ def default_run_id(cfg: PretrainConfig) -> str:
         rid += f"_{cfg.mask_mode}{'' if cfg.dilate else '_nodilate'}"
     if cfg.mask_source != "clip":
         rid += f"_masks-{cfg.mask_source}"
+    if cfg.mask_set:
+        rid += f"_maskset-{cfg.mask_set}"
     return rid + ("_reverse" if cfg.reverse else "") + ("_sym" if cfg.symmetric else "")
 
 
@@ -255,22 +272,22 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
     E.configure_backends(d, cfg.deterministic)
 
     # data: the frame set and, for --mask-source cache, the mask sets of (lambda, m) at every
-    # stride the clips are drawn with
+    # stride the clips are drawn with; for --mask-set, the named (imported) set
     decode = DecodeParams(cfg.short_side, cfg.jpeg_quality)
     masks = MaskParams(cfg.lam, cfg.m)
-    strides = tuple(sorted(set(cfg.strides))) if cfg.mask_source == "cache" else ()
+    strides = tuple(sorted(set(cfg.strides))) if cfg.mask_source == "cache" and not cfg.mask_set else ()
     try:
-        index = open_cache(cfg.cache_dir, cfg.dataset, decode, masks, strides)
+        index = open_cache(cfg.cache_dir, cfg.dataset, decode, masks, strides, mask_set=cfg.mask_set)
     except CacheError as e:
         msg = str(e)
-        if "extract_masks.py" not in msg:    # the fix must always be on screen
+        if "extract_masks.py" not in msg and "import_masks.py" not in msg:    # the fix must always be on screen
             from preprocess.cache import extract_command
             msg += f"\nBuild it with:\n  {extract_command(cfg.dataset, cfg.cache_dir, decode, masks, strides)}"
         if d.is_main:
             print(f"[pretrain] cannot open the cache: {msg}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     mcfg = mac_config(cfg)
-    train_ds = PretrainClips(index, cfg.split, cfg.part, mcfg)
+    train_ds = PretrainClips(index, cfg.split, cfg.part, mcfg, mask_set=cfg.mask_set)
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, distributed=d.distributed,
                          seed=cfg.seed)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
@@ -280,7 +297,7 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
     eval_cfg = dataclasses.replace(mcfg, key_view=False)
     eval_loader = None
     if cfg.eval_every and len(index.subset(cfg.split, "test")):
-        eval_ds = PretrainClips(index, cfg.split, "test", eval_cfg)
+        eval_ds = PretrainClips(index, cfg.split, "test", eval_cfg, mask_set=cfg.mask_set)
         eval_loader = make_loader(eval_ds, cfg.batch_size, min(cfg.workers, 2), shuffle=False,
                                   distributed=d.distributed, seed=cfg.seed, persistent_workers=False)
     tf, eval_tf = MACTransform(mcfg, d.device), MACTransform(eval_cfg, d.device)
@@ -345,7 +362,7 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
                 "moco": ({"queue": model.queue, "ptr": int(model.queue_ptr)} if model.contrastive else None),
                 "dataset": cfg.dataset, "split": cfg.split, "mac": mcfg.to_dict(), "num_classes": n_out,
                 "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode),
-                          "masks": dataclasses.asdict(masks), "strides": list(strides)},
+                          "masks": dataclasses.asdict(masks), "strides": list(strides), "mask_set": cfg.mask_set},
                 "norm": cfg.norm, "mask_stats": {"sum": dict(mask_sum), "n": dict(mask_n)}}
 
     def restore(ck: dict) -> None:              # a mid-epoch checkpoint keeps the epoch's mask statistics

@@ -14,7 +14,11 @@ Reads what the stages left in the run directory (run_all.sh's layout):
 and writes
   results.json        resolved config of every stage, git commit, cache manifest hash and mask
                       parameters, seeds, devices, metrics, wall time per stage
-  summary.md          results table, wall times, loss/accuracy curves (curves_<stage>.png)
+  summary.md          results table, wall times, loss/accuracy curves (curves_<stage>.png) and pictures
+                      (train/visualize.py), each drawn when its inputs exist: preview_train.png (the first
+                      training samples of the pretraining: frames | mask | MAC clip), the confusion matrix
+                      of evaluate/, cam_test.png (Grad-CAM of the finetuned model on a few test videos);
+                      a picture that cannot be drawn leaves a warning line, never a failed report
   results_table.md    the table alone (run_all.sh prints it)
 The pretraining may live outside the run directory (the hmdb51 preset reuses a UCF101 one):
 --pretrain-dir. Missing stages are reported, not fatal; `results["missing"]` lists every expected
@@ -121,10 +125,11 @@ def cache_info(cfg: dict, cache_dir: str | None) -> dict:
     out = {"dataset": cfg.get("dataset"), "decode": decode.key(),
            "masks": None if masks is None else {"key": masks.key(), "lambda": masks.lam, "m": masks.m,
                                                 "strides": list(strides), "source": cfg.get("mask_source", "cache"),
-                                                "mode": cfg.get("mask_mode", "soft"), "dilate": cfg.get("dilate", True)}}
+                                                "mode": cfg.get("mask_mode", "soft"), "dilate": cfg.get("dilate", True),
+                                                "mask_set": cfg.get("mask_set") or None}}
     try:
         index = open_cache(cache_dir or cfg.get("cache_dir", "data_cache"), cfg.get("dataset", "ucf101"), decode,
-                           masks, strides)
+                           masks, strides, mask_set=cfg.get("mask_set") or "")
         out.update(manifest_hash=index.manifest_hash, root=str(index.root), videos=len(index))
     except (CacheError, OSError, KeyError, ValueError) as e:
         out.update(manifest_hash=None, error=str(e).splitlines()[0])
@@ -335,7 +340,59 @@ def write_json(path: Path, obj) -> None:
     atomic.write_json(path, obj)
 
 
-def write_report(res: dict, pretrain_dir: Path | None = None) -> str:
+def _picture_failed(what: str, e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    why = f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
+    print(f"[report] warning: {what} not drawn ({why})", file=sys.stderr, flush=True)
+    return f"- ({what} not drawn: {why})"
+
+
+def pictures(run_dir: Path, pretrain_dir: Path | None = None, cache_dir: str | None = None,
+             num: int = 3) -> list[str]:
+    """The summary's pictures (markdown lines), each only if its inputs exist: the first `num`
+    training samples of the pretraining as the trainer drew them (frames | mask | MAC clip), the
+    confusion matrix of the evaluation, and Grad-CAMs of the finetuned model on `num` test videos.
+    A picture that fails to draw becomes a warning line: it never fails the report."""
+    run_dir = Path(run_dir)
+    pt = Path(pretrain_dir) if pretrain_dir else run_dir / "pretrain"
+    md: list[str] = []
+    if (pt / "config.json").is_file():
+        try:
+            from train.visualize import preview_training_samples
+
+            png = preview_training_samples(pt / "config.json", run_dir / "preview_train.png", num=num,
+                                           cache_dir=cache_dir)
+            md += ["### Training samples", "",
+                   f"The first {num} samples of pretraining epoch 0 as the trainer drew them: frames, mask, MAC clip "
+                   "(the network's input, normalisation undone; alpha written on each segment's first frame). "
+                   "Other mask sets side by side, one block per stride: `python train/visualize.py preview "
+                   f"--pretrain-config {pt / 'config.json'}{f' --cache-dir {cache_dir}' if cache_dir else ''} "
+                   "--lambda 10 30 60`.", "", f"![training samples]({png.name})", ""]
+        except Exception as e:   # noqa: BLE001 - a picture must never fail the report
+            md += [_picture_failed("training-sample preview", e), ""]
+    conf = run_dir / "evaluate" / "confusion.png"
+    if conf.is_file():
+        md += ["### Confusion matrix (MAC-pretrained, finetuned)", "", "![confusion](evaluate/confusion.png)", ""]
+    ckpt, preds = run_dir / "finetune" / "last.pt", run_dir / "evaluate" / "predictions.csv"
+    if ckpt.is_file() and preds.is_file():
+        try:
+            from train.visualize import cam_strip
+
+            png = cam_strip(ckpt, run_dir / "cam_test.png", preds, num=num, cache_dir=cache_dir)
+            cmp = run_dir / "finetune_random" / "last.pt"
+            cd = f" --cache-dir {cache_dir}" if cache_dir else ""
+            more = (f" Beside random init, picked by right and wrong: `python train/visualize.py cam --checkpoint {ckpt} "
+                    f"--compare {cmp}{cd}`." if cmp.is_file() else "")
+            md += ["### Class activation maps (finetuned, test videos)", "",
+                   "Grad-CAM on the last convolutional stage for the predicted class, beside the frames and their "
+                   f"change masks (right and wrong predictions).{more}", "", f"![class activation maps]({png.name})", ""]
+        except Exception as e:   # noqa: BLE001 - a picture must never fail the report
+            md += [_picture_failed("class activation maps", e), ""]
+    return md
+
+
+def write_report(res: dict, pretrain_dir: Path | None = None, cache_dir: str | None = None,
+                 draw_pictures: bool = True) -> str:
     run_dir = Path(res["run_dir"])
     table = results_table(res)
     atomic.write_text(run_dir / "results_table.md", table)
@@ -366,6 +423,10 @@ def write_report(res: dict, pretrain_dir: Path | None = None) -> str:
         md += ["", f"**Missing metrics**: {', '.join(res['missing'])}"]
     md += ["", "## Wall time per stage", "", wall_table(res), "## Curves", ""]
     md += [f"![{s}]({p})" for s, p in plots] or ["(no metrics.jsonl found)"]
+    if draw_pictures:
+        pics = pictures(run_dir, pretrain_dir, cache_dir)
+        if pics:
+            md += ["", "## Pictures", ""] + pics
     atomic.write_text(run_dir / "summary.md", "\n".join(md) + "\n")
     return table
 
@@ -454,6 +515,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrain-dir", type=Path, default=None, help="default: <run-dir>/pretrain")
     p.add_argument("--cache-dir", default=None, help="default: each stage's config")
     p.add_argument("--strict", action="store_true", help="exit 1 when an expected metric is missing")
+    p.add_argument("--no-pictures", action="store_true",
+                   help="skip the pictures (training samples, confusion matrix, class activation maps)")
     return parse_checked(p, argv, check_args)
 
 
@@ -479,7 +542,7 @@ def main(argv=None) -> dict:
         print(f"[report] wrote {args.out_dir / 'results.json'} and {args.out_dir / 'summary.md'}")
         return agg
     res = collect(args.run_dir, args.preset, args.pretrain_dir, args.cache_dir)
-    table = write_report(res, args.pretrain_dir)
+    table = write_report(res, args.pretrain_dir, args.cache_dir, not args.no_pictures)
     print(table, end="")
     print(f"[report] wrote {args.run_dir / 'results.json'} and {args.run_dir / 'summary.md'}"
           + (f"; missing metrics: {', '.join(res['missing'])}" if res["missing"] else ""))
