@@ -797,24 +797,35 @@ def write_frames_manifest(frame_set: Path, dataset: str, classes: Sequence[str],
     return _write_manifest(frames_dir / "manifest.json", manifest)
 
 
-def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict) -> dict:
-    mdir = mask_set_dir(frame_set, masks)
-    present, stale = [], []
-    stats = MaskStats()
+def _scan_mask_shards(mdir: Path, frames_manifest: dict, why_stale) -> tuple[list[int], list[int], list[ShardInfo]]:
+    """(current shard ids, stale shard ids, the current shards' infos) of a mask set's folder;
+    `why_stale(info, frames_uid)` is None for a current shard. A damaged shard is stale until a
+    rerun rebuilds it."""
+    present, stale, infos = [], [], []
     for shard_id in frames_manifest["shards_present"]:
         path = mdir / shard_name(shard_id)
         if not path.exists():
             continue
         try:
             info = read_shard_info(path)
-        except CacheError:      # damaged: stale until a rerun rebuilds it
+        except CacheError:
             stale.append(shard_id)
             continue
-        if mask_shard_is_current(info, masks, frames_manifest["shard_uids"][str(shard_id)]) is None:
+        if why_stale(info, frames_manifest["shard_uids"][str(shard_id)]) is None:
             present.append(shard_id)
-            stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
+            infos.append(info)
         else:
             stale.append(shard_id)
+    return present, stale, infos
+
+
+def write_masks_manifest(frame_set: Path, masks: MaskSet, frames_manifest: dict) -> dict:
+    mdir = mask_set_dir(frame_set, masks)
+    present, stale, infos = _scan_mask_shards(mdir, frames_manifest,
+                                              lambda info, uid: mask_shard_is_current(info, masks, uid))
+    stats = MaskStats()
+    for info in infos:
+        stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
     manifest = {"format_version": FORMAT_VERSION, "mask_format": MASK_FORMAT, "masks": asdict(masks),
                 "stats": {**stats.to_dict(), "mean": stats.mean if stats.pixels else None,
                           "coverage": stats.coverage if stats.pixels else None},
@@ -832,24 +843,13 @@ def write_named_manifest(frame_set: Path, mask_set: NamedMaskSet, frames_manifes
     videos that match no cached video, statistics, and whether the set is complete (every
     frame shard has a current shard of this set from this source, and no video failed)."""
     mdir = mask_set_dir(frame_set, mask_set)
-    present, stale, failed, videos = [], [], [], 0
-    stats = MaskStats()
-    for shard_id in frames_manifest["shards_present"]:
-        path = mdir / shard_name(shard_id)
-        if not path.exists():
-            continue
-        try:
-            info = read_shard_info(path)
-        except CacheError:
-            stale.append(shard_id)
-            continue
-        if named_shard_is_current(info, mask_set, frames_manifest["shard_uids"][str(shard_id)], source) is None:
-            present.append(shard_id)
-            videos += len(info.names)
-            failed += [{"name": f["name"], "reason": f["reason"]} for f in info.failed]
-            stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
-        else:
-            stale.append(shard_id)
+    present, stale, infos = _scan_mask_shards(mdir, frames_manifest,
+                                              lambda info, uid: named_shard_is_current(info, mask_set, uid, source))
+    failed, videos, stats = [], 0, MaskStats()
+    for info in infos:
+        videos += len(info.names)
+        failed += [{"name": f["name"], "reason": f["reason"]} for f in info.failed]
+        stats.merge(MaskStats(**json.loads(info.attrs.get("stats", "{}"))))
     manifest = {"format_version": FORMAT_VERSION, "kind": NAMED_KIND, "mask_format": NAMED_MASK_FORMAT,
                 "name": mask_set.name, "source": source, "command": command,
                 "stats": {**stats.to_dict(), "mean": stats.mean if stats.pixels else None,
