@@ -82,9 +82,8 @@ import h5py
 import numpy as np
 import simplejpeg
 
-from preprocess import atomic
-from preprocess.cli import ToolError
-
+from core import atomic
+from core.errors import ToolError
 FORMAT_VERSION = 1
 # Mask sets: 2 = per-stride thresholded differences D with the reference's background arithmetic
 # (w = 1 - m; BG = trunc(w I + (1 - w) BG)). Format 1 (one set of soft masks per video over

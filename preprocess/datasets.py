@@ -55,7 +55,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess import atomic
+from core import atomic
 from typing import Callable, Iterable, Sequence, Union
 
 __all__ = [

@@ -61,9 +61,10 @@ from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FO
                               mask_set_dir, mask_shard_is_current, old_mask_sets, read_manifest, read_shard_info,
                               shard_name, verify_shard, write_frames_manifest, write_masks_manifest)
 from preprocess.build import ShardJob, ShardResult, SourceVideo
-from preprocess import atomic
-from preprocess.cli import UsageError, check_range, parse_checked
-
+from core import atomic
+from core.checks import check_range
+from core.errors import UsageError
+from core.flags import parse_checked
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DASK_REQUIREMENT = "dask[distributed]==2026.8.0"
@@ -754,6 +755,5 @@ def _main(args: argparse.Namespace, cfg: ExtractConfig, client) -> int:
 
 
 if __name__ == "__main__":
-    from preprocess.cli import exit_with
-
+    from core.errors import exit_with
     exit_with(main, "extract_masks.py")

@@ -70,12 +70,13 @@ if __package__ in (None, ""):   # run as `python preprocess/import_masks.py`, in
 
 import numpy as np
 
-from preprocess import atomic
+from core import atomic
 from preprocess.cache import (NAME_PATTERN, CacheIndex, ClipReader, DecodeParams, NamedMaskSet, ShardWriter,
                               VideoRecord, encode_mask, frame_set_dir, import_command, mask_set_dir, open_cache,
                               read_manifest, shard_name, valid_mask_set_name, write_named_manifest)
-from preprocess.cli import UsageError, check_range, parse_checked
-
+from core.checks import check_range
+from core.errors import UsageError
+from core.flags import parse_checked
 BOX_COLUMNS = ("video", "frame", "x1", "y1", "x2", "y2")
 SIZE_COLUMNS = ("source_width", "source_height")
 ASPECT_TOLERANCE = 0.02      # |source aspect / cached aspect - 1| beyond this: the boxes would be stretched
@@ -624,6 +625,5 @@ def _array_candidates(root: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from preprocess.cli import exit_with
-
+    from core.errors import exit_with
     exit_with(main, "import_masks.py")

@@ -96,7 +96,11 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python preprocess/make_demo.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.cli import UsageError, check_range, exit_with, parse_checked
+from core.checks import check_range
+
+from core.errors import UsageError, exit_with
+
+from core.flags import parse_checked
 from preprocess.decode import ffmpeg_binary, ffmpeg_version
 
 __all__ = [
@@ -538,7 +542,7 @@ def write_ground_truth_boxes(root, seed: int = 0, classes: int = DEFAULTS["class
     """Write ``<root>/boxes.csv`` and ``boxes.json`` (ground-truth boxes of the moving objects,
     see the module docstring) for the demo of these parameters; a file whose content is already
     right is left as it is. Returns the path of boxes.csv."""
-    from preprocess import atomic
+    from core import atomic
 
     root = Path(root)
     params = _params(seed, classes, groups, clips, frames)

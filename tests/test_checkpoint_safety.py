@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import torch
 
-from preprocess import cli
+from core import errors as cli
 from tests.test_pretrain import build_tiny_cache, tiny_args
 from train import engine as E
 from train.models import backbone_state_dict, build_backbone

@@ -1,4 +1,4 @@
-"""Every tool's bad values, expected failures and exit status (preprocess/cli.py).
+"""Every tool's bad values, expected failures and exit status (core/errors.py).
 
 A bad value is refused before any data, cache or run directory is touched: status 2 and one line
 naming the flag, the value and what is allowed; the cache stays byte for byte as it was and a
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess import cli
+from core import errors as cli
 from tests.test_pretrain import build_tiny_cache, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess import cli
+from core import errors as cli
 from train import engine as E
 from train.finetune import FinetuneConfig
 from train.pretrain import PretrainConfig

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from preprocess.cache import CacheError, ClipReader, MaskParams, open_cache
-from preprocess.cli import run
+from core.errors import run
 from preprocess.import_masks import main, rasterise_boxes
 from train import engine as E
 from train.data import PretrainClips, make_loader

@@ -14,7 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from preprocess import cli, extract_masks
+from core import errors as cli
+
+from preprocess import extract_masks
 from preprocess.cache import ClipReader, DecodeParams, MaskParams, open_cache
 from preprocess.datasets import (KINETICS_DETAIL_LIMIT, UnknownClassesError, load_dataset, read_class_subset,
                                  select_classes)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from preprocess.cache import MaskParams, open_cache, write_cache_from_arrays
-from preprocess.cli import UsageError
+from core.errors import UsageError
 from train import engine as E
 from train.data import PretrainClips, make_loader
 from train.mac import MACTransform, alpha_values

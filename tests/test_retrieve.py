@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from preprocess.cli import UsageError
+from core.errors import UsageError
 from train.retrieve import l2_normalise, load_feature_backbone, nearest_neighbours, recall_at_k
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.cli import UsageError
+from core.errors import UsageError
 from train import sweep as S
 
 REPO = Path(__file__).resolve().parents[1]

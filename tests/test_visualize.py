@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from preprocess import cli
+from core import errors as cli
 from train import visualize as V
 
 FLAGS = ["--frames", "8", "--crop", "32", "--scales", "32", "36", "--n", "2", "--k", "2"]

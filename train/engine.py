@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from preprocess import atomic
-from preprocess.cli import check_choice, check_range
+from core import atomic
+from core.checks import check_choice, check_range
 from train.inference import CheckpointError, load_checkpoint  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,8 +112,7 @@ def parse_config(cls, argv=None, description: str = "", prog: str | None = None)
     configs/demo/pretrain.json) sets values between the defaults and the command line: defaults <
     file < flags. The file's values pass through the same checks (its own line names the file and
     the key). The path itself is not a field of the config: config.json records it in ``argv``."""
-    from preprocess.cli import parse_checked
-
+    from core.flags import parse_checked
     parser = build_parser(cls, description, prog)
     made = []
 
@@ -383,7 +382,7 @@ def restore_rng_states(states: list[dict] | None, d: Dist) -> None:
 # ------------------------------------------------------------------------------------------
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
-    """torch.save, atomically (preprocess/atomic.py): readers and a resumed run see the old file
+    """torch.save, atomically (core/atomic.py): readers and a resumed run see the old file
     or the new one, never a torn write."""
     with atomic.atomic_open(path, "wb") as f:
         torch.save(obj, f)

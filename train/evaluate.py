@@ -33,7 +33,11 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python train/evaluate.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.cli import ToolError, UsageError, check_file, check_optional, check_range, exit_with, parse_checked
+from core.checks import check_file, check_optional, check_range
+
+from core.errors import ToolError, UsageError, exit_with
+
+from core.flags import parse_checked
 from train.inference import (checkpoint_config, clip_geometry, default_out_dir, default_short_side,  # noqa: F401
                              eval_batches, load_checkpoint, open_checkpoint_cache, resolve_device, run_clips,
                              write_json)

@@ -34,7 +34,7 @@ if __package__ in (None, ""):   # run as `python train/finetune.py`, installed o
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.cache import CacheError, DecodeParams, open_cache
-from preprocess.cli import UsageError, exit_with
+from core.errors import UsageError, exit_with
 from train import engine as E
 from train import loop
 from train.data import EvalClips, LabelledClips, label_subset, make_loader

@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from preprocess import atomic
-from preprocess.cli import ToolError
-
-
+from core import atomic
+from core.errors import ToolError
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed o
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.cache import NAME_PATTERN, CacheError, DecodeParams, MaskParams, open_cache, valid_mask_set_name
-from preprocess.cli import UsageError, exit_with
+from core.errors import UsageError, exit_with
 from train import engine as E
 from train import loop
 from train.data import PretrainClips, make_loader

@@ -35,9 +35,9 @@ from pathlib import Path
 if __package__ in (None, ""):   # run as `python train/report.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess import atomic
-from preprocess.cli import UsageError, exit_with, parse_checked
-
+from core import atomic
+from core.errors import UsageError, exit_with
+from core.flags import parse_checked
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")
 RETRIEVAL_KEYS = ("R@1", "R@5", "R@10", "R@20", "R@50")
 TRAIN_STAGES = ("pretrain", "finetune", "finetune_random", "linear", "linear_random")

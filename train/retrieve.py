@@ -30,8 +30,11 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python train/retrieve.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.cli import UsageError, check_file, check_range, exit_with, parse_checked
+from core.checks import check_file, check_range
 
+from core.errors import UsageError, exit_with
+
+from core.flags import parse_checked
 DEFAULT_KS = (1, 5, 10, 20, 50)
 
 

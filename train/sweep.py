@@ -54,9 +54,9 @@ from pathlib import Path
 if __package__ in (None, ""):   # run as `python train/sweep.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess import atomic
-from preprocess.cli import UsageError, exit_with, parse_checked
-
+from core import atomic
+from core.errors import UsageError, exit_with
+from core.flags import parse_checked
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "finetune", "evaluate", "retrieve")
 OVERRIDE_STAGES = ("extract", "pretrain", "finetune", "evaluate", "retrieve", "train")

@@ -43,7 +43,7 @@ cam
     Figures 2-4).
 
 Every PNG carries its captions as PNG text (``Title``, ``Description``). Files are written
-atomically; bad values end the tool with status 2 and one line (preprocess/cli.py).
+atomically; bad values end the tool with status 2 and one line (core/errors.py).
 """
 from __future__ import annotations
 
@@ -64,9 +64,10 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python train/visualize.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess import atomic
-from preprocess.cli import ToolError, UsageError, check_file, check_range, exit_with, parse_checked
-
+from core import atomic
+from core.checks import check_file, check_range
+from core.errors import ToolError, UsageError, exit_with
+from core.flags import parse_checked
 __all__ = ["Block", "Row", "render_grid", "render_gif", "save_png", "save_gif", "read_pretrain_config",
            "sample_configs", "preview_samples", "write_previews", "grad_cam", "cam_overlay", "read_predictions",
            "compare_groups", "load_classifier", "cam_figure", "preview_training_samples", "cam_strip", "main"]
@@ -404,8 +405,7 @@ def read_pretrain_config(path: str | os.PathLike) -> dict:
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         cfg = data["config"]
         return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
-    from preprocess.cli import read_config_file
-
+    from core.flags import read_config_file
     parsed = read_config_file(path, E.build_parser(PretrainConfig, prog="pretrain.py"))
     return {dest: (tuple(v) if isinstance(v, list) else v) for dest, (_, _, v) in parsed.items() if dest in names}
 
