@@ -41,6 +41,9 @@ PY=python
 
 say() { printf '[run_all] %s\n' "$*"; }
 die() { printf '[run_all] error: %s\n' "$*" >&2; exit "${2:-2}"; }
+# presets, overrides and stage markers: core/presets.py (shared with train/sweep.py); its errors are
+# one line "[run_all] error: ..." and its exit status is the run's
+presets() { $PY -m core.presets "$@"; }
 
 # ------------------------------------------------------------------------------ arguments
 PRESET=demo
@@ -99,24 +102,8 @@ if [[ $PRESET == demo-large ]]; then
 fi
 RUN_DIR="$RUNS_ROOT/$DATASET/$RUN_ID"
 
-# overrides for one stage -> command-line flags
-flags_for() {   # flags_for STAGE [ALIAS...]: prints one flag/value per line
-  local o key val stage
-  for o in "${OVERRIDES[@]+"${OVERRIDES[@]}"}"; do
-    key=${o%%=*} val=${o#*=} stage=${key%%.*} key=${key#*.}
-    [[ " $* " == *" $stage "* ]] || continue
-    key=${key//_/-}
-    case $val in
-      true) echo "--$key";;
-      false) echo "--no-$key";;
-      *) echo "--$key"; tr ',' '\n' <<<"$val";;
-    esac
-  done
-}
-for o in "${OVERRIDES[@]+"${OVERRIDES[@]}"}"; do
-  case ${o%%.*} in demo|extract|pretrain|finetune|linear|evaluate|retrieve|train) ;;
-    *) die "override '$o': the stage must be one of demo, extract, pretrain, finetune, linear, evaluate, retrieve, train";; esac
-done
+# the overrides' stages: demo | extract | pretrain | finetune | linear | evaluate | retrieve | train
+presets check-overrides -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}" || exit $?
 
 # ------------------------------------------------------------------------------ presets
 # A preset is a folder of files, configs/<preset>/<stage>.json (what each value is for:
@@ -127,14 +114,14 @@ done
 CONFIGS=configs/$PRESET
 SPLIT=1
 # the pretraining dataset (hmdb51 pretrains on UCF101, with the ucf101 preset's pretrain.json, and
-# reuses a ucf101 run's pretraining)
+# reuses a ucf101 run's pretraining; which pretrain.json: core/presets.py, PT_CONFIG below)
 PT_EXTRACT=()   # extract_masks.py flags of the pretraining dataset only (the Kinetics subset)
 if [[ $PRESET == hmdb51 ]]; then
-  PT_DATASET=ucf101 PT_ROOT=$UCF_ROOT PT_DIR="$RUNS_ROOT/ucf101/$PT_RUN/pretrain" PT_CONFIG=configs/ucf101/pretrain.json
+  PT_DATASET=ucf101 PT_ROOT=$UCF_ROOT PT_DIR="$RUNS_ROOT/ucf101/$PT_RUN/pretrain"
 elif [[ $PRESET == k400-ucf101 ]]; then
   # the cache name of a subset is derived from it (extract_masks.py --cache-name), so two subsets
   # never share frames and the pretraining reads the one extracted here
-  PT_DATASET=kinetics PT_ROOT=$K400_ROOT PT_DIR="$RUN_DIR/pretrain" PT_CONFIG=$CONFIGS/pretrain.json
+  PT_DATASET=kinetics PT_ROOT=$K400_ROOT PT_DIR="$RUN_DIR/pretrain"
   if [[ -n $K400_SUBSET || -n $K400_MAX ]]; then
     [[ -z $K400_SUBSET || -f $K400_SUBSET ]] || die "--k400-subset $K400_SUBSET: no such file"
     [[ -z $K400_MAX || $K400_MAX =~ ^[1-9][0-9]*$ ]] || die "--k400-max-per-class $K400_MAX: must be an integer >= 1"
@@ -144,49 +131,29 @@ elif [[ $PRESET == k400-ucf101 ]]; then
     PT_DATASET=${PT_EXTRACT[1]}
   fi
 else
-  PT_DATASET=$DATASET PT_ROOT=$DATA_ROOT PT_DIR="$RUN_DIR/pretrain" PT_CONFIG=$CONFIGS/pretrain.json
+  PT_DATASET=$DATASET PT_ROOT=$DATA_ROOT PT_DIR="$RUN_DIR/pretrain"
 fi
-for f in "$CONFIGS"/{chain,extract,finetune,evaluate,retrieve}.json "$PT_CONFIG"; do
-  [[ -f $f ]] || die "the $PRESET preset's file $f is missing"
-done
-DEMO_CONFIG=()   # make_demo's arguments, where the preset has any
-if [[ -f $CONFIGS/demo.json ]]; then DEMO_CONFIG=(--config "$CONFIGS/demo.json"); fi
-mapfile -t X_EXTRACT < <(flags_for extract)
-mapfile -t X_PRETRAIN < <(flags_for pretrain train)
-mapfile -t X_FINETUNE < <(flags_for finetune train)
-mapfile -t X_LINEAR < <(flags_for linear train)
-mapfile -t X_EVAL < <(flags_for evaluate)
-mapfile -t X_RETRIEVE < <(flags_for retrieve)
-mapfile -t X_DEMO < <(flags_for demo)
+mapfile -t X_EXTRACT < <(presets flags extract -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
+mapfile -t X_PRETRAIN < <(presets flags pretrain -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")   # + train.*
+mapfile -t X_FINETUNE < <(presets flags finetune -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")   # + train.*
+mapfile -t X_LINEAR < <(presets flags linear -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")       # + train.*
+mapfile -t X_EVAL < <(presets flags evaluate -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
+mapfile -t X_RETRIEVE < <(presets flags retrieve -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
+mapfile -t X_DEMO < <(presets flags demo -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
 
-# What bash itself needs from the preset, read from its files (never repeated here): the chain's
-# switches, chain.json (a random-init baseline of every stage; linear probes), and from the
+# What bash itself needs from the preset, read from its files (never repeated here) by
+# core/presets.py, which first checks that the files the chain needs exist
+# (configs/<preset>/{chain,extract,finetune,evaluate,retrieve}.json, the pretraining's file, and
+# linear.json for the linear probes): the chain's switches, chain.json (RANDOM_BASELINE: a
+# random-init baseline of every stage; LINEAR_PROBE: linear probes), PT_CONFIG (the pretraining's
+# file), DEMO_CONFIG (make_demo's --config, where the preset has a demo.json), and from the
 # pretraining's config as train/pretrain.py resolves it (pretrain.json, then the pretrain.* /
-# train.* overrides, checked as the pretraining checks them) the mask parameters extract caches
-# (lambda, m and one mask set per stride the pretraining draws: pretrain.lambda=10
-# pretrain.strides=1,2 reach both) and the backbone of the random-init retrieval.
-preset_values() {   # prints bash assignments
-  $PY - "$CONFIGS/chain.json" --config "$PT_CONFIG" "${X_PRETRAIN[@]+"${X_PRETRAIN[@]}"}" <<'EOF'
-import json, shlex, sys
-chain_file, argv = sys.argv[1], sys.argv[2:]
-SWITCHES = ("random-baseline", "linear-probe")
-try:
-    chain = json.loads(open(chain_file).read())
-except (OSError, ValueError) as e:
-    sys.exit(f"[run_all] error: {chain_file}: {e}")
-if not isinstance(chain, dict) or set(chain) != set(SWITCHES) or not all(isinstance(v, bool) for v in chain.values()):
-    sys.exit(f"[run_all] error: {chain_file}: must hold exactly the keys {', '.join(SWITCHES)}, each true or false")
-from train.engine import parse_config
-from train.pretrain import PretrainConfig
-cfg = parse_config(PretrainConfig, argv, prog="pretrain.py")   # a refused value: status 2, one line
-print(f"RANDOM_BASELINE={int(chain['random-baseline'])} LINEAR_PROBE={int(chain['linear-probe'])}")
-print(f"LAMBDA={cfg.lam} M={cfg.m!r} BACKBONE={shlex.quote(cfg.backbone)}")
-print(f"STRIDES=({' '.join(str(s) for s in cfg.strides)})")
-EOF
-}
-PRESET_VALUES=$(preset_values) || exit $?
+# train.* overrides, checked as the pretraining checks them: a refused value ends the run here with
+# status 2) the mask parameters extract caches (LAMBDA, M and STRIDES, one mask set per stride the
+# pretraining draws: pretrain.lambda=10 pretrain.strides=1,2 reach both) and the BACKBONE of the
+# random-init retrieval.
+PRESET_VALUES=$(presets values --preset "$PRESET" -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}") || exit $?
 eval "$PRESET_VALUES"
-if [[ $LINEAR_PROBE == 1 && ! -f $CONFIGS/linear.json ]]; then die "the $PRESET preset's file $CONFIGS/linear.json is missing"; fi
 
 # ------------------------------------------------------------------------------ checks
 if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then   # demo-large, ucf101, hmdb51, k400-ucf101
@@ -195,31 +162,26 @@ if [[ $PRESET != demo && $ALLOW_CPU == 0 ]]; then   # demo-large, ucf101, hmdb51
 Try the CPU demo: bash run_all.sh demo   (or pass --allow-cpu to run it anyway)"
 fi
 mkdir -p "$RUN_DIR/stages"
-# what the run's results depend on (not where the videos lie); checked once a stage past the
-# preflight has finished, so fixing a wrong --data-root after a failed preflight is no problem
-SIGNATURE="preset=$PRESET pretrain_run=$PT_RUN cache_dir=$CACHE_DIR overrides=${OVERRIDES[*]+"${OVERRIDES[*]}"}"
-if [[ $PRESET == k400-ucf101 ]]; then SIGNATURE+=" pretrain_dataset=$PT_DATASET"; fi
-started=$(find "$RUN_DIR/stages" -name '*.done' ! -name 'data.done' ! -name 'preflight*.done' | head -1)
-if [[ -n $started && -f $RUN_DIR/run_args.txt && $(cat "$RUN_DIR/run_args.txt") != "$SIGNATURE" ]]; then
-  die "$RUN_DIR was started with other settings:
-  $(cat "$RUN_DIR/run_args.txt")
-now:
-  $SIGNATURE
-Resume with the original settings, or start a new run with --run-id NEW_ID."
-fi
-echo "$SIGNATURE" >"$RUN_DIR/run_args.txt"
+# what the run's results depend on (not where the videos lie), recorded in <run>/run_args.txt;
+# checked once a stage past the preflight has finished, so fixing a wrong --data-root after a
+# failed preflight is no problem (core/presets.py: signature, check_signature)
+SIGNATURE_ARGS=(--preset "$PRESET" --pretrain-run "$PT_RUN" --cache-dir "$CACHE_DIR")
+if [[ $PRESET == k400-ucf101 ]]; then SIGNATURE_ARGS+=(--pretrain-dataset "$PT_DATASET"); fi
+presets signature --run-dir "$RUN_DIR" "${SIGNATURE_ARGS[@]}" -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}" || exit $?
 say "preset $PRESET: dataset $DATASET at $DATA_ROOT, run directory $RUN_DIR"
 
 # ------------------------------------------------------------------------------ stage runner
 stage() {   # stage NAME COMMAND...: run unless <run>/stages/NAME.done exists; time it; mark it
   local name=$1; shift
-  local marker="$RUN_DIR/stages/$name.done"
+  local marker found=0
   SKIPPED=0
-  if [[ -f $marker ]]; then
+  marker=$(presets done --stages-dir "$RUN_DIR/stages" "$name") || found=$?
+  if [[ $found == 0 ]]; then
     say "stage $name: done already ($marker), skipping"
     SKIPPED=1
     return 0
   fi
+  [[ $found == 1 ]] || exit "$found"
   say "=== stage $name: $*"
   local t0 rc=0
   t0=$(date +%s.%N)
@@ -228,14 +190,7 @@ stage() {   # stage NAME COMMAND...: run unless <run>/stages/NAME.done exists; t
     say "stage $name FAILED (exit $rc). Fix the cause and rerun the same command: finished stages are skipped and $name resumes."
     exit "$rc"
   fi
-  $PY - "$marker" "$name" "$t0" "$(date +%s.%N)" "$@" <<'EOF'
-import datetime, json, os, sys
-marker, name, t0, t1, *cmd = sys.argv[1:]
-rec = {"stage": name, "wall_seconds": round(float(t1) - float(t0), 2), "command": cmd,
-       "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-open(marker + ".tmp", "w").write(json.dumps(rec) + "\n")
-os.replace(marker + ".tmp", marker)
-EOF
+  presets mark --stages-dir "$RUN_DIR/stages" --started "$t0" "$name" -- "$@"   # atomically
   say "stage $name finished in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }') s"
 }
 
@@ -302,10 +257,11 @@ if [[ $DATASET == demo ]]; then
     "${X_DEMO[@]+"${X_DEMO[@]}"}"
 fi
 REUSE_PT=0
-if [[ $PRESET == hmdb51 && -f $PT_DIR/last.pt && -f $RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done ]]; then
+if [[ $PRESET == hmdb51 && -f $PT_DIR/last.pt ]] &&
+    presets done --stages-dir "$RUNS_ROOT/ucf101/$PT_RUN/stages" pretrain >/dev/null; then
   REUSE_PT=1
   say "reusing the UCF101 pretraining of run $PT_RUN: $PT_DIR/last.pt"
-  [[ -f $RUN_DIR/stages/pretrain.done ]] || cp "$RUNS_ROOT/ucf101/$PT_RUN/stages/pretrain.done" "$RUN_DIR/stages/"
+  presets adopt --stages-dir "$RUN_DIR/stages" --from "$RUNS_ROOT/ucf101/$PT_RUN/stages" pretrain
 fi
 if [[ $PT_DATASET != "$DATASET" && $REUSE_PT == 0 ]]; then
   stage preflight_$PT_DATASET preflight "${PT_DATASET%%-*}" "$PT_ROOT" "${PT_EXTRACT[@]+"${PT_EXTRACT[@]}"}"

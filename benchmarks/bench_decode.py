@@ -26,17 +26,18 @@ compare against the same baseline.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):   # run as `python benchmarks/bench_decode.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.flags import Flags, flag, parse
 from preprocess.decode import (CHUNK_FRAMES, ffmpeg_binary, ffmpeg_version, iter_frames,
                                open_video, output_size, probe)
 
@@ -115,20 +116,28 @@ def jpeg_consumer():
     return lambda chunk: encode_video(chunk, params, {})
 
 
+@dataclass
+class DecodeBenchFlags(Flags):
+    """The flags of bench_decode.py."""
+
+    config_file = False
+    videos: int = flag(8, "generated videos", lo=1)
+    frames: int = flag(175, "frames per generated video", lo=1)
+    repeats: int = flag(5, "interleaved rounds (the best and the median are reported)", lo=1)
+    short_side: int = flag(128, "decoded short side", lo=16, hi=4096)
+    chunks: list = flag([16, 64], "chunk sizes timed with the JPEG consumer (none: skip that part)", lo=1,
+                        empty_ok=True)
+    sleep_ms: float = flag(0.4, "per-frame sleep of the CPU-free consumer (0: skip those rows)", lo=0)
+    dir: Path = flag(None, "benchmark the *.avi files under DIR (recursively, 320x240 assumed) instead of generated "
+                           "ones, e.g. data/demo/UCF-101", type=Path, metavar="DIR")
+
+
+def parse_args(argv=None) -> DecodeBenchFlags:
+    return parse(DecodeBenchFlags, argv, description=__doc__.split("\n\n")[0], prog="bench_decode.py")
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--videos", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=175)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--short-side", type=int, default=128)
-    ap.add_argument("--chunks", type=int, nargs="*", default=[16, 64],
-                    help="chunk sizes timed with the JPEG consumer (none: skip that part)")
-    ap.add_argument("--sleep-ms", type=float, default=0.4,
-                    help="per-frame sleep of the CPU-free consumer (0: skip those rows)")
-    ap.add_argument("--dir", type=Path, default=None,
-                    help="benchmark the *.avi files under DIR (recursively, 320x240 assumed) "
-                         "instead of generated ones, e.g. data/demo/UCF-101")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
 
     binary = ffmpeg_binary()
     size = output_size(320, 240, args.short_side)

@@ -38,13 +38,13 @@ in a temporary folder (or --build DIR to keep it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ import torch
 if __package__ in (None, ""):   # run as `python benchmarks/bench_loader.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.flags import Flags, flag, parse
 from preprocess.cache import ClipReader, DecodeParams, MaskParams, open_cache, verify_shard, write_cache_from_arrays
 from preprocess.decode import ffmpeg_binary, iter_frames
 import dataclasses
@@ -316,25 +317,35 @@ def time_loader(ds: PretrainClips, workers: int, batch_size: int, samples: int) 
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class LoaderBenchFlags(Flags):
+    """The flags of bench_loader.py."""
+
+    config_file = False
+    cache_dir: Path = flag(None, "existing cache (none: build a synthetic one)", type=Path)
+    dataset: str = flag("ucf101", "dataset name in --cache-dir")
+    split: int = flag(1, "official split", lo=1, hi=3)
+    part: str = flag("all", "videos of the split", choices=("train", "test", "all"))
+    video_root: Path = flag(None, "source videos (index names are relative to it); without it the baseline is "
+                                  "skipped for an existing cache", type=Path)
+    build: Path = flag(None, "build the synthetic cache here and keep it", type=Path)
+    videos: int = flag(12, "videos of the synthetic cache", lo=1)
+    frames: int = flag(175, "frames per video of the synthetic cache", lo=1)
+    samples: int = flag(300, "training samples timed per figure", lo=1)
+    repeats: int = flag(3, "timed rounds per figure; the best is reported", lo=1)
+    baseline_samples: int = flag(40, "samples of the decode-every-clip baseline", lo=1)
+    batch_size: int = flag(8, "clips per batch (transform and DataLoader)", lo=1)
+    n: int = flag(2, "temporal segments (MAC-2 / MAC-4)", lo=1)
+    workers: int = flag(0, "also time a DataLoader with this many workers", lo=0)
+    json: Path = flag(None, "write the figures here", type=Path)
+
+
+def parse_args(argv=None) -> LoaderBenchFlags:
+    return parse(LoaderBenchFlags, argv, description=__doc__.split("\n\n")[0], prog="bench_loader.py")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache-dir", type=Path, help="existing cache (default: build a synthetic one)")
-    ap.add_argument("--dataset", default="ucf101")
-    ap.add_argument("--split", type=int, default=1)
-    ap.add_argument("--part", default="all")
-    ap.add_argument("--video-root", type=Path, help="source videos (index names are relative to it); "
-                                                    "without it the baseline is skipped for an existing cache")
-    ap.add_argument("--build", type=Path, help="build the synthetic cache here and keep it")
-    ap.add_argument("--videos", type=int, default=12)
-    ap.add_argument("--frames", type=int, default=175)
-    ap.add_argument("--samples", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per figure; the best is reported")
-    ap.add_argument("--baseline-samples", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--n", type=int, default=2, help="temporal segments (MAC-2 / MAC-4)")
-    ap.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many workers")
-    ap.add_argument("--json", type=Path, help="write the figures here")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
 
     torch.set_num_threads(1)
     tmp = None

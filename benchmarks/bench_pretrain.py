@@ -46,7 +46,6 @@ Run from the repository root (``pip install -e .`` not needed).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -61,12 +60,16 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 if __package__ in (None, ""):   # run as `python benchmarks/bench_pretrain.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.errors import UsageError
+from core.flags import Flags, flag, parse
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "ucf101"
@@ -495,60 +498,77 @@ def report(results: list[dict], args, steps_per_epoch: int) -> list[dict]:
     return checks
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--smoke", action="store_true",
-                   help="CPU plumbing check: 16 videos of 12 frames at 40x53, r2plus1d_10, B4, 4x16 clips, "
-                        "2 epochs, 1 worker (flags given explicitly still win)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS}")
-    p.add_argument("--n", type=int, default=None, help="temporal segments (default 2)")
-    p.add_argument("--k", type=int, default=None, help="alphas per segment (default 4)")
-    p.add_argument("--videos", type=int, default=None,
-                   help=f"training videos in the generated cache (default {UCF101_TRAIN_SPLIT1}, UCF101 split 1)")
-    p.add_argument("--video-frames", type=int, default=None, help="frames per generated video (default 64)")
-    p.add_argument("--height", type=int, default=None, help="generated frame height (default 128)")
-    p.add_argument("--width", type=int, default=None, help="generated frame width (default 171)")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes writing the cache")
-    p.add_argument("--work-dir", default=None,
-                   help="keep the cache and runs here (a cache with the same parameters is reused); "
-                        "default: a temporary folder, removed at the end")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64")
-    p.add_argument("--frames", type=int, default=None, help="clip frames (default 16)")
-    p.add_argument("--crop", type=int, default=None, help="default 112")
-    p.add_argument("--scales", type=int, nargs="+", default=None, help="default 112 128 144")
-    p.add_argument("--backbone", default=None, help="default r2plus1d_18")
-    p.add_argument("--queue-size", type=int, default=None, help="MoCo queue (default: pretrain.py's, 65536)")
-    p.add_argument("--epochs", type=int, default=None, help="default 3 (>= 2: steady state excludes the first)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 8)")
-    p.add_argument("--log-every", type=int, default=None, help="metrics window in steps (default pretrain.py's, 20)")
-    p.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"), help="default auto")
-    p.add_argument("--compile", action="store_true", help="pretrain.py --compile (the encoders' forward_features)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain-args", default="", help="more flags for pretrain.py, one string")
-    p.add_argument("--timeout", type=float, default=0, help="seconds per pretrain run (0 = none)")
-    p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
-    full = dict(n=2, k=4, videos=UCF101_TRAIN_SPLIT1, video_frames=64, height=128, width=171, batch_size=64,
-                frames=16, crop=112, scales=None, backbone="r2plus1d_18", queue_size=0, epochs=3, workers=8,
-                log_every=20, device="auto")
-    smoke = dict(full, videos=16, video_frames=12, height=40, width=53, batch_size=4, frames=4, crop=16,
-                 scales=[16, 20], backbone="r2plus1d_10", queue_size=64, epochs=2, workers=1, log_every=2,
-                 device="cpu")
-    for k, v in (smoke if args.smoke else full).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.scales is None:
-        args.scales = sorted({round(args.crop * s / 112) for s in (112, 128, 144)})
-    args.methods = [m for m in args.methods.split(",") if m]
-    for m in args.methods:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r}; choose from {METHODS}")
-    if args.epochs < 2:
-        p.error("--epochs must be >= 2 (steady state excludes the first epoch)")
-    if args.videos < args.batch_size:
-        p.error(f"--videos {args.videos} < --batch-size {args.batch_size}: no full batch")
-    return args
+# The two settings: the target's (the default) and --smoke's; a flag given explicitly wins over both.
+TARGET_SETTING = dict(n=2, k=4, videos=UCF101_TRAIN_SPLIT1, video_frames=64, height=128, width=171, batch_size=64,
+                      frames=16, crop=112, scales=None, backbone="r2plus1d_18", queue_size=0, epochs=3, workers=8,
+                      log_every=20, device="auto")
+SMOKE_SETTING = dict(TARGET_SETTING, videos=16, video_frames=12, height=40, width=53, batch_size=4, frames=4, crop=16,
+                     scales=[16, 20], backbone="r2plus1d_10", queue_size=64, epochs=2, workers=1, log_every=2,
+                     device="cpu")
+
+
+@dataclass
+class PretrainBenchFlags(Flags):
+    """The flags of bench_pretrain.py. A flag whose default is None takes its value from the
+    setting: the target's, or --smoke's (TARGET_SETTING, SMOKE_SETTING); --scales then follows
+    --crop (112 128 144 scaled with it)."""
+
+    config_file = False
+    smoke: bool = flag(False, "CPU plumbing check: 16 videos of 12 frames at 40x53, r2plus1d_10, B4, 4x16 clips, "
+                              "2 epochs, 1 worker (flags given explicitly still win)")
+    methods: str = flag(",".join(METHODS), f"comma list of {', '.join(METHODS)}")
+    n: int = flag(None, "temporal segments (target setting 2)", type=int, lo=1)
+    k: int = flag(None, "alphas per segment (target setting 4)", type=int, lo=2)
+    videos: int = flag(None, f"training videos in the generated cache (target setting {UCF101_TRAIN_SPLIT1}, "
+                             f"UCF101 split 1)", type=int, lo=1)
+    video_frames: int = flag(None, "frames per generated video (target setting 64)", type=int, lo=1)
+    height: int = flag(None, "generated frame height (target setting 128)", type=int, lo=16)
+    width: int = flag(None, "generated frame width (target setting 171)", type=int, lo=16)
+    jobs: int = flag(os.cpu_count() or 1, "processes writing the cache", lo=1)
+    work_dir: str = flag(None, "keep the cache and runs here (a cache with the same parameters is reused); none: a "
+                               "temporary folder, removed at the end")
+    batch_size: int = flag(None, "target setting 64", type=int, lo=1)
+    frames: int = flag(None, "clip frames (target setting 16)", type=int, lo=1)
+    crop: int = flag(None, "target setting 112", type=int, lo=8)
+    scales: list = flag(None, "target setting 112 128 144 (scaled with --crop)", type=int, nargs="+", lo=16)
+    backbone: str = flag(None, "target setting r2plus1d_18")
+    queue_size: int = flag(None, "MoCo queue (target setting 0: pretrain.py's, 65536)", type=int, lo=0,
+                           note="0 = pretrain.py's default")
+    epochs: int = flag(None, "target setting 3 (>= 2: steady state excludes the first)", type=int, lo=2,
+                       note="steady state excludes the first epoch")
+    workers: int = flag(None, "DataLoader workers (target setting 8)", type=int, lo=0)
+    log_every: int = flag(None, "metrics window in steps (target setting pretrain.py's, 20)", type=int, lo=1)
+    device: str = flag(None, "target setting auto", choices=("auto", "cuda", "cpu"))
+    compile: bool = flag(False, "pretrain.py --compile (the encoders' forward_features)")
+    seed: int = flag(0, "seed of the generated cache and of pretrain.py", lo=0)
+    pretrain_args: str = flag("", "more flags for pretrain.py, one string")
+    timeout: float = flag(0.0, "seconds per pretrain run (0 = none)", lo=0, note="0 = none")
+    json: str = flag(None, "write the results here")
+
+    def __post_init__(self):
+        for k, v in (SMOKE_SETTING if self.smoke else TARGET_SETTING).items():
+            if getattr(self, k) is None:
+                setattr(self, k, list(v) if isinstance(v, list) else v)
+        if self.scales is None:
+            self.scales = sorted({round(self.crop * s / 112) for s in (112, 128, 144)})
+        super().__post_init__()
+
+    @property
+    def method_list(self) -> list[str]:
+        """--methods as a list."""
+        return [m for m in self.methods.split(",") if m]
+
+    def check(self) -> None:
+        for m in self.method_list:
+            if m not in METHODS:
+                raise UsageError("--methods", self.methods, f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if self.videos < self.batch_size:
+            raise UsageError("--videos", self.videos, f"must be >= --batch-size {self.batch_size} (no full batch "
+                                                      f"otherwise)")
+
+
+def parse_args(argv=None) -> PretrainBenchFlags:
+    return parse(PretrainBenchFlags, argv, description=__doc__, prog="bench_pretrain.py")
 
 
 def main(argv=None) -> int:
@@ -581,7 +601,7 @@ def main(argv=None) -> int:
         print(f"[cache] {args.videos} training videos: {steps_per_epoch} steps/epoch at batch {args.batch_size}"
               f"{' (UCF101 split 1: 149 at 64)' if args.batch_size == 64 else ''}")
         save()
-        for method in args.methods:
+        for method in args.method_list:
             run_dir = work / "runs" / f"{method}-{args.n}"
             if run_dir.exists():
                 shutil.rmtree(run_dir)

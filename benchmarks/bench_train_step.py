@@ -53,7 +53,6 @@ failed or an interop check failed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -76,7 +75,12 @@ if __package__ in (None, ""):   # run as `python benchmarks/bench_train_step.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.cache import DecodeParams, MaskParams, open_cache
-from train import engine as E
+from core.errors import UsageError
+from core.flags import Flags, config_dict, flag, parse, redefault
+from train.utils.distributed import Dist, autocast, configure_backends, use_channels_last, wrap_ddp
+from train.utils.guards import check_finite
+from train.utils.optim import make_optimizer
+from train.utils.random import derive_seed, seed_everything
 from train.data import PretrainClips, make_loader, set_loader_epoch
 from train.mac import MACTransform
 from train.mac_model import MACModel, compute_losses
@@ -154,26 +158,26 @@ class MacStep:
     every cfg.log_every steps). Returns the detached loss."""
 
     def __init__(self, cfg: PretrainConfig, device: torch.device | str, cpu_batch: dict):
-        d = self.d = E.Dist(device=torch.device(device))
+        d = self.d = Dist(device=torch.device(device))
         self.cfg = cfg
         self.mcfg = mac_config(cfg)
         self.tf = MACTransform(self.mcfg, d.device)
-        E.seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         self.n_out = self.mcfg.num_classes if cfg.loss == "ce" else cfg.n
         model = MACModel(cfg.backbone, self.n_out, cfg.dropout, cfg.method == "mac-sc", cfg.proj_hidden,
                          cfg.proj_dim, cfg.queue_size, cfg.moco_momentum, cfg.temperature,
                          cfg.shuffle_bn_groups if not d.distributed else 1, cfg.seed).to(d.device)
-        self.cl = E.use_channels_last(d, cfg.channels_last)
+        self.cl = use_channels_last(d, cfg.channels_last)
         if self.cl:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = E.make_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.opt = make_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         if cfg.compile:   # as pretrain.py: the encoders' bodies only
             model.backbone.forward_features = torch.compile(model.backbone.forward_features)
             if model.contrastive:
                 model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
-        self.ddp = E.wrap_ddp(model, d)
+        self.ddp = wrap_ddp(model, d)
         self.mask_sum: dict[int, float] = {}
         self.mask_n: dict[int, int] = {}
         self.inspect_s = 0.0
@@ -186,7 +190,7 @@ class MacStep:
         else:
             self.prefetch = "inline"
             self._it = (self.tf(b) for b in source if self.inspect(b) is None)
-        E.seed_everything(E.derive_seed(cfg.seed, 0, d.rank))     # fit: epoch 0's dropout stream
+        seed_everything(derive_seed(cfg.seed, 0, d.rank))     # fit: epoch 0's dropout stream
         model.train()
 
     def inspect(self, batch: dict) -> None:
@@ -204,8 +208,8 @@ class MacStep:
         if self.cl:
             xq = xq.contiguous(memory_format=torch.channels_last_3d)
             xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
-        with E.autocast(self.d, cfg.bf16):
-            out = self.ddp(xq, xk, shuffle_seed=E.derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
+        with autocast(self.d, cfg.bf16):
+            out = self.ddp(xq, xk, shuffle_seed=derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
         return compute_losses(out, b, cfg)
 
     def __call__(self) -> torch.Tensor:
@@ -214,7 +218,7 @@ class MacStep:
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad or float("inf"))
-        E.check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, 0, self.step_idx, self.d)
+        check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, 0, self.step_idx, self.d)
         self.opt.step()
         self.step_idx += 1
         self.win_n += 1
@@ -369,7 +373,7 @@ def run_config(task: str, variant: str, args, tv_video, mac_batches: dict) -> Re
         model = holder.model if isinstance(holder, MacStep) else holder
         r.params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if isinstance(holder, MacStep):
-            r.prefetch, r.pretrain_config = holder.prefetch, E.config_dict(holder.cfg)
+            r.prefetch, r.pretrain_config = holder.prefetch, config_dict(holder.cfg)
             if device.type != "cuda" and (v["bf16"] or v["cl3d"]):
                 r.notes.append("pretrain.py uses bf16/channels_last on CUDA only: ran fp32")
         if device.type == "cuda":   # the batch preparation and model build are not the step's memory
@@ -532,64 +536,86 @@ def environment(args, tv_version: str | None, tv_error: str | None) -> dict:
     return env
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--smoke", action="store_true",
-                   help="CPU check of every code path: --device cpu --batch 4 --frames 4 --size 32 --warmup 1 "
-                        "--steps 2 --variants fp32 --mac-variants fp32 (flags given explicitly still win)")
-    p.add_argument("--device", default=None, help="default cuda when available, else cpu")
-    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=None, help="default 64")
-    p.add_argument("--frames", type=int, default=None, help="default 16")
-    p.add_argument("--size", "--crop", dest="size", type=int, default=None, help="crop; default 112")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (>= 1; default 5)")
-    p.add_argument("--steps", "--iters", dest="steps", type=int, default=None, help="timed steps (default 20)")
-    p.add_argument("--backbone", default="r2plus1d_18", choices=BACKBONES)
-    p.add_argument("--n", type=int, default=2, help="MAC temporal segments")
-    p.add_argument("--k", type=int, default=4, help="MAC alphas per segment")
-    p.add_argument("--num-classes", type=int, default=400, help="fc size for ours_cls / tv_cls")
-    p.add_argument("--queue", type=int, default=65536, help="MoCo queue length (mac_sc)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {TASKS}")
-    p.add_argument("--variants", default=None,
-                   help=f"variants for ours_cls / tv_cls, comma list of {tuple(VARIANTS)} (default all)")
-    p.add_argument("--mac-variants", default=None,
-                   help="variants for mac_s / mac_sc (default bf16_cl3d: pretrain.py's defaults on CUDA)")
-    p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode of the anchors (default, reduce-overhead, max-autotune, ...); the "
-                        "MAC steps compile as pretrain.py does")
-    p.add_argument("--jobs", type=int, default=4, help="processes generating the MAC batch's cache")
-    p.add_argument("--no-cudnn-benchmark", action="store_true")
-    p.add_argument("--skip-interop", action="store_true")
-    p.add_argument("--out", "--json", dest="out", default=None, help="write results JSON here (after every config)")
-    args = p.parse_args(argv)
-    full = dict(device="cuda" if torch.cuda.is_available() else "cpu", batch=64, frames=16, size=112, warmup=5,
-                steps=20, variants=",".join(VARIANTS), mac_variants="bf16_cl3d")
-    smoke = dict(full, device="cpu", batch=4, frames=4, size=32, warmup=1, steps=2, variants="fp32",
-                 mac_variants="fp32")
-    for k, v in (smoke if args.smoke else full).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    args.tasks = [t for t in args.tasks.split(",") if t]
-    args.variants = [v for v in args.variants.split(",") if v]
-    args.mac_variants = [v for v in args.mac_variants.split(",") if v]
-    for t in args.tasks:
-        if t not in TASKS:
-            p.error(f"unknown task {t!r}; choose from {TASKS}")
-    for v in args.variants + args.mac_variants:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}; choose from {tuple(VARIANTS)}")
-    if args.warmup < 1 or args.steps < 1:
-        p.error("--warmup and --steps must be >= 1")
-    if any(t in MAC_TASKS for t in args.tasks):
-        try:    # pretrain.py's own checks (frames a multiple of n, queue a multiple of the batch, ...)
-            mac_pretrain_config("mac-sc", args.batch, args.frames, args.size, args.backbone, args.n, args.k,
-                                args.queue, device=args.device)
-        except Exception as e:
-            p.error(f"not a pretrain.py configuration: {e}")
-    if args.backbone == "r2plus1d_10" and "tv_cls" in args.tasks:
-        args.tasks.remove("tv_cls")  # torchvision has no r2plus1d_10
-    return args
+def _comma_list(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+@dataclass
+class TrainStepFlags(Flags):
+    """The flags of bench_train_step.py. A flag whose default is None takes its value from the
+    setting: the GPU default (B=64, 3x16x112x112, warmup 5, 20 steps, every variant for the
+    anchors, bf16_cl3d for the MAC steps) or --smoke's; a flag given explicitly wins over both."""
+
+    config_file = False
+    smoke: bool = flag(False, "CPU check of every code path: --device cpu --batch 4 --frames 4 --size 32 --warmup 1 "
+                              "--steps 2 --variants fp32 --mac-variants fp32 (flags given explicitly still win)")
+    device: str = flag(None, "torch device (none: cuda when available, else cpu)")
+    batch: int = flag(None, "clips per step (default setting 64)", type=int, lo=1, aliases=("--batch-size",))
+    frames: int = flag(None, "clip frames (default setting 16)", type=int, lo=1)
+    size: int = flag(None, "crop (default setting 112)", type=int, lo=8, aliases=("--crop",))
+    warmup: int = flag(None, "untimed steps first (default setting 5)", type=int, lo=1)
+    steps: int = flag(None, "timed steps (default setting 20)", type=int, lo=1, aliases=("--iters",))
+    backbone: str = flag("r2plus1d_18", "backbone of every task", choices=BACKBONES)
+    n: int = redefault(PretrainConfig, "n", 2, help="MAC temporal segments")
+    k: int = redefault(PretrainConfig, "k", 4, help="MAC alphas per segment")
+    num_classes: int = flag(400, "fc size for ours_cls / tv_cls", lo=1)
+    queue: int = flag(65536, "MoCo queue length (mac_sc)", lo=1)
+    tasks: str = flag(",".join(TASKS), f"comma list of {', '.join(TASKS)}")
+    variants: str = flag(None, f"variants for ours_cls / tv_cls, comma list of {', '.join(VARIANTS)} (default "
+                               f"setting: all)")
+    mac_variants: str = flag(None, "variants for mac_s / mac_sc (default setting bf16_cl3d: pretrain.py's defaults "
+                                   "on CUDA)")
+    compile_mode: str = flag(None, "torch.compile mode of the anchors (default, reduce-overhead, max-autotune, ...); "
+                                   "the MAC steps compile as pretrain.py does")
+    jobs: int = flag(4, "processes generating the MAC batch's cache", lo=1)
+    cudnn_benchmark: bool = flag(True, "cuDNN autotuning on CUDA (pretrain.py's)")
+    skip_interop: bool = flag(False, "skip the torchvision state-dict interop checks")
+    out: str = flag(None, "write results JSON here (after every config)", aliases=("--json",))
+
+    def __post_init__(self):
+        full = dict(device="cuda" if torch.cuda.is_available() else "cpu", batch=64, frames=16, size=112, warmup=5,
+                    steps=20, variants=",".join(VARIANTS), mac_variants="bf16_cl3d")
+        smoke = dict(full, device="cpu", batch=4, frames=4, size=32, warmup=1, steps=2, variants="fp32",
+                     mac_variants="fp32")
+        for k, v in (smoke if self.smoke else full).items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        super().__post_init__()
+
+    @property
+    def task_list(self) -> list[str]:
+        """--tasks as a list (less tv_cls for r2plus1d_10: torchvision has none)."""
+        return [t for t in _comma_list(self.tasks) if not (t == "tv_cls" and self.backbone == "r2plus1d_10")]
+
+    @property
+    def variant_list(self) -> list[str]:
+        return _comma_list(self.variants)
+
+    @property
+    def mac_variant_list(self) -> list[str]:
+        return _comma_list(self.mac_variants)
+
+    def check(self) -> None:
+        for t in _comma_list(self.tasks):
+            if t not in TASKS:
+                raise UsageError("--tasks", self.tasks, f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+        for name, value in (("--variants", self.variants), ("--mac-variants", self.mac_variants)):
+            for v in _comma_list(value):
+                if v not in VARIANTS:
+                    raise UsageError(name, value, f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        if any(t in MAC_TASKS for t in self.task_list):
+            try:    # pretrain.py's own checks (frames a multiple of n, queue a multiple of the batch, ...)
+                mac_pretrain_config("mac-sc", self.batch, self.frames, self.size, self.backbone, self.n, self.k,
+                                    self.queue, device=self.device)
+            except UsageError as e:     # named with this benchmark's spelling of the flag
+                name = {"--queue-size": "--queue", "--batch-size": "--batch", "--crop": "--size"}.get(e.flag, e.flag)
+                raise UsageError(name, e.value, f"{e.allowed} (not a pretrain.py configuration)") from None
+            except Exception as e:
+                raise UsageError("pretrain.py configuration:", "refused", f"{type(e).__name__}: {e}") from None
+
+
+def parse_args(argv=None) -> TrainStepFlags:
+    return parse(TrainStepFlags, argv, description=__doc__, prog="bench_train_step.py")
 
 
 def fmt(x, spec: str) -> str:
@@ -600,8 +626,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        E.configure_backends(E.Dist(device=device))      # pretrain.py's: TF32, cuDNN autotuning
-        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+        configure_backends(Dist(device=device))      # pretrain.py's: TF32, cuDNN autotuning
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     tv_video, tv_version, tv_error = None, None, None
     try:
@@ -632,11 +658,11 @@ def main(argv=None) -> int:
         save()
 
     plan = []
-    for task in args.tasks:
+    for task in args.task_list:
         if task == "tv_cls" and tv_video is None:
             print("[bench] skipping tv_cls: torchvision not importable")
             continue
-        for variant in args.mac_variants if task in MAC_TASKS else args.variants:
+        for variant in args.mac_variant_list if task in MAC_TASKS else args.variant_list:
             plan.append((task, variant))
 
     header = f"{'task':9s} {'model':32s} {'variant':18s} {'clips/s':>9s} {'step ms':>9s} " \

@@ -14,6 +14,8 @@ Exit status, the same for all tools (docs/errors.md lists what each tool does wi
          a read-only or unwritable path
     3    an internal error: a bug, printed with its traceback and a line saying so
     130  interrupted (Ctrl-C); every tool writes atomically, so a rerun resumes or redoes the work
+    143  the trainers, stopped by a stop signal (SIGTERM / SIGUSR1: a cluster preempting the job) after
+         writing a mid-epoch checkpoint; the same command with --resume continues exactly
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import traceback
 from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PREEMPTED = 143   # 128 + SIGTERM: stopped by a stop signal after writing a checkpoint; --resume continues
 
 # errno -> what the user reads; the fix follows from it (free space, fix permissions, ...)
 ENVIRONMENT_ERRNOS = {
@@ -50,6 +53,10 @@ def tool_error_message(e: BaseException) -> str:
         tail = msg.rsplit(f"{type(e).__name__}: ", 1)
         msg = tail[1].strip() if len(tail) == 2 else msg
     return msg
+
+
+class Preempted(Exception):
+    """A training run stopped by a stop signal after writing its checkpoint (status 143)."""
 
 
 class UsageError(ToolError):
@@ -93,6 +100,9 @@ def run(main: Callable[[list[str] | None], Any], prog: str, argv: list[str] | No
     except ToolError as e:
         print(f"{prog}: error: {tool_error_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except Preempted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; completed work is kept (every file is written atomically), rerun the "
               f"same command to resume", file=sys.stderr)

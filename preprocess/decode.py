@@ -1,5 +1,10 @@
 """Video decoding with ffmpeg (through ffmpeg-python), streamed in bounded-memory chunks.
 
+One module on purpose, over the project's ~800-line aim: the ffmpeg commands, the parsing of
+ffmpeg's stderr (the stream description and the levelled error lines) and the process plumbing
+(stderr drain, watchdog, pipe sizing) share private regexes and per-process state; split apart,
+each half would have to export the other's internals.
+
 Public API
 ----------
 - ``ffmpeg_binary()``: the ``ffmpeg`` on PATH if there is one, else imageio-ffmpeg's static

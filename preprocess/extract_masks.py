@@ -31,7 +31,7 @@ videos of a class by file name, train and val separately) select a subset, cache
 name, `kinetics-<8 hex digits of the selection>` (or `--cache-name`): pass that name as the
 trainer's --dataset. A cache folder records its selection in selection.json and refuses another.
 
-Integrity: every record of a shard has a CRC32 and its index one more (preprocess/cache.py). A
+Integrity: every record of a shard has a CRC32 and its index one more (docs/cache.md). A
 plain run checks every shard's index (cheap) and rebuilds a damaged one; `--verify` also reads
 every record of the frame set and of its mask sets and rebuilds the shards that are damaged (a
 frame shard from its source videos, a mask shard from the cached frames). With nothing damaged it
@@ -42,7 +42,6 @@ are cached; see failures.txt in the frame-set folder), 2 for a usage, layout or 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -64,11 +63,16 @@ from preprocess.build import ShardJob, ShardResult, SourceVideo
 from core import atomic
 from core.checks import check_range
 from core.errors import UsageError
-from core.flags import parse_checked
+from core.flags import Flags, flag, parse
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DASK_REQUIREMENT = "dask[distributed]==2026.8.0"
 EST_BYTES_PER_FRAME = 6500       # JPEG q90 4:2:0 at 128x171, measured on the demo; see README
+# A plain run checks every shard's index; the records themselves (every JPEG and mask) only with
+# --verify, which reads them all. Said in every plain run's summary, so that a rerun after a
+# trainer reported a damaged record is never mistaken for a repair.
+VERIFY_HINT = ("shard indexes checked; record checksums are checked only with --verify (reads every record and "
+               "rebuilds damaged shards): add it to this command after a trainer reported a damaged record")
 EST_BYTES_PER_MASK = 1500        # zlib'd soft mask at 128x171
 
 
@@ -104,92 +108,85 @@ class ExtractConfig:
         return self.cache_name or self.dataset
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="extract_masks.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--dataset", default="ucf101", choices=("ucf101", "hmdb51", "folder", "demo", "kinetics"))
-    p.add_argument("--data-root", type=Path, help="dataset root (default data/<dataset>)")
-    p.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
-    p.add_argument("--lambda", dest="lam", type=int, default=30, help="threshold lambda, 0..255 (paper: 10, 30, 60)")
-    p.add_argument("--m", type=float, default=0.5, help="weight of the OLD background, 0..1 (paper: 0.1, 0.5, 1)")
-    p.add_argument("--strides", type=int, nargs="+", default=list(DEFAULT_STRIDES),
-                   help="temporal strides to cache mask sets for (the trainer's --strides)")
-    p.add_argument("--short-side", type=int, default=128)
-    p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--videos-per-shard", type=int, default=DEFAULT_VIDEOS_PER_SHARD)
-    p.add_argument("--workers", type=int, default=available_cores(), help="parallel worker processes (default: all cores)")
-    p.add_argument("--shard-index", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--force", action="store_true", help="rebuild frames and this mask set even if cached")
-    p.add_argument("--retry-failed", action="store_true", help="retry videos that failed before (unchanged files)")
-    p.add_argument("--timeout", type=float, default=None, help="per-video decode timeout in seconds")
-    p.add_argument("--chunk-frames", type=int, default=16, help="frames per decode chunk (bounds memory)")
-    p.add_argument("--list", action="store_true", help="list what is cached and exit")
-    p.add_argument("--doctor", action="store_true", help="preflight checks only")
-    p.add_argument("--verify", action="store_true",
-                   help="check the checksum of every record of the frame set and its mask sets, and rebuild the "
-                        "shards that are damaged (a plain run checks only each shard's index)")
-    p.add_argument("--class-subset", metavar="FILE", type=Path, default=None,
-                   help="kinetics: only these classes, one name per line as in the annotations' label column "
-                        "('#' comments and blank lines ignored); labels renumbered 0..K-1 in sorted order")
-    p.add_argument("--max-per-class", metavar="N", type=int, default=None,
-                   help="kinetics: at most N videos per class in each of train and val, the first N by file name")
-    p.add_argument("--cache-name", metavar="NAME", default=None,
-                   help="the dataset's folder in the cache and the trainer's --dataset (default: the dataset's "
-                        "name; kinetics with a subset: kinetics-<8 hex digits of the selection>)")
-    p.add_argument("--joblib-backend", choices=("loky", "dask"), default="loky",
-                   help="loky: --workers processes on this machine; dask: the shard jobs on the Dask cluster "
-                        "at --scheduler (workers see the same paths)")
-    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                   help="the Dask scheduler for --joblib-backend dask, e.g. tcp://head-node:8786")
-    p.add_argument("--scheduler-timeout", metavar="S", type=float, default=30.0,
-                   help="seconds to wait for the Dask scheduler before giving up (exit 2)")
-    # Run-level values are checked before any video is touched: a bad value is a problem of the
-    # command, never recorded as a failure of the videos.
-    return parse_checked(p, argv, _check_args, config=True)
+@dataclass
+class ExtractFlags(Flags):
+    """The flags of extract_masks.py. Run-level values are checked before any video is touched:
+    a bad value is a problem of the command, never recorded as a failure of the videos."""
+
+    dataset: str = flag("ucf101", "the dataset's layout", choices=("ucf101", "hmdb51", "folder", "demo", "kinetics"))
+    data_root: Path = flag(None, "dataset root (none: data/<dataset>)", type=Path)
+    cache_dir: Path = flag(Path("data_cache"), "cache root")
+    lam: int = flag(30, "threshold lambda, 0..255 (paper: 10, 30, 60)", name="--lambda", lo=0, hi=255,
+                    note="grey levels; the paper's: 10, 30, 60")
+    m: float = flag(0.5, "weight of the OLD background, 0..1 (paper: 0.1, 0.5, 1)", lo=0, hi=1,
+                    note="the weight of the old background; the paper's: 0.1, 0.5, 1")
+    strides: list = flag(list(DEFAULT_STRIDES), "temporal strides to cache mask sets for (the trainer's --strides)",
+                         nargs="+", lo=1)
+    short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
+    jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
+    videos_per_shard: int = flag(DEFAULT_VIDEOS_PER_SHARD, "videos per shard file", lo=1)
+    workers: int = flag(available_cores(), "parallel worker processes; the default is every core this process may use",
+                        lo=1)
+    shard_index: int = flag(0, "this part of a job array: the shards with id %% num-shards == shard-index", lo=0)
+    num_shards: int = flag(1, "parts of the job array", lo=1)
+    force: bool = flag(False, "rebuild frames and this mask set even if cached")
+    retry_failed: bool = flag(False, "retry videos that failed before (unchanged files)")
+    timeout: float = flag(None, "per-video decode timeout in seconds (none: no timeout)", type=float, lo=0,
+                          lo_open=True)
+    chunk_frames: int = flag(16, "frames per decode chunk (bounds memory)", lo=1)
+    doctor: bool = flag(False, "preflight checks only")
+    verify: bool = flag(False, "check the checksum of every record of the frame set and its mask sets, and rebuild "
+                               "the shards that are damaged (a plain run checks only each shard's index)")
+    class_subset: Path = flag(None, "kinetics: only these classes, one name per line as in the annotations' label "
+                                    "column ('#' comments and blank lines ignored); labels renumbered 0..K-1 in "
+                                    "sorted order", type=Path, metavar="FILE")
+    max_per_class: int = flag(None, "kinetics: at most N videos per class in each of train and val, the first N by "
+                                    "file name", type=int, lo=1, metavar="N")
+    cache_name: str = flag(None, "the dataset's folder in the cache and the trainer's --dataset (none: the "
+                                 "dataset's name; kinetics with a subset: kinetics-<8 hex digits of the selection>)",
+                           metavar="NAME")
+    joblib_backend: str = flag("loky", "loky: --workers processes on this machine; dask: the shard jobs on the Dask "
+                                       "cluster at --scheduler (workers see the same paths)", choices=("loky", "dask"))
+    scheduler: str = flag(None, "the Dask scheduler for --joblib-backend dask, e.g. tcp://head-node:8786",
+                          metavar="ADDRESS")
+    scheduler_timeout: float = flag(30.0, "seconds to wait for the Dask scheduler before giving up (exit 2)",
+                                    lo=0, lo_open=True, metavar="S")
+    list: bool = flag(False, "list what is cached and exit")    # last: the name shadows the builtin in the class body
+
+    def check(self) -> None:
+        """Combinations of flags (each flag's own range is checked from its field); reads
+        --class-subset into ``class_subset_names``."""
+        if len(set(self.strides)) != len(self.strides):
+            raise UsageError("--strides", self.strides, "must be distinct")
+        check_range("--shard-index", self.shard_index, lo=0, hi=self.num_shards - 1,
+                    note="0 <= shard-index < num-shards")
+        for name, value in (("--class-subset", self.class_subset), ("--max-per-class", self.max_per_class)):
+            if value is not None and self.dataset != "kinetics":
+                raise UsageError(name, value, "only with --dataset kinetics")
+        self.class_subset_names = None
+        if self.class_subset is not None:
+            from preprocess.datasets import read_class_subset
+
+            try:
+                self.class_subset_names = read_class_subset(self.class_subset)
+            except FileNotFoundError:
+                raise UsageError("--class-subset", self.class_subset, "no such file") from None
+            except (OSError, ValueError) as e:
+                raise UsageError("--class-subset", self.class_subset, str(e)) from None
+        if self.cache_name is not None and not CACHE_NAME.fullmatch(self.cache_name):
+            raise UsageError("--cache-name", self.cache_name, "must be letters, digits, '_', '-' or '.', starting "
+                             "with a letter or digit (a folder name), at most 64 characters")
+        if self.joblib_backend == "dask" and not self.scheduler:
+            raise UsageError("--joblib-backend", "dask", "needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+        if self.scheduler and self.joblib_backend != "dask":
+            raise UsageError("--scheduler", self.scheduler, "only with --joblib-backend dask")
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    check_range("--lambda", args.lam, lo=0, hi=255, note="grey levels; the paper's: 10, 30, 60")
-    check_range("--m", args.m, lo=0, hi=1, note="the weight of the old background; the paper's: 0.1, 0.5, 1")
-    check_range("--strides", args.strides, lo=1)
-    if len(set(args.strides)) != len(args.strides):
-        raise UsageError("--strides", args.strides, "must be distinct")
-    check_range("--num-shards", args.num_shards, lo=1)
-    check_range("--shard-index", args.shard_index, lo=0, hi=args.num_shards - 1, note="0 <= shard-index < num-shards")
-    check_range("--workers", args.workers, lo=1)
-    check_range("--videos-per-shard", args.videos_per_shard, lo=1)
-    check_range("--short-side", args.short_side, lo=16, hi=4096)
-    check_range("--jpeg-quality", args.jpeg_quality, lo=1, hi=100)
-    check_range("--chunk-frames", args.chunk_frames, lo=1)
-    if args.timeout is not None:
-        check_range("--timeout", args.timeout, lo=0, lo_open=True)
-    for flag, value in (("--class-subset", args.class_subset), ("--max-per-class", args.max_per_class)):
-        if value is not None and args.dataset != "kinetics":
-            raise UsageError(flag, value, "only with --dataset kinetics")
-    if args.max_per_class is not None:
-        check_range("--max-per-class", args.max_per_class, lo=1)
-    args.class_subset_names = None
-    if args.class_subset is not None:
-        from preprocess.datasets import read_class_subset
-
-        try:
-            args.class_subset_names = read_class_subset(args.class_subset)
-        except FileNotFoundError:
-            raise UsageError("--class-subset", args.class_subset, "no such file") from None
-        except (OSError, ValueError) as e:
-            raise UsageError("--class-subset", args.class_subset, str(e)) from None
-    if args.cache_name is not None and not CACHE_NAME.fullmatch(args.cache_name):
-        raise UsageError("--cache-name", args.cache_name, "must be letters, digits, '_', '-' or '.', starting with a "
-                         "letter or digit (a folder name), at most 64 characters")
-    if args.joblib_backend == "dask" and not args.scheduler:
-        raise UsageError("--joblib-backend", "dask", "needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
-    if args.scheduler and args.joblib_backend != "dask":
-        raise UsageError("--scheduler", args.scheduler, "only with --joblib-backend dask")
-    check_range("--scheduler-timeout", args.scheduler_timeout, lo=0, lo_open=True)
+def parse_args(argv: list[str] | None) -> ExtractFlags:
+    return parse(ExtractFlags, argv, description=__doc__, prog="extract_masks.py")
 
 
-def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+def config_from_args(args: ExtractFlags) -> ExtractConfig:
     return ExtractConfig(
         dataset=args.dataset, data_root=args.data_root or Path("data") / args.dataset, cache_dir=args.cache_dir,
         decode=DecodeParams(args.short_side, args.jpeg_quality),
@@ -585,7 +582,7 @@ def _stats_text(stats: dict | None) -> str:
 SELECTION_FILE = "selection.json"   # in <cache-dir>/<cache name>/: which videos this folder caches
 
 
-def select_videos(args: argparse.Namespace, cfg: ExtractConfig, index):
+def select_videos(args: ExtractFlags, cfg: ExtractConfig, index):
     """Apply --class-subset / --max-per-class; returns (index, cfg with the cache name, the
     selection record). A subset gets its own cache name, `<dataset>-<8 hex digits>` of the
     selection (sha256 of the record below), unless --cache-name names one."""
@@ -655,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
 
 
-def _main(args: argparse.Namespace, cfg: ExtractConfig, client) -> int:
+def _main(args: ExtractFlags, cfg: ExtractConfig, client) -> int:
     from preprocess.datasets import DatasetLayoutError
 
     try:
@@ -749,11 +746,19 @@ def _main(args: argparse.Namespace, cfg: ExtractConfig, client) -> int:
           f"written {written / 1e6:.1f} MB" + (f"; failures listed in {report}" if lines else ""))
     if cfg.verify:
         print(verify_summary(checks, damaged, bad_manifests))
+    else:
+        print(f"[extract] {VERIFY_HINT}")
     if not manifest["complete"]:
         print(f"[extract] this part is done; the cache is complete once all {cfg.num_shards} parts have run")
     return 1 if (failures or known) else 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-extract-masks`` console command (pyproject.toml): the same as ``python preprocess/extract_masks.py``."""
     from core.errors import exit_with
+
     exit_with(main, "extract_masks.py")
+
+
+if __name__ == "__main__":
+    console()

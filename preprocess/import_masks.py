@@ -8,7 +8,7 @@
 
 The set is written beside the frame set of the cache (data_cache/<dataset>/<decode key>/
 masks-ext-<NAME>/, one shard per frame shard, manifest.json) with the cache's record format
-(zlib records with a CRC32 each, index checksum, atomic writes; preprocess/cache.py). It holds
+(zlib records with a CRC32 each, index checksum, atomic writes; docs/cache.md). It holds
 FINAL masks, uint8 0..255 per cached frame, used as stored: the trainer crops, resizes and flips
 them with the clip's frames (no stretch, no dilation, no first-mask rule), at any stride.
 
@@ -52,7 +52,6 @@ renamed). Exit status: 0 every video imported, 1 some videos failed (the others 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import importlib
@@ -76,7 +75,7 @@ from preprocess.cache import (NAME_PATTERN, CacheIndex, ClipReader, DecodeParams
                               read_manifest, shard_name, valid_mask_set_name, write_named_manifest)
 from core.checks import check_range
 from core.errors import UsageError
-from core.flags import parse_checked
+from core.flags import Flags, flag, parse
 BOX_COLUMNS = ("video", "frame", "x1", "y1", "x2", "y2")
 SIZE_COLUMNS = ("source_width", "source_height")
 ASPECT_TOLERANCE = 0.02      # |source aspect / cached aspect - 1| beyond this: the boxes would be stretched
@@ -98,57 +97,63 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="import_masks.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--dataset", default="ucf101", help="dataset name in the cache")
-    p.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
-    p.add_argument("--short-side", type=int, default=128, help="frame set: cached short side")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="frame set: JPEG quality")
-    p.add_argument("--name", required=True, help="the mask set's name (the trainer's --mask-set NAME); "
-                                                 "letters, digits, '_', '-', '.'")
-    src = p.add_argument_group("source (exactly one)")
-    src.add_argument("--boxes", type=Path, help="per-frame boxes, .csv or .json")
-    src.add_argument("--arrays", type=Path, help="folder of per-video .npz/.npy arrays or PNG folders")
-    src.add_argument("--mask-fn", help="module:function computing masks from a video's cached frames")
-    p.add_argument("--source-size", help="WIDTHxHEIGHT of the box coordinates (the video the boxes were "
-                                         "found on), unless the box file has source_width/source_height")
-    p.add_argument("--min-score", type=float, default=None, help="drop boxes scored below this (needs a score column)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="import cached videos absent from the source as all-zero masks (default: they fail)")
-    return parse_checked(p, argv, _check_args, config=True)
+@dataclass
+class MaskSourceFlags(Flags):
+    """source (exactly one)"""
+
+    boxes: Path = flag(None, "per-frame boxes, .csv or .json", type=Path)
+    arrays: Path = flag(None, "folder of per-video .npz/.npy arrays or PNG folders", type=Path)
+    mask_fn: str = flag(None, "module:function computing masks from a video's cached frames")
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if not valid_mask_set_name(args.name):
-        raise UsageError("--name", args.name, f"must match {NAME_PATTERN} (letters, digits, '_', '-', '.', starting "
-                                              f"with a letter or digit)")
-    check_range("--short-side", args.short_side, lo=16, hi=4096)
-    check_range("--jpeg-quality", args.jpeg_quality, lo=1, hi=100)
-    given = [f for f, v in (("--boxes", args.boxes), ("--arrays", args.arrays), ("--mask-fn", args.mask_fn))
-             if v is not None]
-    if len(given) != 1:
-        raise UsageError("source:", " ".join(given) or "none given",
-                         "give exactly one of --boxes FILE, --arrays DIR, --mask-fn module:function")
-    if args.boxes is not None:
-        if not args.boxes.is_file():
-            raise UsageError("--boxes", args.boxes, "no such file")
-        if args.boxes.suffix.lower() not in (".csv", ".json"):
-            raise UsageError("--boxes", args.boxes, "must be a .csv or .json file")
-    elif args.source_size is not None:
-        raise UsageError("--source-size", args.source_size, "applies to --boxes only (arrays and --mask-fn masks "
-                                                            "must already have the cached frame size)")
-    if args.source_size is not None:
-        parse_size(args.source_size)
-    if args.min_score is not None:
-        if args.boxes is None:
-            raise UsageError("--min-score", args.min_score, "applies to --boxes only")
-        check_range("--min-score", args.min_score)
-    if args.arrays is not None and not args.arrays.is_dir():
-        raise UsageError("--arrays", args.arrays, "no such folder")
-    if args.mask_fn is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", args.mask_fn):
-        raise UsageError("--mask-fn", args.mask_fn, "must be module:function, e.g. mydetector:masks")
+@dataclass
+class ImportFlags(MaskSourceFlags):
+    """The flags of import_masks.py."""
+
+    dataset: str = flag("ucf101", "dataset name in the cache")
+    cache_dir: Path = flag(Path("data_cache"), "cache root")
+    short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
+    jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
+    name: str = flag(None, "the mask set's name (the trainer's --mask-set NAME); letters, digits, '_', '-', '.'",
+                     required=True)
+    source_size: str = flag(None, "WIDTHxHEIGHT of the box coordinates (the video the boxes were found on), unless "
+                                  "the box file has source_width/source_height")
+    min_score: float = flag(None, "drop boxes scored below this (needs a score column)", type=float)
+    allow_missing: bool = flag(False, "import cached videos absent from the source as all-zero masks (otherwise "
+                                      "they fail)")
+
+    def check(self) -> None:
+        """The name, exactly one source, and the flags that apply to --boxes only."""
+        if not valid_mask_set_name(self.name):
+            raise UsageError("--name", self.name, f"must match {NAME_PATTERN} (letters, digits, '_', '-', '.', "
+                                                  f"starting with a letter or digit)")
+        given = [f for f, v in (("--boxes", self.boxes), ("--arrays", self.arrays), ("--mask-fn", self.mask_fn))
+                 if v is not None]
+        if len(given) != 1:
+            raise UsageError("source:", " ".join(given) or "none given",
+                             "give exactly one of --boxes FILE, --arrays DIR, --mask-fn module:function")
+        if self.boxes is not None:
+            if not self.boxes.is_file():
+                raise UsageError("--boxes", self.boxes, "no such file")
+            if self.boxes.suffix.lower() not in (".csv", ".json"):
+                raise UsageError("--boxes", self.boxes, "must be a .csv or .json file")
+        elif self.source_size is not None:
+            raise UsageError("--source-size", self.source_size, "applies to --boxes only (arrays and --mask-fn "
+                                                                "masks must already have the cached frame size)")
+        if self.source_size is not None:
+            parse_size(self.source_size)
+        if self.min_score is not None:
+            if self.boxes is None:
+                raise UsageError("--min-score", self.min_score, "applies to --boxes only")
+            check_range("--min-score", self.min_score)
+        if self.arrays is not None and not self.arrays.is_dir():
+            raise UsageError("--arrays", self.arrays, "no such folder")
+        if self.mask_fn is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.mask_fn):
+            raise UsageError("--mask-fn", self.mask_fn, "must be module:function, e.g. mydetector:masks")
+
+
+def parse_args(argv: list[str] | None) -> ImportFlags:
+    return parse(ImportFlags, argv, description=__doc__, prog="import_masks.py")
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,6 +629,12 @@ def _array_candidates(root: Path) -> list[Path]:
     return sorted(out)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-import-masks`` console command (pyproject.toml): the same as ``python preprocess/import_masks.py``."""
     from core.errors import exit_with
+
     exit_with(main, "import_masks.py")
+
+
+if __name__ == "__main__":
+    console()

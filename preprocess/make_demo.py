@@ -78,7 +78,6 @@ demo with other parameters is replaced; a non-empty folder that is not a demo is
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import math
@@ -96,11 +95,9 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python preprocess/make_demo.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checks import check_range
-
 from core.errors import UsageError, exit_with
 
-from core.flags import parse_checked
+from core.flags import Flags, flag, parse
 from preprocess.decode import ffmpeg_binary, ffmpeg_version
 
 __all__ = [
@@ -714,35 +711,30 @@ def _install(tmp: Path, root: Path, params: dict, existing) -> None:
             shutil.rmtree(trash, ignore_errors=True)
 
 
-def _check_args(args) -> None:
-    check_range("--seed", args.seed, lo=0)
-    check_range("--classes", args.classes, lo=2, hi=len(ALL_CLASSES))
-    check_range("--groups", args.groups, lo=3, hi=99, note="split 1 tests a third of the groups")
-    check_range("--clips", args.clips, lo=1, hi=99)
-    check_range("--frames", args.frames, lo=8)
-    if Path(args.root).exists() and not Path(args.root).is_dir():
-        raise UsageError("--data-root", args.root, "exists and is not a folder")
+@dataclass
+class DemoFlags(Flags):
+    """The flags of make_demo.py."""
 
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="make_demo.py", description="Write the synthetic demo dataset in UCF101's "
-                                 "layout (motion-defined classes).")
     # --data-root: the name extract_masks.py and run_all.sh give the dataset root (--root: the old name)
-    ap.add_argument("--data-root", "--root", dest="root", default="data/demo",
-                    help="output folder (default data/demo)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--classes", type=int, default=DEFAULTS["classes"],
-                    help=f"number of classes, 2..{len(ALL_CLASSES)} (default 6)")
-    ap.add_argument("--groups", type=int, default=DEFAULTS["groups"],
-                    help=f"groups per class, >= 3 (default {DEFAULTS['groups']}; split 1 tests a third)")
-    ap.add_argument("--clips", type=int, default=DEFAULTS["clips"],
-                    help=f"clips per group (default {DEFAULTS['clips']})")
-    ap.add_argument("--frames", type=int, default=DEFAULTS["frames"],
-                    help=f"maximum frames per video; lengths vary down to 3/4 of it (default {DEFAULTS['frames']})")
-    ap.add_argument("--write-boxes", action="store_true",
-                    help="also write boxes.csv (+ boxes.json): ground-truth boxes of the moving objects per frame, "
-                         "for preprocess/import_masks.py --boxes (an existing demo gets them without re-rendering)")
-    return parse_checked(ap, argv, _check_args, config=True)
+    root: str = flag("data/demo", "output folder", name="--data-root", aliases=("--root",))
+    seed: int = flag(0, "seed of every random stream", lo=0)
+    classes: int = flag(DEFAULTS["classes"], f"number of classes, 2..{len(ALL_CLASSES)}", lo=2, hi=len(ALL_CLASSES))
+    groups: int = flag(DEFAULTS["groups"], "groups per class, >= 3 (split 1 tests a third)", lo=3, hi=99,
+                       note="split 1 tests a third of the groups")
+    clips: int = flag(DEFAULTS["clips"], "clips per group", lo=1, hi=99)
+    frames: int = flag(DEFAULTS["frames"], "maximum frames per video; lengths vary down to 3/4 of it", lo=8)
+    write_boxes: bool = flag(False, "also write boxes.csv (+ boxes.json): ground-truth boxes of the moving objects "
+                                    "per frame, for preprocess/import_masks.py --boxes (an existing demo gets them "
+                                    "without re-rendering)")
+
+    def check(self) -> None:
+        if Path(self.root).exists() and not Path(self.root).is_dir():
+            raise UsageError("--data-root", self.root, "exists and is not a folder")
+
+
+def parse_args(argv=None) -> DemoFlags:
+    return parse(DemoFlags, argv, description="Write the synthetic demo dataset in UCF101's layout (motion-defined "
+                                              "classes).", prog="make_demo.py")
 
 
 def main(argv=None) -> int:
@@ -752,5 +744,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-make-demo`` console command (pyproject.toml): the same as ``python preprocess/make_demo.py``."""
     exit_with(main, "make_demo.py")
+
+
+if __name__ == "__main__":
+    console()

@@ -20,7 +20,8 @@ import torch
 from benchmarks import bench_pretrain as BP
 from benchmarks import bench_train_step as BT
 from preprocess.cache import DecodeParams, MaskParams, open_cache
-from train import engine as E
+from train.utils.log import read_metrics
+from core import flags
 from train.mac_model import MACModel
 from train.pretrain import PretrainConfig, mac_config
 from train.pretrain import main as pretrain_main
@@ -91,9 +92,9 @@ def test_step_is_pretrain_py_first_step(tiny_cache, tmp_path, method):
     """Same config, same first batch: the benchmark's step computes pretrain.py's first loss."""
     argv = tiny_argv(tiny_cache, method, tmp_path / "run")
     pretrain_main(argv)
-    logged = [r for r in E.read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    logged = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert logged[0]["step"] == 1
-    cfg = E.parse_config(PretrainConfig, argv)
+    cfg = flags.parse(PretrainConfig, argv)
     step = BT.MacStep(cfg, "cpu", BT.first_batch(cfg))
     loss = float(step())
     assert math.isclose(loss, logged[0]["loss"], rel_tol=1e-5), (loss, logged[0]["loss"])

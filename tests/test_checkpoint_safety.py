@@ -11,7 +11,7 @@ import torch
 
 from core import errors as cli
 from tests.test_pretrain import build_tiny_cache, tiny_args
-from train import engine as E
+from train.utils.checkpoint import CheckpointError, load_checkpoint
 from train.models import backbone_state_dict, build_backbone
 
 
@@ -72,10 +72,10 @@ def test_a_planted_pickle_is_refused_by_every_loader(cache, hostile, tmp_path, c
 
 def test_trust_checkpoint_is_the_only_way_to_unpickle_fully(cache, hostile, tmp_path, capsys):
     path, marker = hostile
-    with pytest.raises(E.CheckpointError, match="refused"):
-        E.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
     assert not marker.exists()
-    obj = E.load_checkpoint(path, trust=True)     # the user vouched for this file: its code runs
+    obj = load_checkpoint(path, trust=True)     # the user vouched for this file: its code runs
     assert marker.exists() and torch.equal(obj["state_dict"]["w"], torch.zeros(1))
 
     # a foreign checkpoint that keeps its training args (an argparse.Namespace): refused, then
@@ -99,9 +99,9 @@ def test_damaged_checkpoint_is_a_message(tmp_path):
     torch.save({"w": torch.ones(3)}, good)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good.read_bytes()[:200])              # truncated download
-    with pytest.raises(E.CheckpointError, match="bad.pt: not a readable checkpoint"):
-        E.load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="bad.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x80\x02not a pickle at all")
-    with pytest.raises(E.CheckpointError, match="garbage.pt: not a readable checkpoint"):
-        E.load_checkpoint(garbage, trust=True)
+    with pytest.raises(CheckpointError, match="garbage.pt: not a readable checkpoint"):
+        load_checkpoint(garbage, trust=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core import errors as cli
-from train import engine as E
+from core import flags
 from train.finetune import FinetuneConfig
 from train.pretrain import PretrainConfig
 
@@ -44,41 +44,41 @@ def argv_of(obj: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# pretrain / finetune: train.engine.parse_config
+# pretrain / finetune: core.flags.parse
 
 
 def test_pretrain_file_sets_values_flags_override_defaults_fill(tmp_path):
     f = write(tmp_path / "p.json", {"lambda": 10, "frames": 8, "crop": 48, "scales": [48, 54], "milestones": [],
                                     "dilate": False, "lr": 1, "batch-size": 4, "optimizer": "adamw"})
-    cfg = E.parse_config(PretrainConfig, ["--config", str(f)])
+    cfg = flags.parse(PretrainConfig, ["--config", str(f)])
     assert (cfg.lam, cfg.frames, cfg.crop, cfg.scales, cfg.milestones, cfg.dilate) == (10, 8, 48, (48, 54), (), False)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.batch_size == 4 and cfg.optimizer == "adamw"
     default = PretrainConfig()
     assert (cfg.k, cfg.m, cfg.epochs, cfg.strides) == (default.k, default.m, default.epochs, default.strides)
     # the command line wins over the file, wherever it stands relative to --config
-    cfg = E.parse_config(PretrainConfig, ["--frames", "4", "--config", str(f), "--dilate", "--milestones", "3"])
+    cfg = flags.parse(PretrainConfig, ["--frames", "4", "--config", str(f), "--dilate", "--milestones", "3"])
     assert cfg.frames == 4 and cfg.dilate is True and cfg.milestones == (3,) and cfg.lam == 10 and cfg.crop == 48
     # a file means exactly what the same flags mean
     obj = json.loads(f.read_text())
-    assert E.parse_config(PretrainConfig, ["--config", str(f)]) == E.parse_config(PretrainConfig, argv_of(obj))
+    assert flags.parse(PretrainConfig, ["--config", str(f)]) == flags.parse(PretrainConfig, argv_of(obj))
 
 
 def test_finetune_file_and_flags(tmp_path):
     f = write(tmp_path / "f.json", {"init": "random", "freeze-backbone": True, "label-fraction": 0.5,
                                     "dropout": 0, "epochs": 3})
-    cfg = E.parse_config(FinetuneConfig, ["--config", str(f), "--epochs", "5"])
+    cfg = flags.parse(FinetuneConfig, ["--config", str(f), "--epochs", "5"])
     assert cfg.init == "random" and cfg.freeze_backbone is True and cfg.label_fraction == 0.5
     assert cfg.dropout == 0.0 and cfg.epochs == 5 and cfg.lr == FinetuneConfig().lr
-    assert E.parse_config(FinetuneConfig, ["--config", str(f), "--no-freeze-backbone"]).freeze_backbone is False
+    assert flags.parse(FinetuneConfig, ["--config", str(f), "--no-freeze-backbone"]).freeze_backbone is False
 
 
 def test_a_flag_may_replace_a_bad_file_value_but_a_bad_flag_is_named_as_a_flag(tmp_path, capsys):
     """Ranges are checked on the resolved values: a file value the command line replaces never
     counts; a bad value given on the command line is reported as the flag, as without a file."""
     f = write(tmp_path / "p.json", {"lambda": 300})
-    assert E.parse_config(PretrainConfig, ["--config", str(f), "--lambda", "20"]).lam == 20
+    assert flags.parse(PretrainConfig, ["--config", str(f), "--lambda", "20"]).lam == 20
     with pytest.raises(SystemExit) as e:
-        E.parse_config(PretrainConfig, ["--config", str(write(tmp_path / "q.json", {"m": 0.1})), "--k", "1"],
+        flags.parse(PretrainConfig, ["--config", str(write(tmp_path / "q.json", {"m": 0.1})), "--k", "1"],
                        prog="pretrain.py")
     assert e.value.code == 2
     err = one_line_error(capsys, "pretrain.py")
@@ -132,7 +132,7 @@ def test_bad_training_files_are_refused_before_any_work(tool, content, key, expe
 
 def test_missing_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        E.parse_config(PretrainConfig, ["--config", str(tmp_path / "none.json")], prog="pretrain.py")
+        flags.parse(PretrainConfig, ["--config", str(tmp_path / "none.json")], prog="pretrain.py")
     assert e.value.code == 2
     assert one_line_error(capsys, "pretrain.py").endswith(f"--config {tmp_path / 'none.json'}: no such file")
 
@@ -256,7 +256,7 @@ def test_help_shows_the_config_flag(capsys):
         parse_args(["--help"])
     assert e.value.code == 0 and "--config FILE" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        E.parse_config(PretrainConfig, ["--help"])
+        flags.parse(PretrainConfig, ["--help"])
     assert "--config FILE" in capsys.readouterr().out
 
 
@@ -269,9 +269,9 @@ def load_preset_file(path: Path, tmp_path: Path):
     chain adds itself are given where the script needs them)."""
     stage = path.stem
     if stage == "pretrain":
-        return E.parse_config(PretrainConfig, ["--config", str(path)])
+        return flags.parse(PretrainConfig, ["--config", str(path)])
     if stage in ("finetune", "linear"):
-        return E.parse_config(FinetuneConfig, ["--config", str(path), "--init", "random"])
+        return flags.parse(FinetuneConfig, ["--config", str(path), "--init", "random"])
     if stage == "evaluate":
         from train.evaluate import parse_args
 
@@ -316,9 +316,9 @@ def test_every_preset_has_its_stage_files(tmp_path):
         assert (d / "linear.json").is_file() == chain["linear-probe"]
         assert not (d / "demo.json").exists() or preset.startswith("demo")
     # the paper's presets: the paper's recipe; the demo's: the CPU-sized one
-    pt = E.parse_config(PretrainConfig, ["--config", str(CONFIGS / "ucf101" / "pretrain.json")])
+    pt = flags.parse(PretrainConfig, ["--config", str(CONFIGS / "ucf101" / "pretrain.json")])
     assert (pt.method, pt.n, pt.k, pt.lam, pt.m, pt.backbone, pt.epochs) == ("mac-sc", 2, 4, 30, 0.5, "r2plus1d_18", 300)
-    demo = E.parse_config(PretrainConfig, ["--config", str(CONFIGS / "demo" / "pretrain.json")])
+    demo = flags.parse(PretrainConfig, ["--config", str(CONFIGS / "demo" / "pretrain.json")])
     assert (demo.method, demo.k, demo.frames, demo.crop, demo.backbone) == ("mac-s", 2, 8, 48, "r2plus1d_10_w32")
     readme = (CONFIGS / "README.md").read_text()
     assert all(f"## `{p}`" in readme for p in PRESETS)

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from preprocess.cache import open_cache, write_cache_from_arrays
-from train import engine as E
+from train.utils.checkpoint import load_checkpoint
+from train.utils.log import read_metrics
+from core import flags
 from train.finetune import default_run_dir, main, read_init
 from train.models import backbone_state_dict, build_backbone
 
@@ -68,14 +70,14 @@ def _params_equal(model_sd: dict, backbone_sd: dict) -> bool:
 
 
 def test_init_from_pretrain_checkpoint_is_strict_and_recorded(cache, pretrain_ckpt, tmp_path):
-    pre = E.load_checkpoint(pretrain_ckpt)
+    pre = load_checkpoint(pretrain_ckpt)
     # lr 0 and no weight decay: the backbone parameters stay exactly the loaded ones
     res = main(args(cache, "--init", str(pretrain_ckpt), "--epochs", "1", "--lr", "0", "--weight-decay", "0",
                     "--run-dir", str(tmp_path / "ft")))
     rep = res["init"]["report"]
     assert rep["missing"] == [] and rep["unexpected"] == [] and rep["mismatched"] == []
     assert rep["loaded"] == len(pre["backbone"])
-    ck = E.load_checkpoint(res["checkpoint"])
+    ck = load_checkpoint(res["checkpoint"])
     assert ck["kind"] == "finetune" and ck["backbone_name"] == "r2plus1d_10"
     assert _params_equal(ck["model"], pre["backbone"])
     # what train/evaluate.py relies on
@@ -102,7 +104,7 @@ def test_init_from_torchvision_state_dict(cache, tmp_path):
                     "--weight-decay", "0", "--run-dir", str(tmp_path / "ft")))
     rep = res["init"]["report"]
     assert rep["missing"] == [] and rep["unexpected"] == [] and sorted(rep["dropped"]) == ["fc.bias", "fc.weight"]
-    ck = E.load_checkpoint(res["checkpoint"])
+    ck = load_checkpoint(res["checkpoint"])
     assert ck["model"]["fc.weight"].shape == (3, 512)
     assert _params_equal(ck["model"], backbone_state_dict(build_backbone("r2plus1d_10")) | {
         k: v for k, v in tv.items() if not k.startswith("fc.")})
@@ -125,15 +127,15 @@ def test_random_init_resume_and_best(cache, tmp_path):
     run = tmp_path / "rand"
     base = args(cache, "--init", "random", "--backbone", "r2plus1d_10", "--val-every", "1", "--run-dir", str(run))
     r1 = main([*base, "--epochs", "1"])
-    ck1 = E.load_checkpoint(r1["checkpoint"])
+    ck1 = load_checkpoint(r1["checkpoint"])
     assert ck1["epoch"] == 1 and ck1["step"] == 3 and ck1["init"] == {"kind": "random"}
     assert ck1["best"]["epoch"] == 0 and (run / "best.pt").exists()
     with pytest.raises(SystemExit, match="--resume"):
         main([*base, "--epochs", "2"])
     r2 = main([*base, "--epochs", "2", "--resume"])
-    ck2 = E.load_checkpoint(r2["checkpoint"])
+    ck2 = load_checkpoint(r2["checkpoint"])
     assert ck2["epoch"] == 2 and ck2["step"] == 6 and ck2["best"]["epoch"] in (0, 1)
-    epochs = [r["epoch"] for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
     assert epochs == [0, 1]
 
 
@@ -148,9 +150,9 @@ def test_torchrun_two_process_gloo(cache, pretrain_ckpt, tmp_path):
     p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                        text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    ck = E.load_checkpoint(run / "last.pt")
+    ck = load_checkpoint(run / "last.pt")
     assert ck["world_size"] == 2 and ck["global_batch"] == 6 and ck["metrics"]["val_videos"] == 3
-    final = [r for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][-1]
+    final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][-1]
     assert len(set(final["rank_param_hashes"])) == 1 and len(final["rank_param_hashes"]) == 2
 
 
@@ -158,10 +160,10 @@ def test_linear_probe_trains_only_the_classifier(cache, pretrain_ckpt, tmp_path)
     """--freeze-backbone: every backbone tensor, BN running statistics included, ends exactly as
     loaded (no gradient reaches it), while the classifier learns; the normalisation is the
     pretraining's."""
-    pre = E.load_checkpoint(pretrain_ckpt)
+    pre = load_checkpoint(pretrain_ckpt)
     res = main(args(cache, "--init", str(pretrain_ckpt), "--freeze-backbone", "--epochs", "2", "--lr", "0.1",
                     "--run-dir", str(tmp_path / "lp")))
-    ck = E.load_checkpoint(res["checkpoint"])
+    ck = load_checkpoint(res["checkpoint"])
     assert ck["config"]["freeze_backbone"] and ck["config"]["norm"] == pre["mac"]["norm"] == "imagenet"
     for k, v in pre["backbone"].items():
         assert torch.equal(ck["model"][k], v), k
@@ -170,7 +172,7 @@ def test_linear_probe_trains_only_the_classifier(cache, pretrain_ckpt, tmp_path)
     assert not torch.equal(ck["model"]["fc.weight"], fresh.fc.weight)
     from train.finetune import FinetuneConfig
 
-    cfg = E.parse_config(FinetuneConfig, ["--freeze-backbone", "--init", "random", "--label-fraction", "0.5"])
+    cfg = flags.parse(FinetuneConfig, ["--freeze-backbone", "--init", "random", "--label-fraction", "0.5"])
     assert default_run_dir(cfg, {"kind": "random"}).name == "linear_random_labels0.5"
 
 
@@ -188,7 +190,7 @@ def test_label_fraction_is_balanced_seeded_and_disjoint_from_test(cache, tmp_pat
     # through finetune.py: the recorded training videos are the subset, never a test video
     res = main(args(cache, "--init", "random", "--backbone", "r2plus1d_10", "--label-fraction", "0.34",
                     "--epochs", "1", "--run-dir", str(tmp_path / "lf")))
-    ck = E.load_checkpoint(res["checkpoint"])
+    ck = load_checkpoint(res["checkpoint"])
     index = open_cache(cache, "ucf101")
     train = set(index.names[index.subset(1, "train")])
     test = set(index.names[index.subset(1, "test")])

@@ -16,7 +16,7 @@ import torch
 from preprocess.cache import CacheError, ClipReader, MaskParams, open_cache
 from core.errors import run
 from preprocess.import_masks import main, rasterise_boxes
-from train import engine as E
+from train.utils.checkpoint import load_checkpoint
 from train.data import PretrainClips, make_loader
 from train.mac import MACConfig, MACTransform, SpatialParams, apply_spatial, sample_clip_indices
 from train.pretrain import main as pretrain_main
@@ -346,7 +346,7 @@ def test_pretrain_from_an_imported_set(zero_and_full, tmp_path, capsys):
     cache = zero_and_full
     res = pretrain_main(tiny_args(cache, "--method", "mac-s", "--k", "2", "--epochs", "1", "--max-steps", "2",
                                   "--mask-set", "soft", "--run-dir", str(tmp_path / "run")))
-    ck = E.load_checkpoint(res["checkpoint"])
+    ck = load_checkpoint(res["checkpoint"])
     assert ck["cache"]["mask_set"] == "soft" and ck["step"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["mask_set"] == "soft"
     assert ck["cache"]["manifest_hash"] != open_cache(cache, "ucf101", masks=MaskParams()).manifest_hash

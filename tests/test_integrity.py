@@ -316,3 +316,18 @@ def test_shards_without_checksums_are_read_and_reported(built, capsys):
         f.create_dataset("jpeg_crc32" if "jpeg" in f else "crc32", data=np.zeros(1, np.uint32))
     with pytest.raises(CacheError, match="missing"):
         read_shard_info(shards[0])
+
+
+def test_plain_rerun_after_a_damaged_record_says_that_verify_repairs(built, capsys):
+    """The plain rerun stays cheap (it reads no records, so it cannot see the damage), but its
+    summary says that --verify checks records; the same command with --verify repairs."""
+    b, index = built, built.index
+    flip_record_byte(index, index.frames_path(1), 2, 7)
+    capsys.readouterr()
+    assert run(b.root, b.cache) == 0
+    out = capsys.readouterr().out
+    assert "record checksums are checked only with --verify" in out and "after a trainer reported" in out
+    assert run(b.root, b.cache, "--verify") == 0
+    out = capsys.readouterr().out
+    assert "1 damaged, rebuilt" in out and "checked only with --verify" not in out
+    assert_reads_like_pristine(b)

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from tests.test_pretrain import _state_equal, sigkill_when, tiny_args, tiny_cache  # noqa: F401 (fixture)
-from train import engine as E
-from train.loop import CheckpointSaver, PrefetchLoader
+from train.utils.checkpoint import load_checkpoint
+from train.utils.log import read_metrics
+from train.loop import PrefetchLoader
+from train.utils.checkpoint import CheckpointSaver
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}   # every run in a fresh process, same thread count
@@ -26,12 +28,12 @@ def _run(args: list[str], run: Path, *extra: str, check: bool = True) -> subproc
 
 
 def _same_run(a_dir: Path, b_dir: Path) -> None:
-    a, b = E.load_checkpoint(a_dir / "last.pt"), E.load_checkpoint(b_dir / "last.pt")
+    a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
     assert a["epoch"] == b["epoch"] and a["step"] == b["step"] and a["batch"] == b["batch"] == 0
     for key in ("model", "optimizer", "scheduler", "moco", "rng"):
         assert not _state_equal(a[key], b[key]), (key, _state_equal(a[key], b[key])[:5])
-    ea = [r for r in E.read_metrics(a_dir / "metrics.jsonl") if r["kind"] == "epoch" and not r["partial"]]
-    eb = [r for r in E.read_metrics(b_dir / "metrics.jsonl") if r["kind"] == "epoch" and not r["partial"]]
+    ea = [r for r in read_metrics(a_dir / "metrics.jsonl") if r["kind"] == "epoch" and not r["partial"]]
+    eb = [r for r in read_metrics(b_dir / "metrics.jsonl") if r["kind"] == "epoch" and not r["partial"]]
     assert [(r["epoch"], r["loss"], r["acc"]) for r in ea] == [(r["epoch"], r["loss"], r["acc"]) for r in eb]
 
 
@@ -41,13 +43,13 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(tiny_cache, tmp_path):
     so does one killed after a --save-every-min checkpoint."""
     args = tiny_args(tiny_cache, "--epochs", "3", "--batch-size", "2", "--queue-size", "8", "--seed", "5")
     _run(args, tmp_path / "full")
-    steps = E.load_checkpoint(tmp_path / "full" / "last.pt")["step"]
+    steps = load_checkpoint(tmp_path / "full" / "last.pt")["step"]
     per_epoch = steps // 3
     assert per_epoch >= 4
 
     stopped = tmp_path / "stopped"
     _run(args, stopped, "--max-steps", str(per_epoch + 2))
-    ck = E.load_checkpoint(stopped / "last.pt")
+    ck = load_checkpoint(stopped / "last.pt")
     assert ck["partial"] and ck["epoch"] == 1 and ck["batch"] == 2 and ck["step"] == per_epoch + 2
     _run(args, stopped, "--resume")
     _same_run(tmp_path / "full", stopped)
@@ -55,14 +57,14 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(tiny_cache, tmp_path):
     killed = tmp_path / "killed"
 
     def mid_epoch_checkpoint_of_epoch_1() -> bool:
-        recs = E.read_metrics(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
+        recs = read_metrics(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
         return any(r["kind"] == "checkpoint_written" and r["epoch"] == 1 for r in recs[:-1])
 
     sigkill_when([sys.executable, "train/pretrain.py", *args, "--save-every-min", "1e-9", "--run-dir", str(killed)],
                  ENV, mid_epoch_checkpoint_of_epoch_1)
-    ck = E.load_checkpoint(killed / "last.pt")
+    ck = load_checkpoint(killed / "last.pt")
     assert ck["step"] < steps, "really interrupted"
-    mid = [r for r in E.read_metrics(killed / "metrics.jsonl") if r["kind"] == "checkpoint" and r["batch"] > 0]
+    mid = [r for r in read_metrics(killed / "metrics.jsonl") if r["kind"] == "checkpoint" and r["batch"] > 0]
     assert mid, "--save-every-min wrote mid-epoch checkpoints"
     _run(args, killed, "--resume", "--save-every-min", "1e-9")
     _same_run(tmp_path / "full", killed)
@@ -82,7 +84,7 @@ def test_checkpoint_saver_is_atomic_and_writes_in_the_background(tmp_path, monke
     live["w"].add_(1)                      # training goes on changing the live tensors...
     saver.wait()
     assert paused < 0.2                    # ...while the writer thread saves the host copy
-    assert torch.equal(E.load_checkpoint(tmp_path / "last.pt")["w"], torch.zeros(3))
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["w"], torch.zeros(3))
     assert (tmp_path / "epoch_0002.pt").is_file() and not (tmp_path / "best.pt").exists()
 
     def full_disk(obj, f, *a, **k):        # dies half-way through writing the temp file
@@ -93,7 +95,7 @@ def test_checkpoint_saver_is_atomic_and_writes_in_the_background(tmp_path, monke
     saver.save({"w": torch.ones(3), "epoch": 3}, epoch_done=3, partial=False, is_best=True)
     with pytest.raises(OSError, match="No space left"):
         saver.wait()                        # the writer's error reaches the training thread
-    assert torch.equal(E.load_checkpoint(tmp_path / "last.pt")["w"], torch.zeros(3))   # the previous one, whole
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["w"], torch.zeros(3))   # the previous one, whole
     assert not (tmp_path / "best.pt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0002.pt", "last.pt"]  # no temp file left
 

@@ -1,4 +1,4 @@
-"""train/pretrain.py + train/engine.py on a tiny synthetic cache (CPU, gloo).
+"""train/pretrain.py + train/utils/ on a tiny synthetic cache (CPU, gloo).
 
 Covers: overfitting a fixed batch, the MoCo queue/pointer/momentum math and shuffle-BN order,
 MSE / MSE-n targets and loss, the missing-mask-set message, SIGKILL + --resume reproducing the
@@ -21,7 +21,11 @@ import torch
 
 from preprocess.cache import MaskParams, open_cache, write_cache_from_arrays
 from core.errors import UsageError
-from train import engine as E
+from train.utils.checkpoint import load_checkpoint, save_checkpoint
+from train.utils.guards import NonFiniteLossError, check_finite
+from train.utils.log import read_metrics
+from train.utils.random import rng_state, set_rng_state
+from core import flags
 from train.data import PretrainClips, make_loader
 from train.mac import MACTransform, alpha_values
 from train.pretrain import (MACModel, PretrainConfig, at_chance, check_config, compute_losses, mac_config, main,
@@ -160,7 +164,7 @@ def test_mse_and_mse_n_targets_and_loss(tiny_cache, tmp_path):
     # end to end: the head has n outputs
     res = main(tiny_args(tiny_cache, "--method", "mac-s", "--loss", "mse-n", "--epochs", "1",
                          "--max-steps", "1", "--run-dir", str(tmp_path / "run")))
-    ck = E.load_checkpoint(res["checkpoint"])
+    ck = load_checkpoint(res["checkpoint"])
     assert ck["model"]["backbone.fc.weight"].shape == (2, 512) and ck["num_classes"] == 2
     assert ck["partial"] and ck["epoch"] == 0 and ck["step"] == 1
 
@@ -204,17 +208,17 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_cache, tmp_path):
     run = tmp_path / "killed"
     sigkill_when([sys.executable, "train/pretrain.py", *args, "--run-dir", str(run)], env,
                  lambda: (run / "last.pt").exists())                  # kill once a checkpoint exists
-    ck = E.load_checkpoint(run / "last.pt")
+    ck = load_checkpoint(run / "last.pt")
     assert 1 <= ck["epoch"] < 4, ck["epoch"]                      # really interrupted
     subprocess.run([*script, "--run-dir", str(run), "--resume"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     resumed = {"checkpoint": run / "last.pt"}
 
-    a, b = E.load_checkpoint(full["checkpoint"]), E.load_checkpoint(resumed["checkpoint"])
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     assert a["epoch"] == b["epoch"] == 4 and a["step"] == b["step"] == 4
     for key in ("model", "optimizer", "scheduler", "moco", "rng"):
         assert not _state_equal(a[key], b[key]), (key, _state_equal(a[key], b[key])[:5])
     assert a["metrics"]["test_acc"] == b["metrics"]["test_acc"]
-    epochs = [r["epoch"] for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
     assert epochs == [0, 1, 2, 3]                                # the redone epoch is logged once
     assert not list(run.glob(".*.tmp"))                          # no torn temp checkpoint left
     with pytest.raises(SystemExit, match="--resume"):           # never silently overwrite a run
@@ -278,32 +282,32 @@ def test_torchrun_two_process_gloo(tiny_cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    ck = E.load_checkpoint(run / "last.pt")
+    ck = load_checkpoint(run / "last.pt")
     assert ck["world_size"] == 2 and ck["global_batch"] == 8 and len(ck["rng"]) == 2
     assert ck["moco"]["ptr"] == 8                                 # both ranks' keys were enqueued
-    final = [r for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][-1]
+    final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][-1]
     hashes = final["rank_param_hashes"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["global_batch"] == 8
-    epoch = [r for r in E.read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"][-1]
+    epoch = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"][-1]
     assert epoch["test_videos"] == 2                              # padded duplicates not counted
 
 
 def test_non_finite_guard_names_step_and_terms(tmp_path):
-    E.check_finite({"loss_cls": torch.tensor(1.5), "loss": torch.tensor(2.0)}, epoch=0, step=0)
-    with pytest.raises(E.NonFiniteLossError, match=r"epoch 3 step 17: loss_cls=nan, loss_con=0\.5, loss=inf"):
-        E.check_finite({"loss_cls": torch.tensor(float("nan")), "loss_con": torch.tensor(0.5),
+    check_finite({"loss_cls": torch.tensor(1.5), "loss": torch.tensor(2.0)}, epoch=0, step=0)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3 step 17: loss_cls=nan, loss_con=0\.5, loss=inf"):
+        check_finite({"loss_cls": torch.tensor(float("nan")), "loss_con": torch.tensor(0.5),
                         "loss": torch.tensor(float("inf"))}, epoch=3, step=17)
 
 
 def test_atomic_checkpoint_and_config_parsing(tmp_path):
-    p = E.save_checkpoint({"a": torch.arange(3), "rng": E.rng_state()}, tmp_path / "x.pt")
-    assert E.load_checkpoint(p)["a"].tolist() == [0, 1, 2] and not list(tmp_path.glob(".*.tmp"))
-    E.set_rng_state(E.load_checkpoint(p)["rng"])                   # weights_only round trip
-    cfg = E.parse_config(PretrainConfig, ["--no-bf16", "--milestones", "5", "7", "--lambda", "10", "--symmetric"])
+    p = save_checkpoint({"a": torch.arange(3), "rng": rng_state()}, tmp_path / "x.pt")
+    assert load_checkpoint(p)["a"].tolist() == [0, 1, 2] and not list(tmp_path.glob(".*.tmp"))
+    set_rng_state(load_checkpoint(p)["rng"])                   # weights_only round trip
+    cfg = flags.parse(PretrainConfig, ["--no-bf16", "--milestones", "5", "7", "--lambda", "10", "--symmetric"])
     assert cfg.bf16 is False and cfg.milestones == (5, 7) and cfg.lam == 10 and cfg.symmetric is True
-    assert E.parse_config(PretrainConfig, []).bf16 is True
+    assert flags.parse(PretrainConfig, []).bf16 is True
 
 
 def test_pretext_accuracy_per_segment_and_chance():

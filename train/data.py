@@ -296,7 +296,11 @@ class EvalClips(_CacheClips):
 
 def worker_init_fn(worker_id: int) -> None:
     """Seed the global RNGs of a worker from its torch seed (the samples themselves use per-item
-    generators and do not depend on this) and keep each worker on one thread."""
+    generators and do not depend on this), keep each worker on one thread, and let a scheduler's
+    stop signal reach the main process only (train/utils/preemption.py)."""
+    from train.utils.preemption import ignore_in_workers
+
+    ignore_in_workers(("SIGTERM", "SIGUSR1", "SIGUSR2"))   # the main process checkpoints, then ends them
     seed = torch.initial_seed()
     np.random.seed(seed % 2 ** 32)
     random.seed(seed)

@@ -21,11 +21,11 @@ check them on known arrays.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +33,13 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python train/evaluate.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checks import check_file, check_optional, check_range
-
-from core.errors import ToolError, UsageError, exit_with
-
-from core.flags import parse_checked
+from core.checks import check_file
+from core.errors import ToolError, exit_with
+from core.flags import CONFIG_HELP, flag, parse
 from train.inference import (checkpoint_config, clip_geometry, default_out_dir, default_short_side,  # noqa: F401
                              eval_batches, load_checkpoint, open_checkpoint_cache, resolve_device, run_clips,
                              write_json)
+from train.options import EvalClipFlags
 
 # --------------------------------------------------------------------------------------------
 # Pure metric functions
@@ -239,44 +238,27 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> None
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path, help="a finetuning checkpoint (best.pt / last.pt)")
-    p.add_argument("--split", type=int, default=None, help="split 1..3 (default: the checkpoint's)")
-    p.add_argument("--part", default="test", choices=("test", "train", "all"), help="which videos to evaluate")
-    p.add_argument("--num-clips", type=int, default=10)
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the finetuning config's)")
-    p.add_argument("--stride", type=int, default=None, help="temporal stride (default: the finetuning config's)")
-    p.add_argument("--crop", type=int, default=None, help="centre crop (default: the finetuning config's)")
-    p.add_argument("--short-side", type=int, default=None, help="default 128 for crop 112 (scaled with the crop)")
-    p.add_argument("--cache-dir", default=None, help="default: the checkpoint's, else data_cache")
-    p.add_argument("--batch-size", type=int, default=4, help="videos per batch (each num_clips clips)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N videos (smoke tests)")
-    p.add_argument("--out-dir", type=Path, default=None,
-                   help="default: runs/<ds>/<id>/evaluate beside the checkpoint's stage directory")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of this --checkpoint (can run code stored in the file; only for "
-                        "files you trust)")
-    return parse_checked(p, argv, check_clip_args, config=True)
+PARTS = ("test", "train", "all")
 
 
-def check_clip_args(args: argparse.Namespace) -> None:
-    """The value checks evaluate.py and retrieve.py share (before any file is read)."""
-    check_file("--checkpoint", args.checkpoint)
-    check_optional("--split", args.split, lo=1, hi=3)
-    check_range("--num-clips", args.num_clips, lo=1)
-    check_optional("--frames", args.frames, lo=1)
-    check_optional("--stride", args.stride, lo=1)
-    check_optional("--crop", args.crop, lo=8)
-    check_optional("--short-side", args.short_side, lo=8)
-    if args.crop is not None and args.short_side is not None and args.crop > args.short_side:
-        raise UsageError("--crop", args.crop, f"must be <= --short-side ({args.short_side})")
-    check_range("--batch-size", args.batch_size, lo=1)
-    check_range("--workers", args.workers, lo=0)
-    check_optional("--limit", args.limit, lo=1)
+@dataclass
+class EvaluateFlags(EvalClipFlags):
+    """The flags of evaluate.py: the checkpoint and the videos it is evaluated on (the clip
+    geometry, batching and device: EvalClipFlags)."""
+
+    checkpoint: Path = flag(None, "a finetuning checkpoint (best.pt / last.pt)", type=Path, required=True)
+    split: int = flag(None, "split 1..3 (default: the checkpoint's)", type=int, lo=1, hi=3)
+    part: str = flag("test", "which videos to evaluate", choices=PARTS)
+    config: str = flag(None, CONFIG_HELP, metavar="FILE")
+
+    def check(self) -> None:
+        """The checkpoint must exist (before any file is read); then the clip checks of the group."""
+        check_file("--checkpoint", self.checkpoint)
+        super().check()
+
+
+def parse_args(argv=None) -> EvaluateFlags:
+    return parse(EvaluateFlags, argv, description=__doc__.split("\n\n")[0], prog="evaluate.py")
 
 
 def main(argv=None) -> dict:
@@ -341,5 +323,10 @@ def main(argv=None) -> dict:
     return metrics
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-evaluate`` console command (pyproject.toml): the same as ``python train/evaluate.py``."""
     exit_with(main, "evaluate.py")
+
+
+if __name__ == "__main__":
+    console()

@@ -35,23 +35,33 @@ if __package__ in (None, ""):   # run as `python train/finetune.py`, installed o
 
 from preprocess.cache import CacheError, DecodeParams, open_cache
 from core.errors import UsageError, exit_with
-from train import engine as E
+from core.flags import flag, format_config, redefault
+from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags
+from train.utils.checkpoint import load_checkpoint
+from train.utils.distributed import Dist, autocast, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
+from train.utils.log import prepare_run_dir
+from train.utils.optim import make_optimizer
+from train.utils.random import seed_everything
+from core import flags
 from train import loop
 from train.data import EvalClips, LabelledClips, label_subset, make_loader
-from train.inference import backbone_weights
+from train.inference import backbone_weights, require_split_lists
 from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
 from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone, parse_backbone
 
-flag = E.flag
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    dataset: str = flag("ucf101", "dataset name in the cache")
-    cache_dir: str = flag("data_cache", "cache root")
+class FinetuneConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
+    """finetune.py's flags: the shared groups (train/options.py, with the finetuning recipe's
+    defaults where it differs) plus the initialisation, the clips and the validation."""
+
+    epochs: int = redefault(OptimFlags, "epochs", 150)
+    weight_decay: float = redefault(OptimFlags, "weight_decay", 5e-4)
+    milestones: tuple = redefault(OptimFlags, "milestones", (60, 120))
+    clip_grad: float = redefault(OptimFlags, "clip_grad", 0.0, "gradient norm clip (0 = off, the recipe)")
+    save_every: int = redefault(RunFlags, "save_every", 0, "epochs between kept epoch_XXXX.pt (0 = only last/best)")
     split: int = flag(1, "official split (train part: training, test part: validation)", lo=1, hi=3)
-    short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
-    jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
     init: str = flag("", "random | a pretrain/finetune checkpoint | a torchvision state dict (.pth)")
     init_strict: bool = flag(True, "require an exact backbone key/shape match")
     trust_checkpoint: bool = flag(False, "allow full unpickling of --init (can run code stored in the file; "
@@ -70,42 +80,10 @@ class FinetuneConfig:
     freeze_backbone: bool = flag(False, "linear probe: train only the classifier on frozen backbone features "
                                  "(BN statistics frozen too)")
     label_fraction: float = flag(1.0, "train on a seeded, class-balanced fraction of the train labels (0 < F <= 1)", lo=0, hi=1, lo_open=True)
-    # optimisation
-    epochs: int = flag(150, "epochs", lo=1)
-    batch_size: int = flag(32, "clips per process and step", lo=1)
-    optimizer: str = flag("sgd", "sgd (the paper's recipe) | adamw", choices=E.OPTIMIZERS)
-    lr: float = flag(0.01, "learning rate", lo=0)
-    momentum: float = flag(0.9, "SGD momentum", lo=0, hi=1, hi_open=True)
-    weight_decay: float = flag(5e-4, "SGD weight decay", lo=0)
-    milestones: tuple = flag((60, 120), "MultiStepLR epochs (none: a constant rate)", lo=1, empty_ok=True)
-    lr_gamma: float = flag(0.1, "MultiStepLR factor", lo=0, hi=1, lo_open=True)
-    clip_grad: float = flag(0.0, "gradient norm clip (0 = off, the recipe)", lo=0, note='0 = off')
-    # system
-    seed: int = flag(0, "seed", lo=0)
-    workers: int = flag(8, "DataLoader workers per process", lo=0)
-    device: str = flag("auto", "auto | cuda | cpu", choices=("auto", "cuda", "cpu"))
-    bf16: bool = flag(True, "bf16 autocast (CUDA only)")
-    channels_last: bool = flag(True, "channels_last_3d (CUDA only)")
-    compile: bool = flag(False, "torch.compile the model")
-    sync_bn: bool = flag(False, "SyncBN under DDP (CUDA)")
-    deterministic: bool = flag(False, "deterministic CUDA kernels, no cuDNN autotuning (slower)")
-    # run bookkeeping
-    run_dir: str = flag("", "default: see the module docstring")
-    run_id: str = flag("", "run id when --init is not a run's checkpoint")
-    resume: bool = flag(False, "continue from <run-dir>/last.pt if it exists")
-    log_every: int = flag(20, "steps between metrics.jsonl records", lo=1)
+    # validation (centre clips of held-out videos)
     val_every: int = flag(5, "epochs between centre-clip validations (0 = only at the end)", lo=0)
     val_short_side: int = flag(0, "validation short side (0: 128 * crop / 112)", lo=0)
     val_limit: int = flag(0, "max validation videos (0 = all)", lo=0)
-    save_every: int = flag(0, "epochs between kept epoch_XXXX.pt (0 = only last/best)", lo=0)
-    save_every_min: float = flag(0.0, "also write last.pt mid-epoch every this many minutes (0 = at epoch ends only); "
-                                 "a resumed run continues from the batch it reached", lo=0)
-    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)", lo=0, note='0 = full epoch')
-    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap)", lo=0, note='0 = no cap')
-    progress: bool = flag(True, "tqdm progress bar")
-
-    def __post_init__(self):
-        E.validate_config(self)
 
     def check(self) -> None:
         """Combinations of flags and the --init file (each flag's own range is checked from its field)."""
@@ -128,7 +106,7 @@ def read_init(init: str, trust: bool = False) -> tuple[dict | None, dict]:
     path = Path(init)
     if not path.exists():
         raise UsageError("--init", init, "no such file (a checkpoint, a state dict .pth, or random)")
-    sd, info = backbone_weights(E.load_checkpoint(path, trust=trust), path)   # data only, unless --trust-checkpoint
+    sd, info = backbone_weights(load_checkpoint(path, trust=trust), path)   # data only, unless --trust-checkpoint
     info.pop("checkpoint", None)
     return sd, {"path": str(path.resolve()), **info}
 
@@ -157,7 +135,7 @@ def default_run_dir(cfg: FinetuneConfig, info: dict) -> Path:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: E.Dist, cl: bool = False) -> dict:
+def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: Dist, cl: bool = False) -> dict:
     """Clip accuracy of the centre clip of each test video (deduplicated across ranks)."""
     model.eval()
     vids, correct, losses = [], [], []
@@ -167,31 +145,31 @@ def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: E.Dist, cl: bool 
         b = eval_transform(batch, cfg.norm, d.device)
         x = b["clips"].flatten(0, 1)                           # [B, 1, 3, T, S, S] -> [B, 3, T, S, S]
         x = x.contiguous(memory_format=torch.channels_last_3d) if cl else x
-        with E.autocast(d, cfg.bf16):
+        with autocast(d, cfg.bf16):
             logits = model(x).float()
         losses += F.cross_entropy(logits, b["label"], reduction="none").tolist()
         correct += (logits.argmax(1) == b["label"]).float().tolist()
         vids += batch["video"].tolist()
     train_mode(model, cfg.freeze_backbone)
-    _, vals = E.gather_unique(vids, list(zip(correct, losses)), d)
+    _, vals = gather_unique(vids, list(zip(correct, losses)), d)
     n = max(len(vals), 1)
     return {"val_acc": sum(v[0] for v in vals) / n, "val_loss": sum(v[1] for v in vals) / n,
             "val_videos": len(vals)}
 
 
 def main(argv=None) -> dict:
-    cfg = E.parse_config(FinetuneConfig, argv, __doc__, "finetune.py")
-    d = E.setup_distributed(cfg.device)
+    cfg = flags.parse(FinetuneConfig, argv, __doc__, "finetune.py")
+    d = setup_distributed(cfg.device)
     ok = False
     try:
         result = train(cfg, d)
         ok = True
         return result
     finally:
-        E.teardown_distributed(d, ok)
+        teardown_distributed(d, ok)
 
 
-def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
+def train(cfg: FinetuneConfig, d: Dist) -> dict:
     log = print if d.is_main else (lambda *a, **k: None)
     if not cfg.init:
         raise SystemExit("pass --init random, --init <pretrain checkpoint> or --init <state dict .pth>")
@@ -207,9 +185,9 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, info)
-    log(f"[finetune] config:\n{E.format_config(cfg)}\n  backbone = {backbone}, world_size = {d.world_size}, "
+    log(f"[finetune] config:\n{format_config(cfg)}\n  backbone = {backbone}, world_size = {d.world_size}, "
         f"global batch = {cfg.batch_size * d.world_size}, device = {d.device}, run_dir = {run_dir}")
-    E.configure_backends(d, cfg.deterministic)
+    configure_backends(d, cfg.deterministic)
 
     decode = DecodeParams(cfg.short_side, cfg.jpeg_quality)
     try:
@@ -218,6 +196,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
         if d.is_main:
             print(f"[finetune] cannot open the cache: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    require_split_lists(index, cfg.split, "finetuning")
     ccfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p,
                       colour=ColourJitter.light() if cfg.colour_jitter else ColourJitter.off(),
                       norm=cfg.norm, seed=cfg.seed)
@@ -240,7 +219,7 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
 
     # model: torchvision-named backbone + new fc; dropout as a pre-hook on fc keeps the state
     # dict exactly torchvision's, so evaluate/retrieve load it with build_backbone + strict
-    E.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     model = build_backbone(backbone, num_classes=len(index.classes))
     if cfg.dropout:
         rate = cfg.dropout
@@ -259,24 +238,24 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("fc."))
     model = model.to(d.device)
-    model = E.maybe_sync_bn(model, d, cfg.sync_bn and not cfg.freeze_backbone)
-    cl = E.use_channels_last(d, cfg.channels_last)
+    model = maybe_sync_bn(model, d, cfg.sync_bn and not cfg.freeze_backbone)
+    cl = use_channels_last(d, cfg.channels_last)
     if cl:
         model = model.to(memory_format=torch.channels_last_3d)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = E.make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
 
     if (run_dir / "last.pt").exists() and not cfg.resume:   # before touching the run dir
         raise SystemExit(f"{run_dir / 'last.pt'} exists: pass --resume to continue that run, "
                          "or choose another --run-dir")
-    run_dir = E.prepare_run_dir(run_dir, cfg, d, {"backbone": backbone, "init": info,
+    run_dir = prepare_run_dir(run_dir, cfg, d, {"backbone": backbone, "init": info,
                                                    "global_batch": cfg.batch_size * d.world_size})
     best = {"val_acc": -1.0, "epoch": None}
 
     def step(b: dict, step_: int) -> dict:
         x = b["clips"].contiguous(memory_format=torch.channels_last_3d) if cl else b["clips"]
-        with E.autocast(d, cfg.bf16):
+        with autocast(d, cfg.bf16):
             logits = ddp(x)
         loss = F.cross_entropy(logits.float(), b["label"])
         return {"loss": loss, "acc": (logits.argmax(1) == b["label"]).float().mean()}
@@ -304,13 +283,19 @@ def train(cfg: FinetuneConfig, d: E.Dist) -> dict:
     last = run_dir / "last.pt"
     state = loop.resume(last, model, opt, sched, cfg, d, log, task) if cfg.resume and last.exists() else loop.State()
     if cfg.compile:
-        E.persistent_compile_cache(cfg.cache_dir)
+        persistent_compile_cache(cfg.cache_dir)
         model.compile()        # in place: state-dict names stay unprefixed
-    ddp = E.wrap_ddp(model, d)
+    ddp = wrap_ddp(model, d)
     out = loop.fit(cfg=cfg, d=d, model=model, params=params, opt=opt, sched=sched, loader=loader,
                    steps_per_epoch=steps_per_epoch, run_dir=run_dir, task=task, state=state, log=log)
     return {"run_dir": run_dir, "checkpoint": last, "best": run_dir / "best.pt", **out, "best_val": best,
             "init": info}
 
-if __name__ == "__main__":
+
+def console() -> None:
+    """The ``mac-finetune`` console command (pyproject.toml): the same as ``python train/finetune.py``."""
     exit_with(main, "finetune.py")
+
+
+if __name__ == "__main__":
+    console()

@@ -23,65 +23,8 @@ import torch
 
 from core import atomic
 from core.errors import ToolError
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-class CheckpointError(ToolError):
-    """A checkpoint that cannot be read, or is refused because reading it could run code."""
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", trust: bool = False):
-    """Read a checkpoint as data: torch's weights-only unpickler (tensors and plain python
-    values), which is all this project's checkpoints and torchvision's state dicts need.
-
-    A pickle that needs more (arbitrary python objects, e.g. an ``argparse.Namespace`` kept by
-    another codebase, or code planted in a downloaded file) is refused with CheckpointError,
-    unless ``trust`` (the scripts' ``--trust-checkpoint``, for that file) allows the full
-    unpickler, which runs whatever the file asks it to."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        needs = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
-        if needs is None:          # a damaged or non-torch file, not a refused one
-            detail = next((ln.split("error:")[-1].strip() for ln in str(e).splitlines() if "error:" in ln), "")
-            raise CheckpointError(f"{path}: not a readable checkpoint ({detail or str(e).splitlines()[0]})") from None
-        if not trust:
-            raise CheckpointError(
-                f"{path}: refused: reading it needs the full unpickler (for {needs.group(1)}), which can run code "
-                f"stored in the file. This project's checkpoints and torchvision state dicts never need it; if you "
-                f"trust where the file comes from, pass --trust-checkpoint") from None
-    except (RuntimeError, EOFError, ValueError) as e:   # not a torch file, truncated, damaged zip
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'empty'})") from None
-    print(f"[checkpoint] {path}: --trust-checkpoint: unpickling fully", file=sys.stderr)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-
-def backbone_weights(obj, source: str | os.PathLike = "checkpoint") -> tuple[dict, dict]:
-    """(backbone state dict, info) of a loaded checkpoint. info: {"kind": "pretrain" | "finetune"
-    | "state_dict", and for this project's checkpoints backbone_name, dataset, epoch, step, norm,
-    "checkpoint": the whole dict}. CheckpointError naming `source` for anything else."""
-    if isinstance(obj, dict) and obj.get("kind") in ("pretrain", "finetune"):
-        sd = obj.get("backbone") or obj.get("model")
-        if not isinstance(sd, dict):
-            raise CheckpointError(f"{source}: a {obj['kind']} checkpoint without 'backbone' or 'model' weights")
-        norm = obj.get("norm") or (obj.get("mac") or {}).get("norm") or (obj.get("config") or {}).get("norm")
-        return sd, {"kind": obj["kind"], "backbone_name": obj.get("backbone_name"), "dataset": obj.get("dataset"),
-                    "epoch": obj.get("epoch"), "step": obj.get("step"), "norm": norm, "checkpoint": obj}
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "backbone"):      # common wrappers of foreign checkpoints
-            if isinstance(obj.get(key), dict) and any(torch.is_tensor(v) for v in obj[key].values()):
-                return obj[key], {"kind": "state_dict"}
-        if obj and any(torch.is_tensor(v) for v in obj.values()):
-            return obj, {"kind": "state_dict"}
-    raise CheckpointError(f"{source}: not a state dict or checkpoint ({type(obj).__name__}); expected this "
-                          f"project's checkpoint or a torchvision-format state dict")
-
-
+from train.utils.checkpoint import CheckpointError, backbone_weights, load_checkpoint  # noqa: F401
+from train.utils.distributed import autocast_for as autocast_ctx, resolve_device  # noqa: F401
 # --------------------------------------------------------------------------------------------
 # Evaluation plumbing: geometry, cache, loader, forward passes
 # --------------------------------------------------------------------------------------------
@@ -135,28 +78,29 @@ def open_checkpoint_cache(ckpt: dict, cache_dir=None, dataset: str | None = None
         raise SystemExit(f"cannot open the {dataset} cache: {e}") from None
 
 
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+def has_split_lists(index, split: int) -> bool:
+    """Whether the cached dataset assigns videos to the train/test parts of `split` (a folder
+    dataset without ``splits/`` assigns none: every video is unlabelled for the protocol)."""
+    return bool((index.splits[:, int(split) - 1] != 0).any())
 
 
-def autocast_ctx(device):
-    """bf16 autocast on CUDA, nothing on CPU (same policy as train.engine)."""
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def require_split_lists(index, split: int, what: str) -> None:
+    """ToolError unless `split` has train/test lists: `what` (finetuning, evaluation, retrieval)
+    needs labelled, disjoint train and test videos."""
+    if not has_split_lists(index, split):
+        raise ToolError(
+            f"the {index.dataset} cache has no split lists for split {split}: {what} needs labelled train and "
+            f"test videos. For a folder dataset add <data-root>/splits/trainlist0{split}.txt and "
+            f"testlist0{split}.txt (UCF101's format: one <class>/<video> per line) and rerun "
+            f"preprocess/extract_masks.py (it re-reads the lists; no video is decoded again). Pretraining needs "
+            f"no labels: train/pretrain.py uses every video")
 
 
 def eval_batches(index, split: int, part: str, geometry: dict, num_clips: int, batch_size: int,
-                 workers: int, limit: int | None = None):
+                 workers: int, limit: int | None = None, what: str = "evaluation"):
     """(dataset, loader) over `part` of `split`: EvalClips, `num_clips` clips per video."""
+    if part != "all":
+        require_split_lists(index, split, what)
     from torch.utils.data import Subset
 
     from train.data import EvalClips, make_loader

@@ -1,6 +1,6 @@
-"""The training loop pretraining and finetuning share: ``fit`` with a ``Task``, the
-``CheckpointSaver`` and the ``PrefetchLoader`` (timm's train_one_epoch / CheckpointSaver /
-PrefetchLoader, in one small module).
+"""The training loop pretraining and finetuning share: ``fit`` with a ``Task``, and the
+``PrefetchLoader`` (timm's train_one_epoch / PrefetchLoader); checkpoints are written by
+``train.utils.checkpoint.CheckpointSaver``.
 
 A script builds its data, model and optimiser, then hands ``fit`` a Task with what is its own:
 ``prepare`` (a CPU batch -> the device batch: the MAC transform, or the finetuning clip
@@ -37,8 +37,14 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from train import engine as E
+from core.flags import config_dict
+from train.utils.checkpoint import CheckpointSaver, load_checkpoint
+from train.utils.distributed import Dist, all_reduce_sum, broadcast_buffers, gather_objects, param_hash, unwrap
+from train.utils.guards import check_finite, out_of_memory
+from train.utils.log import MetricsLog
+from train.utils.random import derive_seed, gather_rng_states, restore_rng_states, seed_everything
 from train.data import set_loader_epoch
+from train.utils.preemption import Preempted, Preemption
 
 Batch = Any
 
@@ -107,82 +113,6 @@ def _record_stream(obj, stream) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Checkpoints
-# ------------------------------------------------------------------------------------------
-
-def to_host(obj):
-    """A copy of a (nested) checkpoint with every tensor cloned to CPU: what the background writer
-    saves while training goes on changing the live tensors."""
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_host(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_host(v) for v in obj)
-    return obj
-
-
-class CheckpointSaver:
-    """last.pt at every save, epoch_XXXX.pt every `save_every` finished epochs, best.pt when told.
-
-    With `background` the state is copied to host memory in the caller (the only pause in
-    training) and written by one writer thread; a save waits for the previous write, and
-    ``close()`` for the last. Writes are atomic (``engine.save_checkpoint``)."""
-
-    def __init__(self, run_dir: Path, save_every: int = 0, background: bool = True, enabled: bool = True,
-                 on_written: Callable[[dict], None] | None = None):
-        self.run_dir, self.save_every, self.background, self.enabled = Path(run_dir), save_every, background, enabled
-        self.on_written = on_written
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def paths(self, epoch_done: int, partial: bool, is_best: bool) -> list[Path]:
-        out = [self.run_dir / "last.pt"]
-        if is_best:
-            out.append(self.run_dir / "best.pt")
-        if self.save_every and not partial and epoch_done % self.save_every == 0:
-            out.append(self.run_dir / f"epoch_{epoch_done:04d}.pt")
-        return out
-
-    def save(self, ck: dict, epoch_done: int, partial: bool, is_best: bool = False) -> float:
-        """Save `ck`; returns the seconds training was paused."""
-        if not self.enabled:
-            return 0.0
-        t0 = time.perf_counter()
-        self.wait()
-        paths = self.paths(epoch_done, partial, is_best)
-        if not self.background:
-            self._write(ck, paths, t0)
-            return time.perf_counter() - t0
-        host = to_host(ck)
-        self._thread = threading.Thread(target=self._write, args=(host, paths, time.perf_counter()),
-                                        name="checkpoint-writer", daemon=False)
-        self._thread.start()
-        return time.perf_counter() - t0
-
-    def _write(self, ck: dict, paths: list[Path], t0: float) -> None:
-        try:
-            for p in paths:
-                E.save_checkpoint(ck, p)
-            if self.on_written is not None:
-                self.on_written({"epoch": ck.get("epoch"), "step": ck.get("step"),
-                                 "write_seconds": round(time.perf_counter() - t0, 4),
-                                 "files": [p.name for p in paths]})
-        except BaseException as e:      # re-raised in the training thread by wait()
-            self._error = e
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-
-    close = wait
-
-
-# ------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------
 
@@ -230,16 +160,16 @@ class State:
     t_saved: float = 0.0
 
 
-def resume(last: Path, model, opt, sched, cfg, d: E.Dist, log, task: Task) -> State:
+def resume(last: Path, model, opt, sched, cfg, d: Dist, log, task: Task) -> State:
     """Restore model, optimiser, scheduler, RNG states and the script's state from `last`."""
-    ck = E.load_checkpoint(last)
-    E.unwrap(model).load_state_dict(ck["model"])
+    ck = load_checkpoint(last)
+    unwrap(model).load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
-    E.restore_rng_states(ck.get("rng"), d)
+    restore_rng_states(ck.get("rng"), d)
     if task.restore is not None:
         task.restore(ck)
-    changed = {k: (v, ck["config"].get(k)) for k, v in E.config_dict(cfg).items()
+    changed = {k: (v, ck["config"].get(k)) for k, v in config_dict(cfg).items()
                if ck["config"].get(k) != v and k not in ("resume", "epochs", "progress", "workers", "save_every_min")}
     if changed:
         log(f"[{task.kind}] warning: resuming with a different config (now, then): {changed}")
@@ -250,12 +180,12 @@ def resume(last: Path, model, opt, sched, cfg, d: E.Dist, log, task: Task) -> St
     return st
 
 
-def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: int, run_dir: Path,
+def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int, run_dir: Path,
         task: Task, state: State, log=print) -> dict:
     """Train from `state` to cfg.epochs (or cfg.max_steps); returns the last epoch's metrics and
     the step. `cfg` provides epochs, max_steps, log_every, clip_grad, save_every, save_every_min,
     batch_size, seed and progress."""
-    mlog = E.MetricsLog(run_dir / "metrics.jsonl", d.is_main)
+    mlog = MetricsLog(run_dir / "metrics.jsonl", d.is_main, tensorboard=getattr(cfg, "tensorboard", False))
     mlog.truncate_after(state.step)     # forget what a killed run logged past its checkpoint
     saver = CheckpointSaver(run_dir, cfg.save_every, background=True, enabled=d.is_main,
                             on_written=lambda rec: mlog.write(kind="checkpoint_written", **rec))
@@ -268,11 +198,11 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
     def save(epoch: int, batch: int, sums: dict, is_best: bool = False, rng: list | None = None) -> None:
         """Checkpoint after `batch` batches of `epoch` (batch == steps_per_epoch: the epoch is done).
         `rng`: the RNG states to store (default: now); collective, every rank takes part."""
-        rng = rng if rng is not None else E.gather_rng_states(d)
+        rng = rng if rng is not None else gather_rng_states(d)
         done = batch >= steps_per_epoch
         if not d.is_main:
             return
-        ck = {"kind": task.kind, "config": E.config_dict(cfg), "model": E.unwrap(model).state_dict(),
+        ck = {"kind": task.kind, "config": config_dict(cfg), "model": unwrap(model).state_dict(),
               "epoch": epoch + 1 if done else epoch, "batch": 0 if done else batch, "step": step,
               "partial": not done, "epoch_sums": {} if done else sums, "optimizer": opt.state_dict(),
               "scheduler": sched.state_dict(), "scaler": None, "rng": rng, "world_size": d.world_size,
@@ -281,8 +211,11 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
         mlog.write(kind="checkpoint", epoch=ck["epoch"], batch=ck["batch"], step=step, seconds=round(paused, 4))
 
     stopped = bool(cfg.max_steps and step >= cfg.max_steps)
+    preempt = Preemption(getattr(cfg, "stop_signals", ()), log=log)
+    preempted = False
     nxt = None
     try:
+        preempt.__enter__()
         for epoch in range(state.epoch, cfg.epochs):
             if stopped:
                 break
@@ -291,7 +224,7 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
             n_done = start_batch
             # dropout etc.: f(seed, epoch, rank); a mid-epoch resume restored the exact RNG state instead
             if not start_batch:
-                E.seed_everything(E.derive_seed(cfg.seed, epoch, d.rank))
+                seed_everything(derive_seed(cfg.seed, epoch, d.rank))
             if nxt is None:
                 set_loader_epoch(loader, epoch, start_batch)
                 nxt = prefetch.start()
@@ -307,12 +240,15 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
             for batch in (it if n_done < steps_per_epoch else ()):
                 data_t += time.perf_counter() - t_last
                 t_step = time.perf_counter()
-                terms = task.step(batch, step)
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                try:
+                    terms = task.step(batch, step)
+                    opt.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                except torch.OutOfMemoryError as e:
+                    raise out_of_memory(e, d.device, cfg.batch_size) from None
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
                 # one sync per step; a non-finite step is never applied
-                E.check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, epoch, step, d)
+                check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, epoch, step, d)
                 opt.step()
                 step, n_done, win_n = step + 1, n_done + 1, win_n + 1
                 if first_step:
@@ -322,6 +258,10 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
                 for k, v in terms.items():
                     win[k] = win.get(k, 0.0) + v.detach().float()
                 stopped = bool(cfg.max_steps and step >= cfg.max_steps)
+                # a stop signal: this step is done; under DDP the ranks agree at window boundaries
+                if preempt.numbers and (not d.distributed or step % cfg.log_every == 0 or n_done == steps_per_epoch):
+                    preempted = _agree_any(preempt.requested, d)
+                    stopped = stopped or preempted
                 bar.update(1)
                 if step % cfg.log_every == 0 or n_done == steps_per_epoch or stopped:
                     vals = {k: float(v) / win_n for k, v in win.items()}   # one sync per window
@@ -347,15 +287,17 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
                 set_loader_epoch(loader, epoch + 1)      # workers prepare the next epoch meanwhile
                 nxt = prefetch.start()
             keys = sorted(sums)
-            tot = E.all_reduce_sum([sums[k] for k in keys] + [n_done], d)
+            tot = all_reduce_sum([sums[k] for k in keys] + [n_done], d)
             metrics = {"epoch": epoch, "step": step, **{k: v / max(tot[-1], 1) for k, v in zip(keys, tot)},
                        "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t_epoch}
             # a partial epoch continues where it stopped: its RNG states are those after its last step
-            rng = E.gather_rng_states(d) if partial else None
-            E.broadcast_buffers(model, d)        # every rank evaluates / saves rank 0's BN statistics
+            rng = gather_rng_states(d) if partial else None
+            broadcast_buffers(model, d)        # every rank evaluates / saves rank 0's BN statistics
             if not partial:
                 sched.step()
-            res = task.end_epoch(EpochEnd(epoch, step, partial, metrics, int(tot[-1]))) if task.end_epoch else EpochResult()
+            # a preempted partial epoch is saved at once (no evaluation: the grace period is short)
+            end = task.end_epoch if not (preempted and partial) else None
+            res = end(EpochEnd(epoch, step, partial, metrics, int(tot[-1]))) if end else EpochResult()
             metrics.update(res.metrics)
             mlog.write(kind="epoch", **metrics, partial=partial, **res.record)
             log(f"[{task.kind}] epoch {epoch} step {step}: " + ", ".join(
@@ -365,24 +307,39 @@ def fit(*, cfg, d: E.Dist, model, params, opt, sched, loader, steps_per_epoch: i
                 mlog.write(kind="warning", epoch=epoch, step=step, message=msg)
             save(epoch, n_done, sums, res.is_best, rng)
     finally:
-        saver.close()
-    digests = E.gather_objects(E.param_hash(model), d)   # every rank must hold the same model
+        preempt.__exit__()
+        saver.close()            # the last checkpoint is on disk before anything below
+    if preempted:
+        mlog.write(kind="preempted", epoch=epoch, step=step, signal=preempt.name or "another rank's")
+        mlog.close()
+        raise Preempted(f"stopped by {preempt.name or 'a stop signal on another rank'} at epoch {epoch} step {step}: "
+                        f"checkpoint {run_dir / 'last.pt'} written; rerun the same command with --resume to "
+                        f"continue exactly")
+    digests = gather_objects(param_hash(model), d)   # every rank must hold the same model
     if d.is_main:
         mlog.write(kind="final", epoch=cfg.epochs, step=step, rank_param_hashes=digests,
                    **(task.final() if task.final else {}))
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"ranks disagree on the parameters: {digests}")
+    mlog.close()
+    if d.is_main and len(set(digests)) != 1:
+        raise RuntimeError(f"ranks disagree on the parameters: {digests}")
     return {"step": step, "metrics": metrics}
 
 
-def _agree(flag: bool, d: E.Dist) -> bool:
+def _agree_any(flag: bool, d: Dist) -> bool:
+    """True on every rank when it is True on any (a stop signal may reach the ranks apart)."""
+    if not d.distributed:
+        return flag
+    return all_reduce_sum([float(flag)], d)[0] > 0
+
+
+def _agree(flag: bool, d: Dist) -> bool:
     """Rank 0's decision, for every rank (a save is collective)."""
     if not d.distributed:
         return flag
-    return bool(E.gather_objects(flag, d)[0])
+    return bool(gather_objects(flag, d)[0])
 
 
-def _memory(d: E.Dist) -> dict:
+def _memory(d: Dist) -> dict:
     if d.device.type != "cuda":
         return {}
     return {"max_memory_gb": round(torch.cuda.max_memory_allocated(d.device) / 2**30, 3)}

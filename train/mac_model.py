@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from train import engine as E
+from train.utils.distributed import concat_all_gather
 from train.mac import alpha_values
 from train.models import build_backbone
 
@@ -87,10 +87,10 @@ class MACModel(nn.Module):
         g = torch.Generator().manual_seed(int(shuffle_seed))    # same permutation on every rank
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             world, rank, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
-            xs = E.concat_all_gather(x)
+            xs = concat_all_gather(x)
             perm = torch.randperm(xs.shape[0], generator=g).to(x.device)
             k = enc(xs[perm.view(world, b)[rank]])              # this rank's share of shuffled keys
-            return E.concat_all_gather(k)[torch.argsort(perm).view(world, b)[rank]]
+            return concat_all_gather(k)[torch.argsort(perm).view(world, b)[rank]]
         groups = min(self.groups, x.shape[0] // 2)             # >= 2 clips per BN sub-batch
         if groups <= 1:
             return enc(x)
@@ -101,7 +101,7 @@ class MACModel(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Push the keys of ALL ranks (gathered) into the ring buffer; the pointer wraps."""
-        keys = E.concat_all_gather(keys)
+        keys = concat_all_gather(keys)
         n, size = keys.shape[0], self.queue.shape[0]
         if size % n:
             raise RuntimeError(f"queue size {size} is not divisible by the {n} keys per step")

@@ -30,25 +30,30 @@ if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed o
 
 from preprocess.cache import NAME_PATTERN, CacheError, DecodeParams, MaskParams, open_cache, valid_mask_set_name
 from core.errors import UsageError, exit_with
-from train import engine as E
+from core.flags import flag, format_config
+from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags
+from train.utils.distributed import Dist, all_reduce_sum, autocast, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
+from train.utils.log import prepare_run_dir
+from train.utils.optim import make_optimizer
+from train.utils.random import derive_seed, seed_everything
+from core import flags
 from train import loop
+from train.inference import has_split_lists
 from train.data import PretrainClips, make_loader
 from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform
 from train.mac_model import MACModel, compute_losses, pretext_chance, pretext_loss  # noqa: F401 (re-exported)
 from train.models import BACKBONES, backbone_state_dict, parse_backbone
 
-flag = E.flag
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
+    """pretrain.py's flags: the shared groups (train/options.py) plus the masks, the MAC sample,
+    the model and objective, and the pretext evaluation."""
+
     # data: which cached frames / mask set (preprocess/extract_masks.py builds them)
-    dataset: str = flag("ucf101", "dataset name in the cache")
-    cache_dir: str = flag("data_cache", "cache root")
     split: int = flag(1, "official split whose part is used", lo=1, hi=3)
     part: str = flag("train", "videos to pretrain on", choices=("train", "all"))
-    short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
-    jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
     lam: int = flag(30, "masks: threshold lambda (Algorithm 1)", name="--lambda", lo=0, hi=255, note="the paper's: 10, 30, 60")
     m: float = flag(0.5, "masks: weight of the old background (Algorithm 1)", lo=0, hi=1, note="the paper's: 0.1, 0.5, 1")
     mask_source: str = flag("clip", "clip: Algorithm 1 on each augmented clip (the reference exactly; measured "
@@ -90,41 +95,10 @@ class PretrainConfig:
     con_weight: float = flag(0.5, "weight of the contrastive loss", lo=0)
     symmetric: bool = flag(False, "symmetric InfoNCE (both views as query; 2x the compute)")
     shuffle_bn_groups: int = flag(2, "single-process shuffle-BN: key sub-batches (1 = off)", lo=1)
-    # optimisation
-    epochs: int = flag(300, "epochs", lo=1)
-    batch_size: int = flag(32, "clips per process and step", lo=1)
-    optimizer: str = flag("sgd", "sgd (the paper's recipe) | adamw", choices=E.OPTIMIZERS)
-    lr: float = flag(0.01, "learning rate", lo=0)
-    momentum: float = flag(0.9, "SGD momentum", lo=0, hi=1, hi_open=True)
-    weight_decay: float = flag(1e-4, "SGD weight decay", lo=0)
-    milestones: tuple = flag((100, 200), "MultiStepLR epochs (none: a constant rate)", lo=1, empty_ok=True)
-    lr_gamma: float = flag(0.1, "MultiStepLR factor", lo=0, hi=1, lo_open=True)
-    clip_grad: float = flag(40.0, "gradient norm clip (0 = off)", lo=0, note='0 = off')
-    # system
-    seed: int = flag(0, "seed: data order, samples, init, dropout", lo=0)
-    workers: int = flag(8, "DataLoader workers per process", lo=0)
-    device: str = flag("auto", "auto | cuda | cpu", choices=("auto", "cuda", "cpu"))
-    bf16: bool = flag(True, "bf16 autocast (CUDA only)")
-    channels_last: bool = flag(True, "channels_last_3d (CUDA only)")
-    compile: bool = flag(False, "torch.compile the backbones")
-    sync_bn: bool = flag(False, "SyncBN in the query encoder under DDP (CUDA)")
-    deterministic: bool = flag(False, "deterministic CUDA kernels, no cuDNN autotuning (slower)")
-    # run bookkeeping
-    run_dir: str = flag("", "default runs/<dataset>/<run-id>/pretrain")
-    run_id: str = flag("", "default derived from the method and mask settings")
-    resume: bool = flag(False, "continue from <run-dir>/last.pt if it exists")
-    log_every: int = flag(20, "steps between metrics.jsonl records", lo=1)
+    # pretext evaluation on held-out videos
     eval_every: int = flag(10, "epochs between test-split pretext accuracy (0 = never)", lo=0, note='0 = never')
     eval_limit: int = flag(0, "max test videos for the pretext accuracy (0 = all)", lo=0, note='0 = all')
-    save_every: int = flag(50, "epochs between kept epoch_XXXX.pt (last.pt: every epoch)", lo=0)
-    save_every_min: float = flag(0.0, "also write last.pt mid-epoch every this many minutes (0 = at epoch ends only); "
-                                 "a resumed run continues from the batch it reached", lo=0)
-    steps_per_epoch: int = flag(0, "cap on steps per epoch (0 = full epoch; tests)", lo=0, note='0 = full epoch')
-    max_steps: int = flag(0, "stop after this many steps in total (0 = no cap; smoke runs)", lo=0, note='0 = no cap')
-    progress: bool = flag(True, "tqdm progress bar")
 
-    def __post_init__(self):
-        E.validate_config(self)
 
     def check(self) -> None:
         """Combinations of flags (each flag's own range is checked from its field)."""
@@ -225,7 +199,7 @@ def check_config(cfg: PretrainConfig, world: int) -> None:
 
 
 @torch.no_grad()
-def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: E.Dist, limit: int = 0,
+def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: Dist, limit: int = 0,
                      cl: bool = False) -> dict:
     """Pretext accuracy/loss on held-out videos (fixed draws: epoch 0 of the eval dataset)."""
     model.eval()
@@ -235,41 +209,41 @@ def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: E.Dist, 
             break
         b = tf(batch)
         x = b["query"].contiguous(memory_format=torch.channels_last_3d) if cl else b["query"]
-        with E.autocast(d, cfg.bf16):
+        with autocast(d, cfg.bf16):
             head = model.classify(x)
         loss, c, seg = pretext_loss(head, b, cfg.loss, cfg.k, cfg.n)
         vids.append(batch["video"]), corr.append(torch.cat([c[:, None], seg], 1).cpu())
         losses.append(loss.item() * len(c))
     model.train()
     rows = torch.cat(corr).float()
-    v, c = E.gather_unique(torch.cat(vids).tolist(), rows.tolist(), d)
+    v, c = gather_unique(torch.cat(vids).tolist(), rows.tolist(), d)
     n = len(c)
     cols = [sum(r[j] for r in c) / max(n, 1) for j in range(rows.shape[1])]
     out = {"test_acc": cols[0], "test_videos": n,
-           "test_loss": E.all_reduce_sum([sum(losses)], d)[0] / max(E.all_reduce_sum([len(rows)], d)[0], 1)}
+           "test_loss": all_reduce_sum([sum(losses)], d)[0] / max(all_reduce_sum([len(rows)], d)[0], 1)}
     out.update({f"test_acc_seg{j}": cols[1 + j] for j in range(cfg.n)})
     return out
 
 
 def main(argv=None) -> dict:
-    cfg = E.parse_config(PretrainConfig, argv, __doc__, "pretrain.py")
-    d = E.setup_distributed(cfg.device)
+    cfg = flags.parse(PretrainConfig, argv, __doc__, "pretrain.py")
+    d = setup_distributed(cfg.device)
     ok = False
     try:
         result = train(cfg, d)
         ok = True
         return result
     finally:
-        E.teardown_distributed(d, ok)
+        teardown_distributed(d, ok)
 
 
-def train(cfg: PretrainConfig, d: E.Dist) -> dict:
+def train(cfg: PretrainConfig, d: Dist) -> dict:
     log = print if d.is_main else (lambda *a, **k: None)
     check_config(cfg, d.world_size)
     run_dir = Path(cfg.run_dir or Path("runs") / cfg.dataset / (cfg.run_id or default_run_id(cfg)) / "pretrain")
-    log(f"[pretrain] config:\n{E.format_config(cfg)}\n  world_size = {d.world_size}, global batch = "
+    log(f"[pretrain] config:\n{format_config(cfg)}\n  world_size = {d.world_size}, global batch = "
         f"{cfg.batch_size * d.world_size}, device = {d.device}, run_dir = {run_dir}")
-    E.configure_backends(d, cfg.deterministic)
+    configure_backends(d, cfg.deterministic)
 
     # data: the frame set and, for --mask-source cache, the mask sets of (lambda, m) at every
     # stride the clips are drawn with; for --mask-set, the named (imported) set
@@ -287,7 +261,12 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
             print(f"[pretrain] cannot open the cache: {msg}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     mcfg = mac_config(cfg)
-    train_ds = PretrainClips(index, cfg.split, cfg.part, mcfg, mask_set=cfg.mask_set)
+    part = cfg.part
+    if part == "train" and not has_split_lists(index, cfg.split):
+        part = "all"             # pretraining needs no labels: a folder without splits/ is all pretraining data
+        log(f"[pretrain] the {cfg.dataset} cache has no split lists: pretraining on all {len(index.names)} videos "
+            f"(labels are never used; finetuning and evaluation need <data-root>/splits/)")
+    train_ds = PretrainClips(index, cfg.split, part, mcfg, mask_set=cfg.mask_set)
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, distributed=d.distributed,
                          seed=cfg.seed)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
@@ -303,24 +282,24 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
     tf, eval_tf = MACTransform(mcfg, d.device), MACTransform(eval_cfg, d.device)
 
     # model (same init on every rank; DDP also broadcasts rank 0's)
-    E.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     n_out = mcfg.num_classes if cfg.loss == "ce" else cfg.n
     model = MACModel(cfg.backbone, n_out, cfg.dropout, cfg.method == "mac-sc", cfg.proj_hidden, cfg.proj_dim,
                      cfg.queue_size, cfg.moco_momentum, cfg.temperature,
                      cfg.shuffle_bn_groups if not d.distributed else 1, cfg.seed).to(d.device)
     if cfg.sync_bn and d.distributed:       # query side only: the key encoder keeps shuffle BN
-        model.backbone = E.maybe_sync_bn(model.backbone, d, True)
-    cl = E.use_channels_last(d, cfg.channels_last)
+        model.backbone = maybe_sync_bn(model.backbone, d, True)
+    cl = use_channels_last(d, cfg.channels_last)
     if cl:
         model = model.to(memory_format=torch.channels_last_3d)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = E.make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.lr_gamma)
 
     if (run_dir / "last.pt").exists() and not cfg.resume:   # before touching the run dir
         raise SystemExit(f"{run_dir / 'last.pt'} exists: pass --resume to continue that run, "
                          "or choose another --run-dir")
-    run_dir = E.prepare_run_dir(run_dir, cfg, d, {"global_batch": cfg.batch_size * d.world_size,
+    run_dir = prepare_run_dir(run_dir, cfg, d, {"global_batch": cfg.batch_size * d.world_size,
                                                    "num_classes": n_out, "mac": mcfg.to_dict()})
     chance, chance_seg = pretext_chance(cfg)
     quarter = max(1, round(cfg.epochs / 4))     # the epoch after which a pretext at chance is reported
@@ -340,8 +319,8 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
         if cl:
             xq = xq.contiguous(memory_format=torch.channels_last_3d)
             xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
-        with E.autocast(d, cfg.bf16):
-            out = ddp(xq, xk, shuffle_seed=E.derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
+        with autocast(d, cfg.bf16):
+            out = ddp(xq, xk, shuffle_seed=derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
         return compute_losses(out, b, cfg)           # fp32 losses outside autocast
 
     def end_epoch(e: loop.EpochEnd) -> loop.EpochResult:
@@ -378,16 +357,22 @@ def train(cfg: PretrainConfig, d: E.Dist) -> dict:
     last = run_dir / "last.pt"
     state = loop.resume(last, model, opt, sched, cfg, d, log, task) if cfg.resume and last.exists() else loop.State()
     if cfg.compile:   # compile the encoders' bodies only: state-dict names stay unprefixed
-        E.persistent_compile_cache(cfg.cache_dir)
+        persistent_compile_cache(cfg.cache_dir)
         model.backbone.forward_features = torch.compile(model.backbone.forward_features)
         if model.contrastive:
             model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
-    ddp = E.wrap_ddp(model, d)
+    ddp = wrap_ddp(model, d)
     log(f"[pretrain] pretext: {mcfg.num_classes if cfg.loss == 'ce' else cfg.n} outputs "
         f"({cfg.loss}, k {cfg.k}, n {cfg.n}); guessing scores {chance:.4g} per clip, {chance_seg:.4g} per segment")
     out = loop.fit(cfg=cfg, d=d, model=model, params=params, opt=opt, sched=sched, loader=loader,
                    steps_per_epoch=steps_per_epoch, run_dir=run_dir, task=task, state=state, log=log)
     return {"run_dir": run_dir, "checkpoint": last, **out}
 
-if __name__ == "__main__":
+
+def console() -> None:
+    """The ``mac-pretrain`` console command (pyproject.toml): the same as ``python train/pretrain.py``."""
     exit_with(main, "pretrain.py")
+
+
+if __name__ == "__main__":
+    console()

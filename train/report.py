@@ -26,10 +26,10 @@ metric that is absent.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):   # run as `python train/report.py`, installed or not: the checkout first
@@ -37,7 +37,8 @@ if __package__ in (None, ""):   # run as `python train/report.py`, installed or 
 
 from core import atomic
 from core.errors import UsageError, exit_with
-from core.flags import parse_checked
+from core.flags import Flags, flag, parse
+
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")
 RETRIEVAL_KEYS = ("R@1", "R@5", "R@10", "R@20", "R@50")
 TRAIN_STAGES = ("pretrain", "finetune", "finetune_random", "linear", "linear_random")
@@ -138,7 +139,7 @@ def cache_info(cfg: dict, cache_dir: str | None) -> dict:
 
 def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None = None,
             cache_dir: str | None = None) -> dict:
-    from train.engine import git_commit
+    from train.utils.log import git_commit
 
     run_dir = Path(run_dir)
     markers = read_markers(run_dir)
@@ -506,32 +507,36 @@ def aggregate_table(agg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", type=Path)
-    p.add_argument("--aggregate", type=Path, nargs="+", help="run directories to combine (mean +- std)")
-    p.add_argument("--out-dir", type=Path, help="with --aggregate: where to write the combined results")
-    p.add_argument("--preset", default=None, help="default: from run_args.txt")
-    p.add_argument("--pretrain-dir", type=Path, default=None, help="default: <run-dir>/pretrain")
-    p.add_argument("--cache-dir", default=None, help="default: each stage's config")
-    p.add_argument("--strict", action="store_true", help="exit 1 when an expected metric is missing")
-    p.add_argument("--no-pictures", action="store_true",
-                   help="skip the pictures (training samples, confusion matrix, class activation maps)")
-    return parse_checked(p, argv, check_args)
+@dataclass
+class ReportFlags(Flags):
+    """The flags of report.py: one run directory, or several to combine (--aggregate)."""
+
+    run_dir: Path = flag(None, "the run directory (runs/<dataset>/<run-id>)", type=Path)
+    aggregate: list = flag(None, "run directories to combine (mean +- std)", type=Path, nargs="+")
+    out_dir: Path = flag(None, "with --aggregate: where to write the combined results", type=Path)
+    preset: str = flag(None, "default: from run_args.txt")
+    pretrain_dir: Path = flag(None, "default: <run-dir>/pretrain", type=Path)
+    cache_dir: str = flag(None, "default: each stage's config")
+    strict: bool = flag(False, "exit 1 when an expected metric is missing")
+    pictures: bool = flag(True, "draw the pictures (training samples, confusion matrix, class activation maps); "
+                                "--no-pictures skips them")
+
+    def check(self) -> None:
+        if self.aggregate:
+            if self.out_dir is None:
+                raise UsageError("--aggregate", self.aggregate, "needs --out-dir (where the combined results go)")
+            for d in self.aggregate:
+                if not (d / "results.json").is_file():
+                    raise UsageError("--aggregate", d, "no results.json there (run that run's summary stage first)")
+            return
+        if self.run_dir is None:
+            raise UsageError("--run-dir", "(none)", "pass a run directory (or --aggregate RUN_DIR ... --out-dir DIR)")
+        if not self.run_dir.is_dir():
+            raise UsageError("--run-dir", self.run_dir, "no such directory")
 
 
-def check_args(args: argparse.Namespace) -> None:
-    if args.aggregate:
-        if args.out_dir is None:
-            raise UsageError("--aggregate", args.aggregate, "needs --out-dir (where the combined results go)")
-        for d in args.aggregate:
-            if not (d / "results.json").is_file():
-                raise UsageError("--aggregate", d, "no results.json there (run that run's summary stage first)")
-        return
-    if args.run_dir is None:
-        raise UsageError("--run-dir", "(none)", "pass a run directory (or --aggregate RUN_DIR ... --out-dir DIR)")
-    if not args.run_dir.is_dir():
-        raise UsageError("--run-dir", args.run_dir, "no such directory")
+def parse_args(argv=None) -> ReportFlags:
+    return parse(ReportFlags, argv, description=__doc__.split("\n\n")[0], prog="report.py")
 
 
 def main(argv=None) -> dict:
@@ -542,7 +547,7 @@ def main(argv=None) -> dict:
         print(f"[report] wrote {args.out_dir / 'results.json'} and {args.out_dir / 'summary.md'}")
         return agg
     res = collect(args.run_dir, args.preset, args.pretrain_dir, args.cache_dir)
-    table = write_report(res, args.pretrain_dir, args.cache_dir, not args.no_pictures)
+    table = write_report(res, args.pretrain_dir, args.cache_dir, args.pictures)
     print(table, end="")
     print(f"[report] wrote {args.run_dir / 'results.json'} and {args.run_dir / 'summary.md'}"
           + (f"; missing metrics: {', '.join(res['missing'])}" if res["missing"] else ""))
@@ -551,5 +556,10 @@ def main(argv=None) -> dict:
     return res
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-report`` console command (pyproject.toml): the same as ``python train/report.py``."""
     exit_with(main, "report.py")
+
+
+if __name__ == "__main__":
+    console()

@@ -18,10 +18,9 @@ stage directory).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -30,11 +29,11 @@ import numpy as np
 if __package__ in (None, ""):   # run as `python train/retrieve.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checks import check_file, check_range
-
+from core.checks import check_file
 from core.errors import UsageError, exit_with
+from core.flags import CONFIG_HELP, flag, parse, redefault
+from train.options import EvalClipFlags
 
-from core.flags import parse_checked
 DEFAULT_KS = (1, 5, 10, 20, 50)
 
 
@@ -134,45 +133,39 @@ def video_features(model, loader, device, norm: str) -> tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="retrieve.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="pretraining / finetuning checkpoint, or a torchvision-format state dict")
-    p.add_argument("--init", choices=("checkpoint", "random"), default="checkpoint")
-    p.add_argument("--backbone", default=None, help="backbone name (default: the checkpoint's, or inferred)")
-    p.add_argument("--config-from", type=Path, default=None,
-                   help="take dataset, split and clip geometry from this checkpoint's config (e.g. the "
-                        "pretraining's, so that a --init random baseline sees the same clips)")
-    p.add_argument("--dataset", default=None, help="default: the checkpoint's")
-    p.add_argument("--split", type=int, default=None, help="default: the checkpoint's, else 1")
-    p.add_argument("--num-clips", type=int, default=10)
-    p.add_argument("--frames", type=int, default=None, help="default: the checkpoint config's, else 16")
-    p.add_argument("--stride", type=int, default=None, help="default: the checkpoint config's, else 2")
-    p.add_argument("--crop", type=int, default=None, help="default: the checkpoint config's, else 112")
-    p.add_argument("--short-side", type=int, default=None, help="default 128 for crop 112 (scaled with the crop)")
-    p.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS))
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=4, help="videos per batch")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of --init random")
-    p.add_argument("--limit", type=int, default=None, help="only the first N queries and N gallery videos")
-    p.add_argument("--out-dir", type=Path, default=None)
-    p.add_argument("--save-features", action="store_true", help="also write features.npz")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of --checkpoint / --config-from (can run code stored in the file; "
-                        "only for files you trust)")
-    return parse_checked(p, argv, check_args, config=True)
+INITS = ("checkpoint", "random")
 
 
-def check_args(args: argparse.Namespace) -> None:
-    from train.evaluate import check_clip_args
+@dataclass
+class RetrieveFlags(EvalClipFlags):
+    """The flags of retrieve.py: where the backbone comes from, the videos and the k of R@k (the
+    clip geometry, batching and device: EvalClipFlags)."""
 
-    check_clip_args(args)
-    check_file("--config-from", args.config_from)
-    check_range("--ks", args.ks, lo=1)
-    check_range("--seed", args.seed, lo=0)
+    checkpoint: Path = flag(None, "pretraining / finetuning checkpoint, or a torchvision-format state dict",
+                            type=Path)
+    init: str = flag("checkpoint", "checkpoint | random", choices=INITS)
+    backbone: str = flag(None, "backbone name (default: the checkpoint's, or inferred)")
+    config_from: Path = flag(None, "take dataset, split and clip geometry from this checkpoint's config (e.g. the "
+                                   "pretraining's, so that a --init random baseline sees the same clips)", type=Path)
+    dataset: str = flag(None, "default: the checkpoint's")
+    split: int = flag(None, "default: the checkpoint's, else 1", type=int, lo=1, hi=3)
+    ks: list = flag(list(DEFAULT_KS), "the k of R@k", nargs="+", lo=1)
+    seed: int = flag(0, "seed of --init random", lo=0)
+    limit: int = redefault(EvalClipFlags, "limit", None, help="only the first N queries and N gallery videos")
+    save_features: bool = flag(False, "also write features.npz")
+    config: str = flag(None, CONFIG_HELP, metavar="FILE")
+
+    def check(self) -> None:
+        """The files must exist (before any is read); then the clip checks of the group."""
+        if self.init != "random" and self.checkpoint is None:
+            raise UsageError("--checkpoint", "(none)", "pass a checkpoint, or --init random")
+        check_file("--checkpoint", self.checkpoint)
+        check_file("--config-from", self.config_from)
+        super().check()
+
+
+def parse_args(argv=None) -> RetrieveFlags:
+    return parse(RetrieveFlags, argv, description=__doc__.split("\n\n")[0], prog="retrieve.py")
 
 
 def main(argv=None) -> dict:
@@ -184,7 +177,7 @@ def main(argv=None) -> dict:
     model, ckpt, desc = load_feature_backbone(args.checkpoint, args.init, args.backbone, args.seed,
                                               args.trust_checkpoint)
     if args.config_from is not None:
-        from train.engine import load_checkpoint
+        from train.utils.checkpoint import load_checkpoint
 
         ref = load_checkpoint(args.config_from, trust=args.trust_checkpoint)
         ckpt = {k: ref.get(k) for k in ("config", "dataset", "split", "cache")}
@@ -204,7 +197,8 @@ def main(argv=None) -> dict:
 
     feats = {}
     for part in ("train", "test"):
-        _, loader = eval_batches(index, split, part, geo, args.num_clips, args.batch_size, args.workers, args.limit)
+        _, loader = eval_batches(index, split, part, geo, args.num_clips, args.batch_size, args.workers, args.limit,
+                                 what="retrieval")
         feats[part] = video_features(model, loader, device, norm)
     (gf, gv, gl), (qf, qv, ql) = feats["train"], feats["test"]
     metrics = recall_at_k(qf, ql, gf, gl, args.ks)
@@ -236,5 +230,10 @@ def main(argv=None) -> dict:
     return metrics
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-retrieve`` console command (pyproject.toml): the same as ``python train/retrieve.py``."""
     exit_with(main, "retrieve.py")
+
+
+if __name__ == "__main__":
+    console()

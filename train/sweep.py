@@ -35,7 +35,6 @@ random-init line drawn).
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import csv
 import hashlib
@@ -54,11 +53,15 @@ from pathlib import Path
 if __package__ in (None, ""):   # run as `python train/sweep.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import atomic
+from core import atomic, presets
 from core.errors import UsageError, exit_with
-from core.flags import parse_checked
+from core.flags import Flags, flag, parse
+from core.presets import Override, flag_args, reaches
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "finetune", "evaluate", "retrieve")
+# the stages a sweep cell runs (and extract, run once for all cells) that a qualified grid key or
+# an override may name; `train.` reaches pretrain and finetune (core/presets.py)
 OVERRIDE_STAGES = ("extract", "pretrain", "finetune", "evaluate", "retrieve", "train")
 BOTH = ("backbone",)          # plain grid keys that go to pretraining and finetuning
 
@@ -100,16 +103,10 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, str, str]]:
-    """["pretrain.epochs=2", "train.seed=1"] -> [(stage, flag, value)]."""
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        stage, dot, name = key.partition(".")
-        if not sep or not dot or not name or stage not in OVERRIDE_STAGES:
-            raise UsageError("override", item, f"must be stage.flag=value with stage one of {', '.join(OVERRIDE_STAGES)}")
-        out.append((stage, name.replace("_", "-"), value))
-    return out
+def parse_overrides(items: list[str]) -> list[Override]:
+    """["pretrain.epochs=2", "train.seed=1"] -> [Override(stage, flag, value)], as run_all.sh reads
+    them (core/presets.py), the stages limited to those a sweep runs."""
+    return presets.parse_overrides(items, stages=OVERRIDE_STAGES)
 
 
 def cell_key(settings: dict[str, str], seed: int) -> str:
@@ -149,31 +146,19 @@ def make_cells(grid: dict[str, list[str]], seeds: list[int], sweep_dir: Path) ->
     return cells
 
 
-def flag_args(name: str, value: str) -> list[str]:
-    """A flag as the scripts take it: switches for true/false, lists split on commas."""
-    if value == "true":
-        return [f"--{name}"]
-    if value == "false":
-        return [f"--no-{name}"]
-    return [f"--{name}", *value.split(",")] if name in ("strides", "scales", "milestones", "ks") else [f"--{name}", value]
-
-
-def stage_flags(stage: str, settings: dict[str, str], overrides: list[tuple[str, str, str]]) -> list[str]:
+def stage_flags(stage: str, settings: dict[str, str], overrides: list[Override]) -> list[str]:
     """The cell's settings and the overrides that reach `stage` (overrides last: they win)."""
     out: list[str] = []
     for key, value in settings.items():
         if "." in key:
             st, name = key.split(".", 1)
-            hit = st == stage or (st == "train" and stage in ("pretrain", "finetune"))
+            hit = reaches(st, stage)
         else:
             name = key
             hit = stage == "pretrain" or (key in BOTH and stage == "finetune")
         if hit:
             out += flag_args(name, value)
-    for st, name, value in overrides:
-        if st == stage or (st == "train" and stage in ("pretrain", "finetune")):
-            out += flag_args(name, value)
-    return out
+    return out + presets.stage_flags(stage, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,26 +172,26 @@ class Sweep:
     data_root: Path
     cache_dir: Path
     dir: Path
-    overrides: list[tuple[str, str, str]]
+    overrides: list[Override]
     retrieval: bool = False
     efficiency_epochs: tuple[int, ...] = ()
     python: str = sys.executable
     log_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def config(self, stage: str) -> list[str]:
-        path = REPO / "configs" / self.preset / f"{stage}.json"
-        if stage == "pretrain" and not path.exists():          # hmdb51 pretrains with ucf101's recipe
-            path = REPO / "configs" / "ucf101" / "pretrain.json"
-        return ["--config", str(path)] if path.exists() else []
+        """--config FILE of the preset's stage file, where it has one (hmdb51 pretrains with
+        ucf101's recipe: core/presets.py)."""
+        return presets.config_flag(self.preset, stage)
 
     def say(self, msg: str) -> None:
         with self.log_lock:
             print(f"[sweep] {msg}", flush=True)
 
     def run(self, cell: Cell, stage: str, argv: list[str], env: dict | None = None) -> None:
-        """Run one stage of a cell unless done; its output goes to <cell>/logs/<stage>.log."""
-        done = cell.dir / "stages" / f"{stage}.done"
-        if done.exists():
+        """Run one stage of a cell unless done (its marker, core/presets.py); its output goes to
+        <cell>/logs/<stage>.log."""
+        stages_dir = cell.dir / "stages"
+        if presets.is_done(stages_dir, stage):
             return
         (cell.dir / "logs").mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -218,7 +203,7 @@ class Sweep:
         if p.returncode != 0:
             tail = (cell.dir / "logs" / f"{stage}.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(f"{stage} exited {p.returncode}: " + " | ".join(tail))
-        atomic.write_text(done, f"{time.time() - t0:.1f}\n")
+        presets.mark(stages_dir, stage, time.time() - t0, [self.python, *argv])
 
 
 def pretrain_argv(sw: Sweep, cell: Cell, save_every: int = 0) -> list[str]:
@@ -276,20 +261,18 @@ def run_cell(sw: Sweep, cell: Cell, env: dict | None = None) -> Cell:
 def prepare_data(sw: Sweep, cells: list[Cell]) -> dict:
     """The demo data when missing, then the frames once and each needed mask set once."""
     from preprocess.cache import DecodeParams, MaskParams, open_cache
-    from train.engine import parse_config
     from train.pretrain import PretrainConfig
 
     summary = {"frames": "", "mask_sets_needed": 0, "mask_sets_reused": 0, "mask_sets_extracted": 0}
     if sw.dataset == "demo" and not (sw.data_root / "ucfTrainTestlist").exists():
-        demo_cfg = REPO / "configs" / sw.preset / "demo.json"
         sw.say(f"generating the demo dataset in {sw.data_root}")
         subprocess.run([sw.python, "preprocess/make_demo.py", "--data-root", str(sw.data_root),
-                        *(["--config", str(demo_cfg)] if demo_cfg.exists() else [])], cwd=REPO, check=True)
+                        *sw.config("demo")], cwd=REPO, check=True)
     # what every cell's pretraining resolves to (also checks every cell's values before any work)
     cfgs = []
     for cell in cells:
         argv = [*sw.config("pretrain"), *stage_flags("pretrain", cell.settings, sw.overrides)]
-        cfgs.append(parse_config(PretrainConfig, argv, prog="pretrain.py"))
+        cfgs.append(parse(PretrainConfig, argv, prog="pretrain.py"))
     if sw.efficiency_epochs and min(c.epochs for c in cfgs) < max(sw.efficiency_epochs):
         raise UsageError("--efficiency-epochs", ",".join(map(str, sw.efficiency_epochs)),
                          f"must not exceed the pretraining epochs ({min(c.epochs for c in cfgs)}; raise them with "
@@ -302,7 +285,7 @@ def prepare_data(sw: Sweep, cells: list[Cell]) -> dict:
     summary["mask_sets_needed"] = sum(len(s) for s in needed.values())
     base = ["preprocess/extract_masks.py", *sw.config("extract"), "--dataset", sw.dataset, "--data-root",
             str(sw.data_root), "--cache-dir", str(sw.cache_dir)]
-    extra = [f for st, n, v in sw.overrides if st == "extract" for f in flag_args(n, v)]
+    extra = presets.stage_flags("extract", sw.overrides)
 
     def cached(masks, strides) -> bool:
         try:
@@ -496,46 +479,44 @@ def write_outputs(sw: Sweep, cells: list[Cell], grid_keys: list[str], data: dict
 # CLI
 # --------------------------------------------------------------------------------------------
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--preset", default="demo", help="configs/<preset>/ holds the stage files (demo, ucf101, ...)")
-    p.add_argument("--dataset", default=None, help="default: the preset's dataset (demo for demo*, else the preset)")
-    p.add_argument("--data-root", type=Path, default=None, help="default data/<dataset>")
-    p.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
-    p.add_argument("--grid", nargs="*", default=[], help="key=v1,v2 ... (see above)")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds; every cell runs each")
-    p.add_argument("--retrieval", action="store_true", help="also run retrieval (R@k) for every cell")
-    p.add_argument("--efficiency-epochs", default="", help="e.g. 5,15,30,80: finetune those pretraining epochs' "
-                   "checkpoints and random init, plot accuracy against epochs")
-    p.add_argument("--parallel", type=int, default=1, help="cells at once (one GPU each when there are GPUs)")
-    p.add_argument("--gpus", default=None, help="GPU ids for --parallel (default: all visible)")
-    p.add_argument("--name", default=None, help="sweep directory name (default: from the grid)")
-    p.add_argument("--sweep-dir", type=Path, default=None, help="default runs/<dataset>/sweeps/<name>")
-    p.add_argument("--table-only", action="store_true", help="rebuild table.md/csv from finished cells; run nothing")
-    p.add_argument("overrides", nargs="*", help="stage.flag=value for every cell (as in run_all.sh)")
-    return parse_checked(p, argv, check_args)
+@dataclass
+class SweepFlags(Flags):
+    """sweep.py's flags (the grid, the seeds, where the sweep lies); the stages' own flags come
+    from the preset's files, the grid and the overrides."""
+    preset: str = flag("demo", "configs/<preset>/ holds the stage files (demo, ucf101, ...)")
+    dataset: str | None = flag(None, "default: the preset's dataset (demo for demo*, else the preset)")
+    data_root: Path | None = flag(None, "default data/<dataset>", type=Path)
+    cache_dir: Path = flag(Path("data_cache"), "the cache root")
+    grid: list = flag([], "key=v1,v2 ... (see above)")
+    seeds: str = flag("0", "comma-separated training seeds; every cell runs each")
+    retrieval: bool = flag(False, "also run retrieval (R@k) for every cell")
+    efficiency_epochs: str = flag("", "e.g. 5,15,30,80: finetune those pretraining epochs' checkpoints and random "
+                                  "init, plot accuracy against epochs")
+    parallel: int = flag(1, "cells at once (one GPU each when there are GPUs)", lo=1)
+    gpus: str | None = flag(None, "GPU ids for --parallel (default: all visible)")
+    name: str | None = flag(None, "sweep directory name (default: from the grid)")
+    sweep_dir: Path | None = flag(None, "default runs/<dataset>/sweeps/<name>", type=Path)
+    table_only: bool = flag(False, "rebuild table.md/csv from finished cells; run nothing")
+    overrides: list = flag([], "stage.flag=value for every cell (as in run_all.sh)", positional=True, nargs="*")
+    config_file = False           # no --config: the preset's files are the stages' configs
+
+    def check(self) -> None:
+        presets.require(self.preset)
+        self.grid_map, self.override_list = parse_grid(self.grid), parse_overrides(self.overrides)
+        try:
+            self.seed_list = [int(s) for s in self.seeds.split(",")]
+            self.eff = tuple(int(e) for e in self.efficiency_epochs.split(",")) if self.efficiency_epochs else ()
+        except ValueError:
+            raise UsageError("--seeds/--efficiency-epochs", f"{self.seeds} / {self.efficiency_epochs}",
+                             "must be comma-separated integers") from None
+        if min(self.seed_list) < 0 or len(set(self.seed_list)) != len(self.seed_list):
+            raise UsageError("--seeds", self.seeds, "must be distinct integers >= 0")
+        if self.eff and (min(self.eff) < 1 or len(set(self.eff)) != len(self.eff)):
+            raise UsageError("--efficiency-epochs", self.efficiency_epochs, "must be distinct integers >= 1")
 
 
-def check_args(args: argparse.Namespace) -> None:
-    if not (REPO / "configs" / args.preset).is_dir():
-        have = sorted(p.name for p in (REPO / "configs").iterdir() if p.is_dir())
-        raise UsageError("--preset", args.preset, f"no configs/{args.preset}/ (have: {', '.join(have)})")
-    args.grid_map = parse_grid(args.grid)
-    args.override_list = parse_overrides(args.overrides)
-    try:
-        args.seed_list = [int(s) for s in args.seeds.split(",")]
-        args.eff = tuple(int(e) for e in args.efficiency_epochs.split(",")) if args.efficiency_epochs else ()
-    except ValueError:
-        raise UsageError("--seeds/--efficiency-epochs", f"{args.seeds} / {args.efficiency_epochs}",
-                         "must be comma-separated integers") from None
-    if min(args.seed_list) < 0 or len(set(args.seed_list)) != len(args.seed_list):
-        raise UsageError("--seeds", args.seeds, "must be distinct integers >= 0")
-    if args.eff and (min(args.eff) < 1 or len(set(args.eff)) != len(args.eff)):
-        raise UsageError("--efficiency-epochs", args.efficiency_epochs, "must be distinct integers >= 1")
-    if args.parallel < 1:
-        raise UsageError("--parallel", args.parallel, "must be an integer >= 1")
+def parse_args(argv=None) -> SweepFlags:
+    return parse(SweepFlags, argv, description=__doc__, prog="sweep.py")
 
 
 def main(argv=None) -> int:

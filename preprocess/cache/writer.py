@@ -1,0 +1,338 @@
+"""Writing shards: `ShardWriter` writes one frame shard and, beside it, one shard per mask set
+(per-stride or named), each to a temporary file renamed into place when complete, so a file named
+shard-*.h5 is always whole; and the encoding of decoded frames into the records it takes
+(`encode_video`, `mask_chunk`, `diff_streams`), shared by the ffmpeg pipeline
+(preprocess/build.py) and by `write_cache_from_arrays` (arrays.py).
+
+Masks are always computed from the cached JPEG frames decoded with the cache's own decoder
+(libjpeg-turbo through simplejpeg, accurate integer IDCT), both in the first run (which decodes
+the JPEG it has just encoded: `encode_video`) and in later runs that add a mask set from cached
+frames without running ffmpeg (preprocess/build.py). So the same parameters give byte-identical
+masks whichever run computed them, and the masks are those of the exact pixels the trainer reads.
+
+The writer decides nothing: which shards to (re)build is planned by extract_masks.py from
+manifest.py's validity rules, and it never writes a manifest. docs/cache.md states the datasets
+and attributes of each shard file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import simplejpeg
+
+from preprocess.cache.codecs import decode_frame, encode_frame, encode_mask
+from preprocess.cache.format import (BLOB_CHUNK_BYTES, FORMAT_VERSION, MASK_FORMAT, MASK_STATS_EVERY, NAMED_KIND,
+                                     NAMED_MASK_FORMAT, DecodeParams, MaskSet, NamedMaskSet)
+from preprocess.cache.integrity import BLOBS, INDEX_CRC_ATTR, index_checksum
+
+
+# --------------------------------------------------------------------------------------------
+# Writing shards.
+
+def _tmp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def software_versions() -> dict[str, str]:
+    import numba
+
+    return {"format": str(FORMAT_VERSION), "mask_format": str(MASK_FORMAT), "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version, "numba": numba.__version__,
+            "simplejpeg": simplejpeg.__version__}
+
+
+class _BlobWriter:
+    """Appends variable-size records to a flat, chunked uint8 dataset and tracks their offsets
+    and CRC32s (of the bytes as they are in memory, before HDF5 sees them)."""
+
+    def __init__(self, h5: h5py.File, name: str):
+        self.data = h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                      chunks=(BLOB_CHUNK_BYTES,))
+        self.offsets = [0]
+        self.crcs: list[int] = []
+
+    def append(self, records: Sequence[bytes]) -> None:
+        if not records:
+            return
+        buf = np.frombuffer(b"".join(records), dtype=np.uint8)
+        start = self.offsets[-1]
+        self.data.resize((start + buf.size,))
+        self.data[start:] = buf
+        for r in records:
+            self.offsets.append(self.offsets[-1] + len(r))
+            self.crcs.append(zlib.crc32(r))
+
+    @property
+    def n_records(self) -> int:
+        return len(self.offsets) - 1
+
+
+@dataclass
+class VideoRecord:
+    """Per-video index row of a frame shard."""
+
+    name: str
+    label: int
+    splits: tuple[int, int, int]
+    n_frames: int
+    fps: float
+    height: int
+    width: int
+    source_size: int
+    source_mtime_ns: int
+
+
+@dataclass
+class MaskStats:
+    """Sums over sampled frames of a mask set: the mean soft mask value (dilated, the reference's
+    default mask, stretched over the whole frame) and the coverage (share of non-zero pixels)."""
+
+    frames: int = 0
+    pixels: int = 0
+    mask_sum: float = 0.0     # sum of mask values / 255
+    nonzero: int = 0
+
+    def add_diffs(self, diffs: np.ndarray) -> None:
+        """Account for sampled frames of D uint8 [t, H, W] (every MASK_STATS_EVERY-th one)."""
+        from preprocess.masks import masks_from_diffs
+
+        sample = diffs[::MASK_STATS_EVERY]
+        if len(sample) == 0:
+            return
+        masks = masks_from_diffs(sample, "soft", True)
+        self.frames += len(sample)
+        self.pixels += masks.size
+        self.mask_sum += float(masks.sum(dtype=np.int64)) / 255.0
+        self.nonzero += int(np.count_nonzero(masks))
+
+    def add_masks(self, masks: np.ndarray) -> None:
+        """Account for sampled frames of final masks uint8 [t, H, W] (a named set: as stored)."""
+        sample = masks[::MASK_STATS_EVERY]
+        if len(sample) == 0:
+            return
+        self.frames += len(sample)
+        self.pixels += sample.size
+        self.mask_sum += float(sample.sum(dtype=np.int64)) / 255.0
+        self.nonzero += int(np.count_nonzero(sample))
+
+    def merge(self, other: "MaskStats") -> None:
+        self.frames += other.frames
+        self.pixels += other.pixels
+        self.mask_sum += other.mask_sum
+        self.nonzero += other.nonzero
+
+    @property
+    def mean(self) -> float:
+        return self.mask_sum / self.pixels if self.pixels else float("nan")
+
+    @property
+    def coverage(self) -> float:
+        return self.nonzero / self.pixels if self.pixels else float("nan")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ShardWriter:
+    """Writes one frame shard and, alongside, one shard per mask set (lambda, m, stride) or
+    named set (a NamedMaskSet key: final masks, `frames_path` None, `frames_uid` the frame shard's,
+    `source` its provenance).
+
+    Usage: `add_frames(records, masks_by_set, diffs_by_set)` per decoded chunk, `end_video(row)`
+    per video, `fail(...)` for a video that could not be processed, then `commit()` (atomic rename
+    of every file) or `abort()`. Either all files of the shard appear complete, or none changes.
+    """
+
+    def __init__(self, frames_path: Path | None, mask_paths: dict[MaskSet, Path], *,
+                 dataset: str, shard_id: int, decode: DecodeParams, frames_uid: str | None,
+                 extra_attrs: dict | None = None, source: dict | None = None):
+        self.frames_path, self.mask_paths = frames_path, dict(mask_paths)
+        self.shard_id = shard_id
+        self.uid = frames_uid or os.urandom(8).hex()  # frames uid: new when frames are written
+        self.rows: list[VideoRecord] = []
+        self.failures: list[dict] = []
+        self._frames_in_video = 0
+        self._masks_in_video = {p: 0 for p in self.mask_paths}
+        self._stats = {p: MaskStats() for p in self.mask_paths}
+        self._stats_video = {p: MaskStats() for p in self.mask_paths}
+        common = {"format_version": FORMAT_VERSION, "dataset": dataset, "shard_id": shard_id,
+                  "decode": json.dumps(asdict(decode)), "versions": json.dumps(software_versions()),
+                  **(extra_attrs or {})}
+        self._files: dict[object, h5py.File] = {}
+        self._blobs: dict[object, _BlobWriter] = {}
+        try:
+            if frames_path is not None:
+                f = self._open(frames_path, "frames")
+                f.attrs.update({**common, "kind": "frames", "uid": self.uid})
+                self._blobs["frames"] = _BlobWriter(f, "jpeg")
+            for params, path in self.mask_paths.items():
+                f = self._open(path, params)
+                if isinstance(params, NamedMaskSet):
+                    f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(), "frames_uid": self.uid,
+                                    "mask_kind": NAMED_KIND, "mask_set": params.name,
+                                    "mask_format": NAMED_MASK_FORMAT, "codec": "zlib-rle",
+                                    "source": json.dumps(source or {}, sort_keys=True),
+                                    "content": "final masks (uint8 0..255) per frame, imported: used as stored "
+                                               "(no stretch, no dilation, no first-mask rule)"})
+                    self._blobs[params] = _BlobWriter(f, "data")
+                    continue
+                f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(),
+                                "frames_uid": self.uid, "masks": json.dumps(asdict(params)),
+                                "mask_format": MASK_FORMAT, "codec": "zlib-rle",
+                                "content": "Algorithm 1 thresholded difference D per frame, against the "
+                                           "background of the frame's phase (t mod stride); not stretched, "
+                                           "not dilated"})
+                self._blobs[params] = _BlobWriter(f, "data")
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open(self, final: Path, key: object) -> h5py.File:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._files[key] = h5py.File(_tmp_path(final), "w")
+        return self._files[key]
+
+    def add_frames(self, jpegs: Sequence[bytes] | None, masks: dict[MaskSet, Sequence[bytes]],
+                   diffs: dict[MaskSet, np.ndarray] | None = None) -> None:
+        """Append a chunk: JPEG records, mask records per set, and (for the statistics) the
+        chunk's D arrays per set (a named set: its final masks)."""
+        if jpegs is not None:
+            self._blobs["frames"].append(jpegs)
+            self._frames_in_video += len(jpegs)
+        for params, recs in masks.items():
+            self._blobs[params].append(recs)
+            self._masks_in_video[params] += len(recs)
+        for params, d in (diffs or {}).items():
+            if isinstance(params, NamedMaskSet):
+                self._stats_video[params].add_masks(d)
+            else:
+                self._stats_video[params].add_diffs(d)
+
+    def end_video(self, row: VideoRecord) -> None:
+        counts = set(self._masks_in_video.values())
+        if self.frames_path is not None:
+            counts.add(self._frames_in_video)
+        if counts != {row.n_frames}:
+            raise AssertionError(f"{row.name}: record counts {counts} != n_frames {row.n_frames}")
+        self.rows.append(row)
+        self._frames_in_video = 0
+        self._masks_in_video = {p: 0 for p in self._masks_in_video}
+        for p, st in self._stats_video.items():
+            self._stats[p].merge(st)
+        self._stats_video = {p: MaskStats() for p in self._stats_video}
+
+    def fail(self, name: str, reason: str, source_size: int, source_mtime_ns: int) -> None:
+        """Drop the partial records of the current video and remember why it failed."""
+        for key, blob in self._blobs.items():
+            done = blob.n_records - (self._frames_in_video if key == "frames" else self._masks_in_video[key])
+            del blob.offsets[done + 1:]
+            del blob.crcs[done:]
+            blob.data.resize((blob.offsets[-1],))
+        self._frames_in_video = 0
+        self._masks_in_video = {p: 0 for p in self._masks_in_video}
+        self._stats_video = {p: MaskStats() for p in self._stats_video}
+        self.failures.append({"name": name, "reason": reason, "source_size": source_size,
+                              "source_mtime_ns": source_mtime_ns})
+
+    def _write_index(self, f: h5py.File, key: object) -> None:
+        rows = self.rows
+        _, offsets_name, crc_name = BLOBS["frames" if key == "frames" else "masks"]
+        n = np.array([r.n_frames for r in rows], dtype=np.int64)
+        f.create_dataset("names", data=np.array([r.name for r in rows], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("n_frames", data=n)
+        f.create_dataset("first_frame", data=np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64))
+        f.create_dataset(offsets_name, data=np.asarray(self._blobs[key].offsets, dtype=np.int64))
+        f.create_dataset(crc_name, data=np.asarray(self._blobs[key].crcs, dtype=np.uint32))
+        f.attrs["failed"] = json.dumps(self.failures)
+        f.attrs["n_videos"] = len(rows)
+        if key != "frames":
+            f.attrs["stats"] = json.dumps(self._stats[key].to_dict())
+        if key == "frames":
+            f.create_dataset("labels", data=np.array([r.label for r in rows], dtype=np.int32))
+            f.create_dataset("splits", data=np.array([r.splits for r in rows], dtype=np.int8).reshape(-1, 3))
+            f.create_dataset("fps", data=np.array([r.fps for r in rows], dtype=np.float64))
+            f.create_dataset("height", data=np.array([r.height for r in rows], dtype=np.int32))
+            f.create_dataset("width", data=np.array([r.width for r in rows], dtype=np.int32))
+            f.create_dataset("source_size", data=np.array([r.source_size for r in rows], dtype=np.int64))
+            f.create_dataset("source_mtime_ns", data=np.array([r.source_mtime_ns for r in rows], dtype=np.int64))
+        f.attrs[INDEX_CRC_ATTR] = np.uint32(index_checksum(f))  # last: it covers everything above
+
+    def commit(self) -> int:
+        """Finish every file and rename it into place; returns the bytes written."""
+        total = 0
+        try:
+            for key, f in self._files.items():
+                self._write_index(f, key)
+                f.close()
+            for key in self._files:
+                final = self.frames_path if key == "frames" else self.mask_paths[key]
+                tmp = _tmp_path(final)
+                total += tmp.stat().st_size
+                os.replace(tmp, final)
+        except BaseException:
+            self.abort()
+            raise
+        return total
+
+    def abort(self) -> None:
+        for key, f in self._files.items():
+            try:
+                f.close()
+            except Exception:
+                pass
+            final = self.frames_path if key == "frames" else self.mask_paths[key]
+            _tmp_path(final).unlink(missing_ok=True)
+
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding decoded frames into the writer's records: shared by the ffmpeg pipeline
+# (preprocess/build.py) and by `write_cache_from_arrays` (preprocess/cache/arrays.py).
+
+def diff_streams(mask_sets: Sequence[MaskSet]) -> dict:
+    """One DiffStream per (lambda, m) of `mask_sets`, computing exactly the strides asked of it
+    (one grey conversion per frame serves them all)."""
+    from preprocess.masks import DiffStream
+
+    strides: dict = {}
+    for ms in mask_sets:
+        strides.setdefault(ms.params, []).append(ms.stride)
+    return {p: DiffStream(p.lam, p.m, tuple(sorted(set(s)))) for p, s in strides.items()}
+
+
+def mask_chunk(decoded: np.ndarray, streams: dict, only: Sequence[MaskSet] | None = None
+               ) -> tuple[dict[MaskSet, list[bytes]], dict[MaskSet, np.ndarray]]:
+    """Feed decoded frames [t,H,W,3] to the streams: (records, D arrays) per mask set (restricted
+    to `only` when given)."""
+    from preprocess.masks import grey_opencv
+
+    grey = grey_opencv(decoded)
+    records, diffs = {}, {}
+    for p, stream in streams.items():
+        for stride, d in stream.push_grey(grey).items():
+            ms = p.at(stride)
+            if only is None or ms in only:
+                records[ms] = [encode_mask(x) for x in d]
+                diffs[ms] = d
+    return records, diffs
+
+
+def encode_video(frames_chunk: np.ndarray, decode: DecodeParams, streams: dict
+                 ) -> tuple[list[bytes], dict[MaskSet, list[bytes]], dict[MaskSet, np.ndarray]]:
+    """JPEG-encode a chunk of frames and feed the decoded JPEG pixels to the diff streams.
+
+    Returns the JPEG records and, per mask set, the D records and arrays of the chunk.
+    """
+    jpegs = [encode_frame(f, decode) for f in frames_chunk]
+    decoded = np.stack([decode_frame(j) for j in jpegs])
+    records, diffs = mask_chunk(decoded, streams)
+    return jpegs, records, diffs
