@@ -14,11 +14,15 @@ objects moving across it and sensor noise, tuned to about the JPEG size of real 
 (pretrain.py's default `--mask-source clip`), so no mask set is needed. Shards are written by
 --jobs processes; `--work-dir DIR` keeps the cache and reuses it on the next run.
 
+--test-videos more (default 3,783, UCF101 split 1's test part) are the test split: pretrain.py's
+pretext evaluation runs on them every --eval-every epochs (default 10, pretrain.py's: with the 3
+epochs one evaluation, after the last) and is part of the overall figure.
+
 Then, per method, `python train/pretrain.py` as a subprocess exactly as a user runs it (batch 64,
-16x112, R(2+1)D-18, --workers 8, the product's defaults otherwise: bf16 and channels_last_3d on
-CUDA, SGD, clip_grad 40, shuffle BN, one last.pt checkpoint per epoch), with --eval-every 0 (the
-test-split pretext accuracy every 10 epochs is not part of the figure), --save-every 0 and
---no-progress, for --epochs epochs (>= 2: steady state excludes the first). Reported:
+16x112, R(2+1)D-18, --workers 8 and persistent, the product's defaults otherwise: bf16 and
+channels_last_3d on CUDA, SGD, clip_grad 40, shuffle BN, one last.pt checkpoint per epoch written
+in the background, plus mid-epoch ones with --save-every-min), --save-every 0 and --no-progress,
+for --epochs epochs (>= 2: steady state excludes the first). Reported:
 
   overall   clips / wall time of the whole pretrain process (imports, cache index, model build,
             DataLoader workers, compile, every step, every checkpoint, exit): the number that
@@ -37,7 +41,9 @@ test-split pretext accuracy every 10 epochs is not part of the figure), --save-e
             ("est."). With --compile this is a cold compile unless --work-dir is reused (inductor's
             cache lives under the cache folder)
   GPU memory  peak torch.cuda.max_memory_allocated when pretrain.py logs `max_memory_gb`; beside
-            it the peak that nvidia-smi shows for the process (allocator reserve + CUDA context)
+            it the peak that nvidia-smi shows for the process (allocator reserve + CUDA context);
+            the allocated memory (`memory_gb`) at each epoch's end: flat when nothing leaks
+  evaluation  the pretext evaluations' seconds and clips/s (`eval_time` of the epoch records)
 
 The targets are judged only in their setting (CUDA, batch 64, 16x112, r2plus1d_18, <= 8 workers,
 >= 100 steps an epoch); otherwise the table says n/a. Exit status 1 if a pretrain run failed.
@@ -74,6 +80,7 @@ from core.flags import Flags, flag, parse
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "ucf101"
 UCF101_TRAIN_SPLIT1 = 9537
+UCF101_TEST_SPLIT1 = 3783
 METHODS = ("mac-s", "mac-sc")
 # the targets (one H100/H200, B64, 16x112, R(2+1)D-18, end to end from the cache)
 TARGET_CLIPS_PER_S = {"mac-s": 1000.0, "mac-sc": 700.0}
@@ -134,14 +141,20 @@ def synthetic_video(n_frames: int, seed: int, height: int = 128, width: int = 17
     return out
 
 
-def _videos(n_videos: int, classes: int) -> list[tuple[str, int, int]]:
-    """(name, label, number) of every generated video, in the cache's (sorted-name) order."""
-    return sorted((f"Synth{i % classes:03d}/v_Synth{i % classes:03d}_g{i // classes + 1:03d}_c01.avi",
-                   i % classes, i) for i in range(n_videos))
+def _videos(n_videos: int, classes: int, test_videos: int = 0) -> list[tuple[str, int, int, bool]]:
+    """(name, label, number, test) of every generated video, in the cache's (sorted-name) order:
+    `n_videos` in the training part of splits 1-3, then `test_videos` in their test part (groups
+    after the training ones, as UCF101 keeps a group on one side)."""
+    train_groups = -(-n_videos // classes)
+    out = [(f"Synth{i % classes:03d}/v_Synth{i % classes:03d}_g{i // classes + 1:03d}_c01.avi", i % classes, i, False)
+           for i in range(n_videos)]
+    out += [(f"Synth{i % classes:03d}/v_Synth{i % classes:03d}_g{train_groups + i // classes + 1:03d}_c01.avi",
+             i % classes, n_videos + i, True) for i in range(test_videos)]
+    return sorted(out)
 
 
 def _write_shard(root: str, shard_id: int, first: int, count: int, n_videos: int, frames: int, height: int,
-                 width: int, classes: int, seed: int) -> tuple[int, int]:
+                 width: int, classes: int, seed: int, test_videos: int = 0) -> tuple[int, int]:
     """Write frame shard `shard_id` (videos first..first+count of the sorted names); (frames, bytes)."""
     from preprocess.cache import DecodeParams, ShardWriter, VideoRecord, encode_frame, shard_name
 
@@ -150,10 +163,11 @@ def _write_shard(root: str, shard_id: int, first: int, count: int, n_videos: int
                          shard_id=shard_id, decode=decode, frames_uid=None)
     n_frames = n_bytes = 0
     try:
-        for name, label, number in _videos(n_videos, classes)[first:first + count]:
+        for name, label, number, test in _videos(n_videos, classes, test_videos)[first:first + count]:
             jpegs = [encode_frame(f, decode) for f in synthetic_video(frames, seed * 1_000_003 + number, height, width)]
             writer.add_frames(jpegs, {})
-            writer.end_video(VideoRecord(name, label, (1, 1, 1), len(jpegs), 25.0, height, width, 0, 0))
+            writer.end_video(VideoRecord(name, label, (2, 2, 2) if test else (1, 1, 1), len(jpegs), 25.0, height,
+                                         width, 0, 0))
             n_frames += len(jpegs)
             n_bytes += sum(len(j) for j in jpegs)
         writer.commit()
@@ -165,15 +179,16 @@ def _write_shard(root: str, shard_id: int, first: int, count: int, n_videos: int
 
 def build_synthetic_cache(cache_dir: str | Path, videos: int, frames: int, height: int = 128, width: int = 171,
                           jobs: int = 1, classes: int = 101, seed: int = 0, videos_per_shard: int = 32,
-                          log=print) -> dict:
-    """A complete frame cache of `videos` synthetic videos, every one in the training part of
-    splits 1-3 (pretrain.py --part train), written by `jobs` processes; reused when
+                          log=print, test_videos: int = 0) -> dict:
+    """A complete frame cache of `videos` synthetic videos in the training part of splits 1-3
+    (pretrain.py --part train) and `test_videos` more in their test part (pretrain.py's pretext
+    evaluation, finetune.py's validation, evaluate.py), written by `jobs` processes; reused when
     `cache_dir` already holds one with the same parameters. Returns its description."""
     from preprocess.cache import DecodeParams, frame_set_dir, write_frames_manifest
 
     params = {"videos": int(videos), "frames": int(frames), "height": int(height), "width": int(width),
               "classes": int(classes), "seed": int(seed), "videos_per_shard": int(videos_per_shard),
-              "texture": TEXTURE, "noise": NOISE}
+              "texture": TEXTURE, "noise": NOISE, **({"test_videos": int(test_videos)} if test_videos else {})}
     decode = DecodeParams()
     root = frame_set_dir(cache_dir, DATASET, decode)
     sidecar = Path(cache_dir) / "bench_pretrain_cache.json"
@@ -184,10 +199,12 @@ def build_synthetic_cache(cache_dir: str | Path, videos: int, frames: int, heigh
             return {**old, "reused": True, "build_s": 0.0}
     if root.exists():
         shutil.rmtree(root)
-    n_shards = max(1, -(-videos // videos_per_shard))
+    total = videos + test_videos
+    n_shards = max(1, -(-total // videos_per_shard))
     t0 = time.perf_counter()
-    spans = [(s, s * videos_per_shard, min(videos_per_shard, videos - s * videos_per_shard)) for s in range(n_shards)]
-    args = [(str(root), s, first, count, videos, frames, height, width, classes, seed) for s, first, count in spans]
+    spans = [(s, s * videos_per_shard, min(videos_per_shard, total - s * videos_per_shard)) for s in range(n_shards)]
+    args = [(str(root), s, first, count, videos, frames, height, width, classes, seed, test_videos)
+            for s, first, count in spans]
     jobs = max(1, min(int(jobs), n_shards))
     if jobs == 1:
         done = [_write_shard(*a) for a in args]
@@ -201,7 +218,8 @@ def build_synthetic_cache(cache_dir: str | Path, videos: int, frames: int, heigh
             "jpeg_bytes_per_frame": n_bytes / max(n_frames, 1), "build_s": time.perf_counter() - t0,
             "jobs": jobs}
     sidecar.write_text(json.dumps(info, indent=2))
-    log(f"[cache] built {root}: {videos} videos x {frames} frames {height}x{width}, {n_shards} shards, "
+    log(f"[cache] built {root}: {videos} videos{f' + {test_videos} test' if test_videos else ''} x {frames} frames "
+        f"{height}x{width}, {n_shards} shards, "
         f"{info['jpeg_bytes_per_frame'] / 1e3:.1f} KB/frame, {info['build_s']:.1f} s with {jobs} processes")
     return {**info, "reused": False}
 
@@ -273,8 +291,10 @@ def pretrain_command(method: str, args, cache_dir: Path, run_dir: Path) -> list[
            "--method", method, "--n", str(args.n), "--k", str(args.k), "--backbone", args.backbone,
            "--frames", str(args.frames), "--crop", str(args.crop), "--scales", *map(str, args.scales),
            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(args.workers),
-           "--eval-every", "0", "--save-every", "0", "--log-every", str(args.log_every), "--no-progress",
-           "--run-dir", str(run_dir), "--seed", str(args.seed)]
+           "--eval-every", str(args.eval_every if args.test_videos else 0), "--save-every", "0",
+           "--log-every", str(args.log_every), "--no-progress", "--run-dir", str(run_dir), "--seed", str(args.seed)]
+    if args.save_every_min:
+        cmd += ["--save-every-min", f"{args.save_every_min:g}"]
     if args.queue_size:
         cmd += ["--queue-size", str(args.queue_size)]
     if args.device != "auto":
@@ -397,6 +417,22 @@ def summarise(records: list[dict], wall_s: float, started_unix: float, batch: in
     mem = [_num(r.get("max_memory_gb")) for r in records]
     mem = [m for m in mem if m is not None]
     out["max_memory_gb"] = max(mem) if mem else None
+    # allocated memory at each epoch's last window: flat from one epoch to the next (no leak)
+    ends: dict[int, float] = {}
+    for r in train:
+        if _num(r.get("memory_gb")) is not None:
+            ends[int(r.get("epoch", 0))] = float(r["memory_gb"])
+    out["memory_gb_epoch_end"] = [ends[e] for e in sorted(ends)]
+    out["memory_growth_gb"] = (ends[max(ends)] - ends[min(ends)]) if len(ends) >= 2 else None
+    # the pretext evaluation (epoch records with eval_time) and the mid-epoch checkpoints
+    evals = [(r.get("test_videos"), _num(r.get("eval_time"))) for r in epochs if _num(r.get("eval_time")) is not None]
+    out["evaluations"] = len(evals)
+    out["eval_s"] = sum(t for _, t in evals) if evals else None
+    out["eval_videos"] = evals[-1][0] if evals else None
+    out["eval_clips_per_s"] = (sum(v or 0 for v, _ in evals) / out["eval_s"]) if evals and out["eval_s"] else None
+    accs_t = [_num(r.get("test_acc")) for r in epochs if _num(r.get("test_acc")) is not None]
+    out["test_acc"] = accs_t[-1] if accs_t else None             # the last evaluation's
+    out["checkpoints_mid_epoch"] = sum(1 for r in records if r.get("kind") == "checkpoint" and r.get("batch"))
     accs = [r.get("acc") for r in epochs]
     out["final_loss"] = _num(epochs[-1].get("loss")) if epochs else None
     out["final_acc"] = _num(accs[-1]) if accs else None
@@ -460,6 +496,16 @@ def report(results: list[dict], args, steps_per_epoch: int) -> list[dict]:
               f"{f(r['step_time_s_steady'] and 1000 * r['step_time_s_steady']):>8s} {f(r['checkpoint_s'], '.2f'):>7s} "
               f"{f(r['checkpoint_write_s'], '.2f'):>7s} {first:>10s} {f(r['startup_s']):>7s} {f(r['max_memory_gb'], '.2f'):>8s} "
               f"{f(r['gpu_mem_nvsmi_gib'], '.2f'):>8s}")
+    for r in results:
+        if r.get("error") or not (r.get("evaluations") or r.get("checkpoints_mid_epoch") or r.get("memory_gb_epoch_end")):
+            continue
+        ev = (f"{r['evaluations']} evaluation(s) of {r['eval_videos']} test videos: {f(r['eval_s'], '.1f')} s "
+              f"({f(r['eval_clips_per_s'])} clips/s), test_acc {f(r['test_acc'], '.3f')}") if r.get("evaluations") \
+            else "no evaluation"
+        mem = r.get("memory_gb_epoch_end") or []
+        print(f"  {name[r['method']]}: {ev}; {r.get('checkpoints_mid_epoch', 0)} mid-epoch checkpoint(s), pause max "
+              f"{f(r.get('checkpoint_s_max'), '.2f')} s; allocated GiB at epoch ends "
+              f"{', '.join(f'{m:.2f}' for m in mem) or 'n/a'}")
     print("  overall = clips / pretrain process wall time; loop = clips / summed epoch_time; steady = epochs 2..;")
     print("  wait = data_time / step_time (st: epochs 2..); step ms = median steady window; ckpt s = training's pause "
           "per save, write s = background write; 1st step s (e = estimated: no first_step record); start s = "
@@ -499,12 +545,12 @@ def report(results: list[dict], args, steps_per_epoch: int) -> list[dict]:
 
 
 # The two settings: the target's (the default) and --smoke's; a flag given explicitly wins over both.
-TARGET_SETTING = dict(n=2, k=4, videos=UCF101_TRAIN_SPLIT1, video_frames=64, height=128, width=171, batch_size=64,
-                      frames=16, crop=112, scales=None, backbone="r2plus1d_18", queue_size=0, epochs=3, workers=8,
-                      log_every=20, device="auto")
-SMOKE_SETTING = dict(TARGET_SETTING, videos=16, video_frames=12, height=40, width=53, batch_size=4, frames=4, crop=16,
-                     scales=[16, 20], backbone="r2plus1d_10", queue_size=64, epochs=2, workers=1, log_every=2,
-                     device="cpu")
+TARGET_SETTING = dict(n=2, k=4, videos=UCF101_TRAIN_SPLIT1, test_videos=UCF101_TEST_SPLIT1, video_frames=64,
+                      height=128, width=171, batch_size=64, frames=16, crop=112, scales=None, backbone="r2plus1d_18",
+                      queue_size=0, epochs=3, workers=8, log_every=20, device="auto", eval_every=10)
+SMOKE_SETTING = dict(TARGET_SETTING, videos=16, test_videos=0, video_frames=12, height=40, width=53, batch_size=4,
+                     frames=4, crop=16, scales=[16, 20], backbone="r2plus1d_10", queue_size=64, epochs=2, workers=1,
+                     log_every=2, device="cpu")
 
 
 @dataclass
@@ -521,6 +567,12 @@ class PretrainBenchFlags(Flags):
     k: int = flag(None, "alphas per segment (target setting 4)", type=int, lo=2)
     videos: int = flag(None, f"training videos in the generated cache (target setting {UCF101_TRAIN_SPLIT1}, "
                              f"UCF101 split 1)", type=int, lo=1)
+    test_videos: int = flag(None, f"test videos in the generated cache: pretrain.py's pretext evaluation (target "
+                                  f"setting {UCF101_TEST_SPLIT1}, UCF101 split 1; --smoke 0)", type=int, lo=0)
+    eval_every: int = flag(None, "pretrain.py --eval-every (target setting 10, pretrain.py's: with 3 epochs one "
+                                 "evaluation, after the last)", type=int, lo=0)
+    save_every_min: float = flag(0.0, "pretrain.py --save-every-min: mid-epoch checkpoints (0 = at epoch ends only)",
+                                 lo=0)
     video_frames: int = flag(None, "frames per generated video (target setting 64)", type=int, lo=1)
     height: int = flag(None, "generated frame height (target setting 128)", type=int, lo=16)
     width: int = flag(None, "generated frame width (target setting 171)", type=int, lo=16)
@@ -597,7 +649,7 @@ def main(argv=None) -> int:
     try:
         cache_dir = work / "cache"
         out["cache"] = build_synthetic_cache(cache_dir, args.videos, args.video_frames, args.height, args.width,
-                                             args.jobs, seed=args.seed)
+                                             args.jobs, seed=args.seed, test_videos=args.test_videos)
         print(f"[cache] {args.videos} training videos: {steps_per_epoch} steps/epoch at batch {args.batch_size}"
               f"{' (UCF101 split 1: 149 at 64)' if args.batch_size == 64 else ''}")
         save()

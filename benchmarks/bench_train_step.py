@@ -8,8 +8,8 @@ Measures clips/s and peak GPU memory of one optimisation step, for
               `MACTransform` on the batch, `compute_losses`, backward, gradient clipping, the
               non-finite guard and the optimiser step of `train.loop.fit`, all built from a
               `PretrainConfig` exactly as `pretrain.train()` builds them (`mac_config(cfg)`,
-              channels_last_3d / bf16 autocast through `engine.use_channels_last` /
-              `engine.autocast`, `--compile` compiling the encoders' forward_features only)
+              channels_last_3d / bf16 autocast through `train.utils.distributed`'s
+              `use_channels_last` / `autocast`, `--compile` compiling the encoders' forward_features only)
     mac_sc    the same with --method mac-sc: + the momentum key encoder with shuffle-BN
               sub-batches, projection, 65,536-key queue and InfoNCE (`MACModel.forward`)
     tv_cls    torchvision's r2plus1d_18 + fc-400, cross-entropy, SGD (lr 0.01, momentum 0.9,
@@ -77,20 +77,21 @@ if __package__ in (None, ""):   # run as `python benchmarks/bench_train_step.py`
 from preprocess.cache import DecodeParams, MaskParams, open_cache
 from core.errors import UsageError
 from core.flags import Flags, config_dict, flag, parse, redefault
-from train.utils.distributed import Dist, autocast, configure_backends, use_channels_last, wrap_ddp
+from train.utils.distributed import Dist, configure_backends, use_channels_last, wrap_ddp
 from train.utils.guards import check_finite
 from train.utils.optim import make_optimizer
 from train.utils.random import derive_seed, seed_everything
 from train.data import PretrainClips, make_loader, set_loader_epoch
 from train.mac import MACTransform
-from train.mac_model import MACModel, compute_losses
+from train.mac_model import MACModel
 from train.models import BACKBONES, build_backbone, load_backbone
-from train.pretrain import PretrainConfig, mac_config
+from train.pretrain import MaskStats, PretrainConfig, compile_encoders, mac_config, make_step
 
-try:    # the shared training loop's prefetcher (train/loop.py); inline prepare without it
-    from train.loop import PrefetchLoader
+try:    # the shared training loop's prefetcher and window read (train/loop.py); inline without them
+    from train.loop import PrefetchLoader, window_means
 except ImportError:  # pragma: no cover
     PrefetchLoader = None
+    window_means = lambda win, n: {k: float(v) / n for k, v in win.items()}   # noqa: E731
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "fp32": dict(bf16=False, cl3d=False, compile=False),
@@ -149,12 +150,12 @@ class MacStep:
     """One training step of pretrain.py (train.pretrain.train + train.loop.fit) on a fixed CPU batch.
 
     Built from `cfg` as pretrain.train() builds it: MACModel with the same arguments after
-    seed_everything(cfg.seed), channels_last_3d and bf16 autocast when the engine allows them (CUDA),
-    the optimiser of engine.make_optimizer, the encoders' forward_features compiled with --compile,
+    seed_everything(cfg.seed), channels_last_3d and bf16 autocast when train.utils.distributed allows them (CUDA),
+    the optimiser of train.utils.optim.make_optimizer, the encoders' forward_features compiled with --compile,
     MACTransform(mac_config(cfg)) as the batch preparation and the loss of compute_losses. A call:
     the next prepared batch (host-side mask statistics, copy + transform on a side stream via
     train.loop.PrefetchLoader), forward, losses, zero_grad, backward, clip_grad_norm_,
-    engine.check_finite (one sync), optimiser step, the metric-window accumulation (one more sync
+    train.utils.guards.check_finite (one sync), optimiser step, the metric-window accumulation (one more sync
     every cfg.log_every steps). Returns the detached loss."""
 
     def __init__(self, cfg: PretrainConfig, device: torch.device | str, cpu_batch: dict):
@@ -173,13 +174,12 @@ class MacStep:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-        if cfg.compile:   # as pretrain.py: the encoders' bodies only
-            model.backbone.forward_features = torch.compile(model.backbone.forward_features)
-            if model.contrastive:
-                model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
+        if cfg.compile:   # as pretrain.py: the encoders' bodies only, static shapes
+            compile_encoders(model)
         self.ddp = wrap_ddp(model, d)
-        self.mask_sum: dict[int, float] = {}
-        self.mask_n: dict[int, int] = {}
+        self.stats = MaskStats()                   # pretrain.py's host-side mask statistics
+        self.mask_sum, self.mask_n = self.stats.sum, self.stats.n
+        self._step = make_step(self.ddp, cfg, d, self.cl)
         self.inspect_s = 0.0
         self.step_idx, self.win, self.win_n = 0, {}, 0
         self.batch = cpu_batch
@@ -189,28 +189,21 @@ class MacStep:
             self._it = PrefetchLoader(source, d.device, self.tf, self.inspect).start()
         else:
             self.prefetch = "inline"
-            self._it = (self.tf(b) for b in source if self.inspect(b) is None)
+            self._it = (self.tf(b) for b in source if self.inspect(b)() is None)
         seed_everything(derive_seed(cfg.seed, 0, d.rank))     # fit: epoch 0's dropout stream
         model.train()
 
-    def inspect(self, batch: dict) -> None:
-        """pretrain.py's host-side per-stride mask statistics of each batch (timed)."""
+    def inspect(self, batch: dict):
+        """pretrain.py's host-side per-stride mask statistics of each batch (``MaskStats.observe``:
+        subsampled 1/16, as in training), timed; the update is applied when the batch is yielded."""
         t0 = time.perf_counter()
-        for s_, m_ in zip(batch["clip"][:, 1].tolist(), batch["masks"].flatten(1).float().mean(1).tolist()):
-            self.mask_sum[s_] = self.mask_sum.get(s_, 0.0) + m_ / 255.0
-            self.mask_n[s_] = self.mask_n.get(s_, 0) + 1
+        commit = self.stats.observe(batch)
         self.inspect_s += time.perf_counter() - t0
+        return commit
 
     def forward(self, b: dict, step_: int) -> dict:
-        """pretrain.py's Task.step: forward under autocast, fp32 losses."""
-        cfg = self.cfg
-        xq, xk = b["query"], b.get("key")
-        if self.cl:
-            xq = xq.contiguous(memory_format=torch.channels_last_3d)
-            xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
-        with autocast(self.d, cfg.bf16):
-            out = self.ddp(xq, xk, shuffle_seed=derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
-        return compute_losses(out, b, cfg)
+        """pretrain.py's Task.step (``train.pretrain.make_step``): forward under autocast, fp32 losses."""
+        return self._step(b, step_)
 
     def __call__(self) -> torch.Tensor:
         cfg = self.cfg
@@ -225,7 +218,7 @@ class MacStep:
         for k, v in terms.items():
             self.win[k] = self.win.get(k, 0.0) + v.detach().float()
         if self.step_idx % cfg.log_every == 0:
-            {k: float(v) / self.win_n for k, v in self.win.items()}     # the window's sync
+            window_means(self.win, self.win_n)                            # the window's sync
             self.win, self.win_n = {}, 0
         return terms["loss"].detach()
 
@@ -318,10 +311,18 @@ class Result:
     loss_last: float | None = None
     params: int | None = None                  # trainable parameters
     host_inspect_ms: float | None = None       # MAC: pretrain.py's host-side mask statistics per step
+    graphs_warmup: int | None = None           # compile variants: dynamo graphs built in the warmup steps
+    graphs_timed: int | None = None            # ... and during the timed steps (0: no recompile)
     prefetch: str | None = None                # MAC: how batches were prepared
     pretrain_config: dict | None = None        # MAC: the PretrainConfig the step was built from
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _dynamo_graphs() -> int:
+    """Graphs torch.compile has built so far in this process (dynamo's counter)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
 
 
 def sync(device: torch.device) -> None:
@@ -379,6 +380,8 @@ def run_config(task: str, variant: str, args, tv_video, mac_batches: dict) -> Re
         if device.type == "cuda":   # the batch preparation and model build are not the step's memory
             torch.cuda.reset_peak_memory_stats(device)
 
+        graphs = lambda: _dynamo_graphs() if v["compile"] else None   # noqa: E731
+        g0 = graphs()
         sync(device)
         t0 = time.perf_counter()
         first = step()
@@ -387,6 +390,7 @@ def run_config(task: str, variant: str, args, tv_video, mac_batches: dict) -> Re
         sync(device)
         r.warmup_s = time.perf_counter() - t0
         r.loss_first = float(first)
+        g1 = graphs()
         if isinstance(holder, MacStep):
             holder.inspect_s = 0.0
 
@@ -396,6 +400,8 @@ def run_config(task: str, variant: str, args, tv_video, mac_batches: dict) -> Re
         sync(device)
         dt = time.perf_counter() - t0
         r.loss_last = float(last)
+        if g0 is not None:
+            r.graphs_warmup, r.graphs_timed = g1 - g0, graphs() - g1
         r.step_ms = 1000.0 * dt / args.steps
         r.clips_per_s = args.batch * args.steps / dt
         if isinstance(holder, MacStep):
@@ -681,6 +687,8 @@ def main(argv=None) -> int:
         else:
             loss = f"{r.loss_first:.3f}->{r.loss_last:.3f}"
             extra = [] if r.host_inspect_ms is None else [f"host mask stats {r.host_inspect_ms:.1f} ms/step"]
+            if r.graphs_warmup is not None:
+                extra.append(f"compiled graphs: {r.graphs_warmup} in warmup, {r.graphs_timed} while timed")
             print(f"{task:9s} {r.model:32s} {variant:18s} {fmt(r.clips_per_s, '9.1f')} "
                   f"{fmt(r.step_ms, '9.1f')} {fmt(r.warmup_s, '9.1f')} "
                   f"{fmt(r.peak_mem_gib, '9.2f')} {fmt(r.params, '11,d')} {loss:>15s}"

@@ -230,3 +230,27 @@ def test_bench_pretrain_smoke_runs_the_real_pretrain(tmp_path):
         assert "train/pretrain.py" in r["command"][1] and "--run-dir" in r["command"]
     assert len(rep["checks"]) == 4 and all(c["verdict"].startswith("n/a (device cpu") for c in rep["checks"])
     assert "MAC-SC-2" in p.stdout and "[targets]" in p.stdout and ">= 1000 clips/s" in p.stdout
+
+
+def test_bench_pretrain_includes_the_evaluation_and_mid_epoch_saves(tmp_path):
+    """The end-to-end benchmark times what a pretraining does: test videos for the pretext
+    evaluation (UCF101 split 1's 3,783 by default), --save-every-min passed on, and the figures of
+    the evaluation, the mid-epoch checkpoints and the allocated memory per epoch read back."""
+    info = BP.build_synthetic_cache(tmp_path / "c", 5, 9, 40, 53, jobs=1, videos_per_shard=4, log=lambda *a: None,
+                                    test_videos=3)
+    index = open_cache(tmp_path / "c", "ucf101", DecodeParams(), MaskParams(), ())
+    assert info["shards"] == 2 and len(index.subset(1, "train")) == 5 and len(index.subset(1, "test")) == 3
+    assert set(index.subset(1, "train")).isdisjoint(index.subset(2, "test"))
+    args = BP.parse_args(["--save-every-min", "0.5"])
+    assert (args.test_videos, args.eval_every) == (3783, 10) and BP.parse_args(["--smoke"]).test_videos == 0
+    cmd = BP.pretrain_command("mac-sc", args, Path("c"), Path("r"))
+    assert cmd[cmd.index("--eval-every") + 1] == "10" and cmd[cmd.index("--save-every-min") + 1] == "0.5"
+    recs = _records(True)
+    assert [r["kind"] for r in recs[1:4]] == ["train", "train", "epoch"] and recs[-3]["kind"] == "train"
+    recs[3].update(test_videos=8, eval_time=2.0, test_acc=0.5)             # epoch 0, evaluated
+    recs[1]["memory_gb"], recs[2]["memory_gb"], recs[-3]["memory_gb"] = 1.0, 2.0, 2.1   # epoch ends: 2.0, 2.1
+    recs.insert(2, {"kind": "checkpoint", "step": 2, "batch": 2, "seconds": 0.1})      # mid-epoch
+    s = BP.summarise(recs, wall_s=10.0, started_unix=1000.0, batch=4)
+    assert (s["evaluations"], s["eval_s"], s["eval_videos"], s["eval_clips_per_s"]) == (1, 2.0, 8, 4.0)
+    assert s["checkpoints_mid_epoch"] == 1 and s["memory_gb_epoch_end"] == [2.0, 2.1]
+    assert s["memory_growth_gb"] == pytest.approx(0.1) and s["test_acc"] == 0.5

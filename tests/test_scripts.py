@@ -30,7 +30,8 @@ else:
 
 
 def readme_scripts() -> list[str]:
-    text = (REPO / "README.md").read_text() + (REPO / "run_all.sh").read_text()
+    """Every script README.md, the docs pages and run_all.sh show."""
+    text = "".join(p.read_text() for p in [REPO / "README.md", REPO / "run_all.sh", *sorted((REPO / "docs").glob("*.md"))])
     return sorted(set(re.findall(r"python ((?:preprocess|train|benchmarks)/\w+\.py)", text)))
 
 
@@ -56,3 +57,24 @@ def test_script_runs_as_written_without_installing_the_project(script):
     p = run_uninstalled(script, "--help")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "usage:" in p.stdout and "Traceback" not in p.stderr
+
+
+def console_scripts() -> dict[str, str]:
+    """[project.scripts] of pyproject.toml (read by hand: tomllib is Python 3.11+)."""
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+) = "([\w.:]+)"', section, re.M))
+
+
+def test_every_command_has_a_console_entry_point():
+    targets = {v.split(":")[0].replace(".", "/") + ".py" for v in console_scripts().values()}
+    commands = {s for s in readme_scripts() if not s.startswith("benchmarks/")}
+    assert commands <= targets, commands - targets
+
+
+@pytest.mark.parametrize("name", sorted(console_scripts()))
+def test_console_entry_point_runs(name):
+    """The installed `mac-*` commands (pip install -e . made them beside the interpreter)."""
+    exe = Path(sys.executable).parent / name
+    assert exe.is_file(), f"{exe}: not installed (pip install -e .)"
+    p = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert p.returncode == 0 and "usage:" in p.stdout, p.stderr[-2000:]

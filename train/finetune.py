@@ -38,14 +38,14 @@ from core.errors import UsageError, exit_with
 from core.flags import flag, format_config, redefault
 from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags
 from train.utils.checkpoint import load_checkpoint
-from train.utils.distributed import Dist, autocast, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
+from train.utils.distributed import Dist, autocast, compile_static, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
 from train.utils.log import prepare_run_dir
 from train.utils.optim import make_optimizer
 from train.utils.random import seed_everything
 from core import flags
 from train import loop
 from train.data import EvalClips, LabelledClips, label_subset, make_loader
-from train.inference import backbone_weights, require_split_lists
+from train.inference import backbone_weights, pad_batch, require_split_lists
 from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
 from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone, parse_backbone
 
@@ -136,22 +136,26 @@ def default_run_dir(cfg: FinetuneConfig, info: dict) -> Path:
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, cfg: FinetuneConfig, d: Dist, cl: bool = False) -> dict:
-    """Clip accuracy of the centre clip of each test video (deduplicated across ranks)."""
+    """Clip accuracy of the centre clip of each test video (deduplicated across ranks). Every batch
+    reaches the model at --batch-size clips (the last one padded: one static graph under
+    --compile); one device read at the end."""
     model.eval()
-    vids, correct, losses = [], [], []
+    vids, rows = [], []
     for i, batch in enumerate(loader):
         if cfg.val_limit and i * cfg.batch_size * d.world_size >= cfg.val_limit:
             break
         b = eval_transform(batch, cfg.norm, d.device)
         x = b["clips"].flatten(0, 1)                           # [B, 1, 3, T, S, S] -> [B, 3, T, S, S]
+        n = x.shape[0]
+        x = pad_batch(x, cfg.batch_size)
         x = x.contiguous(memory_format=torch.channels_last_3d) if cl else x
         with autocast(d, cfg.bf16):
-            logits = model(x).float()
-        losses += F.cross_entropy(logits, b["label"], reduction="none").tolist()
-        correct += (logits.argmax(1) == b["label"]).float().tolist()
+            logits = model(x)[:n].float()
+        rows.append(torch.stack([(logits.argmax(1) == b["label"]).float(),
+                                 F.cross_entropy(logits, b["label"], reduction="none")], 1))
         vids += batch["video"].tolist()
     train_mode(model, cfg.freeze_backbone)
-    _, vals = gather_unique(vids, list(zip(correct, losses)), d)
+    _, vals = gather_unique(vids, [tuple(r) for r in torch.cat(rows).tolist()] if rows else [], d)
     n = max(len(vals), 1)
     return {"val_acc": sum(v[0] for v in vals) / n, "val_loss": sum(v[1] for v in vals) / n,
             "val_videos": len(vals)}
@@ -284,7 +288,7 @@ def train(cfg: FinetuneConfig, d: Dist) -> dict:
     state = loop.resume(last, model, opt, sched, cfg, d, log, task) if cfg.resume and last.exists() else loop.State()
     if cfg.compile:
         persistent_compile_cache(cfg.cache_dir)
-        model.compile()        # in place: state-dict names stay unprefixed
+        compile_static(model)  # in place: state-dict names stay unprefixed
     ddp = wrap_ddp(model, d)
     out = loop.fit(cfg=cfg, d=d, model=model, params=params, opt=opt, sched=sched, loader=loader,
                    steps_per_epoch=steps_per_epoch, run_dir=run_dir, task=task, state=state, log=log)

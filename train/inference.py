@@ -115,6 +115,17 @@ def eval_batches(index, split: int, part: str, geometry: dict, num_clips: int, b
     return ds, loader
 
 
+def pad_batch(x, size: int):
+    """x [n, ...] with n <= size, padded with zero rows to [size, ...]: an evaluation's last batch
+    then has the shape of the others, so a compiled (static-shape) model runs its graph instead of
+    compiling another. In eval mode every row's output depends on that row only (BN uses its
+    running statistics), so ``model(pad_batch(x, B))[:n]`` equals ``model(x)``."""
+    n = x.shape[0]
+    if n >= size:
+        return x
+    return torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+
+
 def run_clips(model, loader, device, norm: str, fn=None, progress: str | None = None):
     """Run `fn(model, clips [b,3,T,S,S]) -> [b, D]` (default: the model's logits) over every clip.
 

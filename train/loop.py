@@ -28,6 +28,7 @@ the batches already done, so a resumed run ends exactly where the uninterrupted 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -37,6 +38,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from core.errors import ToolError
 from core.flags import config_dict
 from train.utils.checkpoint import CheckpointSaver, load_checkpoint
 from train.utils.distributed import Dist, all_reduce_sum, broadcast_buffers, gather_objects, param_hash, unwrap
@@ -58,14 +60,22 @@ class PrefetchLoader:
     ``prepare(cpu_batch)`` -> device batch, the latter on a side CUDA stream so that the copy and
     the transform of batch i+1 overlap step i. On CPU it prepares each batch in line.
 
+    ``inspect`` may return a callable: it is called when that batch is handed to the loop (yield
+    time), not when it is prepared, so whatever it counts covers exactly the batches the loop has
+    received; a checkpoint after step i never counts batch i+1, which one-ahead preparation has
+    already inspected (and which a resumed run trains on, and counts, again).
+
     ``start()`` creates the DataLoader's iterator at once (its workers start producing), which
     lets ``fit`` open the next epoch before the current one's evaluation and checkpoint."""
 
+    lookahead_on_cpu = False     # tests: the one-ahead order of CUDA, without a stream
+
     def __init__(self, loader, device: torch.device, prepare: Callable[[Batch], Batch],
-                 inspect: Callable[[Batch], None] | None = None):
+                 inspect: Callable[[Batch], Callable[[], None] | None] | None = None):
         self.loader, self.device = loader, torch.device(device)
         self.prepare, self.inspect = prepare, inspect
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.lookahead = self.stream is not None or self.lookahead_on_cpu
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -76,27 +86,34 @@ class PrefetchLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self.start()
 
-    def _prepare(self, batch: Batch) -> Batch:
-        if self.inspect is not None:
-            self.inspect(batch)
-        return self.prepare(batch)
+    def _prepare(self, batch: Batch) -> tuple[Batch, Callable[[], None] | None]:
+        commit = self.inspect(batch) if self.inspect is not None else None
+        return self.prepare(batch), (commit if callable(commit) else None)
 
     def _iterate(self, it) -> Iterator[Batch]:
-        if self.stream is None:
+        if not self.lookahead:
             for batch in it:
-                yield self._prepare(batch)
+                out, commit = self._prepare(batch)
+                if commit is not None:
+                    commit()
+                yield out
             return
         ready = None
         for batch in it:
-            with torch.cuda.stream(self.stream):
+            with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
                 nxt = self._prepare(batch)
             if ready is not None:
-                yield ready
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
-            _record_stream(nxt, torch.cuda.current_stream(self.device))
+                if ready[1] is not None:
+                    ready[1]()
+                yield ready[0]
+            if self.stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(self.stream)
+                _record_stream(nxt[0], torch.cuda.current_stream(self.device))
             ready = nxt
         if ready is not None:
-            yield ready
+            if ready[1] is not None:
+                ready[1]()
+            yield ready[0]
 
 
 def _record_stream(obj, stream) -> None:
@@ -125,7 +142,8 @@ class Task:
     step: Callable[[Batch, int], dict]                   # (device batch, global step) -> terms with "loss"
     checkpoint: Callable[[], dict]                       # the script's own checkpoint fields
     end_epoch: Callable[["EpochEnd"], "EpochResult"] | None = None
-    inspect: Callable[[Batch], None] | None = None       # CPU batch observer (before prepare)
+    inspect: Callable[[Batch], Any] | None = None        # CPU batch observer (before prepare); may return
+                                                         # a callable run when the loop receives the batch
     train_mode: Callable[[], None] | None = None         # default: model.train()
     restore: Callable[[dict], None] | None = None        # the script's own state from a checkpoint
     epoch_start: Callable[[int, int], None] | None = None  # (epoch, batches already done)
@@ -163,6 +181,7 @@ class State:
 def resume(last: Path, model, opt, sched, cfg, d: Dist, log, task: Task) -> State:
     """Restore model, optimiser, scheduler, RNG states and the script's state from `last`."""
     ck = load_checkpoint(last)
+    check_resumable(ck, last, cfg, d)
     unwrap(model).load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -180,6 +199,32 @@ def resume(last: Path, model, opt, sched, cfg, d: Dist, log, task: Task) -> Stat
     return st
 
 
+class ResumeRefused(ToolError):
+    """A checkpoint this run cannot continue exactly (status 2, one line)."""
+
+
+def check_resumable(ck: dict, last: Path, cfg, d: Dist) -> None:
+    """A mid-epoch checkpoint continues at its batch index, which means the same samples only with
+    the same world size and per-process batch (the sampler deals each rank its share of the
+    epoch's permutation): refuse anything else. Epoch-boundary checkpoints resume at any size."""
+    batch = int(ck.get("batch", 0) or 0)
+    if not batch:
+        return
+    world = int(ck.get("world_size", d.world_size))
+    per = int(ck.get("global_batch", world * cfg.batch_size)) // max(world, 1)
+    where = f"epoch {ck.get('epoch')} batch {batch}"
+    if world != d.world_size:
+        raise ResumeRefused(
+            f"{last} is a mid-epoch checkpoint ({where}) of {world} process(es); this run has {d.world_size}: "
+            f"the rest of that epoch would be other samples. Resume it with {world} process(es) "
+            f"(torchrun --nproc_per_node {world}, or the same nodes x GPUs), or at an epoch boundary")
+    if per != cfg.batch_size:
+        raise ResumeRefused(
+            f"{last} is a mid-epoch checkpoint ({where}) at --batch-size {per} per process; this run has "
+            f"--batch-size {cfg.batch_size}: the rest of that epoch would be other samples. Resume it with "
+            f"--batch-size {per}, or at an epoch boundary")
+
+
 def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int, run_dir: Path,
         task: Task, state: State, log=print) -> dict:
     """Train from `state` to cfg.epochs (or cfg.max_steps); returns the last epoch's metrics and
@@ -194,21 +239,39 @@ def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int
     save_every_s = 60.0 * getattr(cfg, "save_every_min", 0.0)
     step, metrics = state.step, state.metrics
     first_step = step == 0
+    # Under DDP a failure of rank 0's own work (metrics.jsonl, checkpoints) must reach every rank,
+    # else the others wait in the next collective until the process-group timeout: the error is
+    # kept, flagged in the next step's all-reduce (check_finite) or save, and raised on every rank.
+    pending: list[BaseException] = []
+
+    def record(**rec) -> None:
+        if not d.distributed:
+            mlog.write(**rec)
+            return
+        try:
+            mlog.write(**rec)
+        except Exception as e:      # noqa: BLE001 - raised on every rank at the next agreement
+            pending[:] = pending or [e]
 
     def save(epoch: int, batch: int, sums: dict, is_best: bool = False, rng: list | None = None) -> None:
         """Checkpoint after `batch` batches of `epoch` (batch == steps_per_epoch: the epoch is done).
         `rng`: the RNG states to store (default: now); collective, every rank takes part."""
         rng = rng if rng is not None else gather_rng_states(d)
         done = batch >= steps_per_epoch
-        if not d.is_main:
-            return
-        ck = {"kind": task.kind, "config": config_dict(cfg), "model": unwrap(model).state_dict(),
-              "epoch": epoch + 1 if done else epoch, "batch": 0 if done else batch, "step": step,
-              "partial": not done, "epoch_sums": {} if done else sums, "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "scaler": None, "rng": rng, "world_size": d.world_size,
-              "global_batch": clips_per_step, "metrics": metrics, **task.checkpoint()}
-        paused = saver.save(ck, ck["epoch"], not done, is_best)
-        mlog.write(kind="checkpoint", epoch=ck["epoch"], batch=ck["batch"], step=step, seconds=round(paused, 4))
+        err = pending[0] if pending else None
+        if d.is_main and err is None:
+            try:
+                ck = {"kind": task.kind, "config": config_dict(cfg), "model": unwrap(model).state_dict(),
+                      "epoch": epoch + 1 if done else epoch, "batch": 0 if done else batch, "step": step,
+                      "partial": not done, "epoch_sums": {} if done else sums, "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "scaler": None, "rng": rng, "world_size": d.world_size,
+                      "global_batch": clips_per_step, "metrics": metrics, **task.checkpoint()}
+                paused = saver.save(ck, ck["epoch"], not done, is_best)   # raises a failed previous write
+                mlog.write(kind="checkpoint", epoch=ck["epoch"], batch=ck["batch"], step=step,
+                           seconds=round(paused, 4))
+            except Exception as e:      # noqa: BLE001 - re-raised below, on every rank
+                err = e
+        raise_together(err, d, "saving a checkpoint")
 
     stopped = bool(cfg.max_steps and step >= cfg.max_steps)
     preempt = Preemption(getattr(cfg, "stop_signals", ()), log=log)
@@ -248,13 +311,15 @@ def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int
                     raise out_of_memory(e, d.device, cfg.batch_size) from None
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
                 # one sync per step; a non-finite step is never applied
-                check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, epoch, step, d)
+                if check_finite({k: v for k, v in terms.items() if k.startswith(("loss", "grad"))}, epoch, step, d,
+                                failed=bool(pending)):
+                    raise_together(pending[0] if pending else None, d, "writing metrics.jsonl")
                 opt.step()
                 step, n_done, win_n = step + 1, n_done + 1, win_n + 1
                 if first_step:
                     first_step = False
-                    mlog.write(kind="first_step", step=step, seconds=round(time.perf_counter() - t_step, 4),
-                               compile=bool(getattr(cfg, "compile", False)))
+                    record(kind="first_step", step=step, seconds=round(time.perf_counter() - t_step, 4),
+                           compile=bool(getattr(cfg, "compile", False)))
                 for k, v in terms.items():
                     win[k] = win.get(k, 0.0) + v.detach().float()
                 stopped = bool(cfg.max_steps and step >= cfg.max_steps)
@@ -264,14 +329,13 @@ def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int
                     stopped = stopped or preempted
                 bar.update(1)
                 if step % cfg.log_every == 0 or n_done == steps_per_epoch or stopped:
-                    vals = {k: float(v) / win_n for k, v in win.items()}   # one sync per window
+                    vals = window_means(win, win_n)     # one sync per window
                     wall = time.perf_counter() - t_win
                     for k, v in vals.items():
                         sums[k] = sums.get(k, 0.0) + v * win_n
-                    mlog.write(kind="train", epoch=epoch, step=step, **vals, lr=opt.param_groups[0]["lr"],
-                               data_time=data_t / win_n, step_time=wall / win_n,
-                               clips_per_s=win_n * clips_per_step / max(wall, 1e-9),
-                               **_memory(d))
+                    record(kind="train", epoch=epoch, step=step, **vals, lr=opt.param_groups[0]["lr"],
+                           data_time=data_t / win_n, step_time=wall / win_n,
+                           clips_per_s=win_n * clips_per_step / max(wall, 1e-9), **_memory(d))
                     bar.set_postfix(loss=f"{vals['loss']:.3f}", **({"acc": f"{vals['acc']:.3f}"} if "acc" in vals else {}))
                     win, win_n, data_t, t_win = {}, 0, 0.0, time.perf_counter()
                     if (save_every_s and n_done < steps_per_epoch and not stopped
@@ -299,16 +363,24 @@ def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int
             end = task.end_epoch if not (preempted and partial) else None
             res = end(EpochEnd(epoch, step, partial, metrics, int(tot[-1]))) if end else EpochResult()
             metrics.update(res.metrics)
-            mlog.write(kind="epoch", **metrics, partial=partial, **res.record)
+            record(kind="epoch", **metrics, partial=partial, **res.record)
             log(f"[{task.kind}] epoch {epoch} step {step}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not k.startswith(task.log_skip)))
             for msg in res.warnings:
                 log(f"[{task.kind}] {msg}")
-                mlog.write(kind="warning", epoch=epoch, step=step, message=msg)
+                record(kind="warning", epoch=epoch, step=step, message=msg)
             save(epoch, n_done, sums, res.is_best, rng)
+        err = None
+        if d.is_main:            # the last checkpoint is on disk before anything below
+            try:
+                saver.close()
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                err = e
+        raise_together(err, d, "writing the last checkpoint")
     finally:
         preempt.__exit__()
-        saver.close()            # the last checkpoint is on disk before anything below
+        with contextlib.suppress(Exception):   # after an error: the writer is done, the error is the first one
+            saver.close()
     if preempted:
         mlog.write(kind="preempted", epoch=epoch, step=step, signal=preempt.name or "another rank's")
         mlog.close()
@@ -316,13 +388,26 @@ def fit(*, cfg, d: Dist, model, params, opt, sched, loader, steps_per_epoch: int
                         f"checkpoint {run_dir / 'last.pt'} written; rerun the same command with --resume to "
                         f"continue exactly")
     digests = gather_objects(param_hash(model), d)   # every rank must hold the same model
+    err = None
     if d.is_main:
-        mlog.write(kind="final", epoch=cfg.epochs, step=step, rank_param_hashes=digests,
-                   **(task.final() if task.final else {}))
+        try:
+            mlog.write(kind="final", epoch=cfg.epochs, step=step, rank_param_hashes=digests,
+                       **(task.final() if task.final else {}))
+        except Exception as e:      # noqa: BLE001 - re-raised below, on every rank
+            err = e
+    raise_together(err, d, "writing the final record")
     mlog.close()
-    if d.is_main and len(set(digests)) != 1:
+    if len(set(digests)) != 1:   # every rank holds the digests: every rank stops
         raise RuntimeError(f"ranks disagree on the parameters: {digests}")
     return {"step": step, "metrics": metrics}
+
+
+def window_means(win: dict, n: int) -> dict[str, float]:
+    """The window's summed terms / n, read back in one transfer."""
+    dev = next((v.device for v in win.values() if torch.is_tensor(v)), torch.device("cpu"))
+    stacked = torch.stack([v.reshape(()) if torch.is_tensor(v) else torch.full((), float(v), device=dev)
+                           for v in win.values()])
+    return {k: v / n for k, v in zip(win, stacked.tolist())}
 
 
 def _agree_any(flag: bool, d: Dist) -> bool:
@@ -340,6 +425,31 @@ def _agree(flag: bool, d: Dist) -> bool:
 
 
 def _memory(d: Dist) -> dict:
+    """Peak and current allocation (the allocator's counters: no sync). A leak shows as a
+    growing memory_gb from one epoch to the next."""
     if d.device.type != "cuda":
         return {}
-    return {"max_memory_gb": round(torch.cuda.max_memory_allocated(d.device) / 2**30, 3)}
+    return {"max_memory_gb": round(torch.cuda.max_memory_allocated(d.device) / 2**30, 3),
+            "memory_gb": round(torch.cuda.memory_allocated(d.device) / 2**30, 3)}
+
+
+class RankFailed(ToolError):
+    """Another rank failed where every rank must agree (a checkpoint write, say): this rank stops
+    with its message instead of waiting in the next collective until the process-group timeout."""
+
+
+def raise_together(err: BaseException | None, d: Dist, what: str) -> None:
+    """Re-raise `err` (this rank's failure, or None) on this rank, and on every other rank a
+    RankFailed naming the failed rank and its message: collective, every rank calls it."""
+    if not d.distributed:
+        if err is not None:
+            raise err
+        return
+    msgs = gather_objects(None if err is None else f"{type(err).__name__}: {err}", d)
+    if err is not None:
+        raise err
+    failed = [(r, m) for r, m in enumerate(msgs) if m]
+    if failed:
+        r, m = failed[0]
+        raise RankFailed(f"rank {r} failed {what} ({m}); every rank stops: the last checkpoint written is kept, "
+                         f"rerun with --resume once the cause is fixed")

@@ -64,6 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from train.utils.distributed import to_device
+
 @functools.lru_cache(maxsize=64)
 def _const(values: tuple[float, ...], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     """Small constant tensors, made once per device (no host-to-device copy per call)."""
@@ -73,7 +75,7 @@ def _const(values: tuple[float, ...], shape: tuple[int, ...], device: torch.devi
 __all__ = [
     "BLEND_SPACES", "JITTER_FIELDS", "IDENTITY_JITTER", "LOSSES", "MASK_MODES", "MASK_SOURCES", "NORMS",
     "ClipConfig", "ColourJitter", "MACConfig", "MACTransform", "Normalisation", "SpatialParams",
-    "adjust_hue", "alpha_indices", "alpha_label", "alpha_values", "apply_jitter", "apply_spatial",
+    "adjust_hue", "alpha_indices", "alpha_label", "alpha_table", "alpha_values", "apply_jitter", "apply_spatial",
     "blend", "blend_batch", "blend_weights", "centre_spatial", "clip_masks", "clip_span", "clip_transform",
     "draw_alphas", "draw_clip", "draw_jitter", "draw_spatial", "eval_transform", "gpu_transform",
     "max_clip_start", "normalise", "num_alpha_classes", "rgb_to_grey", "sample_clip_indices",
@@ -271,6 +273,12 @@ def alpha_values(k: int) -> list[float]:
         raise ValueError(f"k must be an integer >= 2 (the paper uses 2..6), got {k!r}")
     k = int(k)
     return [(2 * i + 1) / (2 * (k - 1)) for i in range(k - 1)] + [1.0]
+
+
+def alpha_table(k: int, device: torch.device | str) -> Tensor:
+    """A_k as a float32 tensor on `device`, made once per (k, device): a loss that compares with
+    the preset alphas every step copies nothing from the host."""
+    return _const(tuple(alpha_values(k)), (int(k),), torch.device(device), torch.float32)
 
 
 def num_alpha_classes(k: int, n: int) -> int:
@@ -627,7 +635,7 @@ def apply_jitter(x: Tensor, params: Tensor) -> Tensor:
     if bool(hue_on.all()):
         x = adjust_hue(x, hue).clamp_(0, 1)
     elif bool(hue_on.any()):
-        sel = torch.nonzero(hue_on).squeeze(1).to(x.device, non_blocking=True)
+        sel = to_device(torch.nonzero(hue_on).squeeze(1), x.device)     # pinned: no stream sync
         x = x.index_copy(0, sel, adjust_hue(x.index_select(0, sel), hue.index_select(0, sel)).clamp_(0, 1))
     if bool((p_host[:, 4] != 0).any()):
         x = torch.where(_bcast(grey != 0, x), rgb_to_grey(x).expand_as(x), x)
@@ -679,7 +687,9 @@ class MACTransform:
     def query(self, frames: Tensor, masks: Tensor, alpha: Tensor, jitter: Tensor) -> Tensor:
         x = apply_jitter(to_float_clips(frames, self.device), jitter)
         m = masks.to(self.device, non_blocking=True).float().div_(255.0)
-        w = blend_weights(m, alpha.to(self.device, torch.float32), self.cfg.reverse)
+        # non_blocking: a blocking copy here would make the host wait for the side stream (and
+        # the frames + masks copies queued before it), losing the overlap with the running step
+        w = blend_weights(m, alpha.to(self.device, torch.float32, non_blocking=True), self.cfg.reverse)
         if self.cfg.blend_space == "normalised":
             return normalise(x, self.cfg.norm).mul_(w).contiguous()
         return normalise(x * w, self.cfg.norm).contiguous()

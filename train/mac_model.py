@@ -14,6 +14,13 @@ full-batch statistics its query saw, so a positive pair no longer shares identic
 statistics (the shortcut shuffle BN exists to remove), as on 2 GPUs. Queries keep full-batch BN:
 splitting them too would change the statistics the pretext head trains on. Sub-batches never go
 below 2 clips; --shuffle-bn-groups 1 turns it off.
+
+No host-device synchronisation in a step (tests/test_gpu_path.py counts them): the permutations
+are drawn on the host and copied asynchronously from pinned memory, the queue pointer has a host
+mirror (``queue_ptr`` stays the checkpointed buffer, updated without a read-back), and the loss
+constants live on the device. Under a bf16 autocast the key clips are all-gathered in bf16: the
+key encoder's first op (the stem's Conv3d) casts them to bf16 anyway, so the keys are bit for bit
+the same for half the bytes (1.2 -> 0.6 GB per rank and step at 8 x B64).
 """
 from __future__ import annotations
 
@@ -24,8 +31,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from train.utils.distributed import concat_all_gather
-from train.mac import alpha_values
+from train.utils.distributed import autocast_bf16_active, concat_all_gather, to_device
+from train.mac import alpha_table, alpha_values  # noqa: F401 (alpha_values re-exported)
 from train.models import build_backbone
 
 
@@ -36,6 +43,8 @@ def projection(in_dim: int, hidden: int, dim: int) -> nn.Module:
 class MACModel(nn.Module):
     """``backbone`` (torchvision names; its ``fc`` is the pretext head: k^n logits or n alphas),
     and for MAC-SC ``proj``, a momentum copy ``backbone_k``/``proj_k`` and the key queue."""
+
+    gather_bf16 = True      # bf16 all-gather of the key clips under a bf16 autocast (module docstring)
 
     def __init__(self, backbone: str, n_out: int, dropout: float = 0.5, contrastive: bool = False,
                  proj_hidden: int = 512, proj_dim: int = 128, queue_size: int = 65536,
@@ -56,6 +65,17 @@ class MACModel(nn.Module):
             g = torch.Generator().manual_seed(seed)
             self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim, generator=g), dim=1))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._ptr = 0       # host mirror of queue_ptr: reading the buffer would sync every step
+
+    @property
+    def queue_pointer(self) -> int:
+        """The ring buffer's write position (no device read)."""
+        return self._ptr
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.contrastive:
+            self._ptr = int(self.queue_ptr)          # once per load, not per step
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         return self.backbone.fc(self.dropout(feat))
@@ -84,19 +104,20 @@ class MACModel(nn.Module):
         # gathers and gathers-by-index return standard layout: restore the input's layout
         enc = lambda t: F.normalize(self.proj_k(self.backbone_k.forward_features(
             t.contiguous(memory_format=fmt))).float(), dim=1)
-        g = torch.Generator().manual_seed(int(shuffle_seed))    # same permutation on every rank
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             world, rank, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
+            if self.gather_bf16 and x.dtype == torch.float32 and autocast_bf16_active(x.device.type):
+                x = x.to(torch.bfloat16)                        # what the stem's conv casts it to
             xs = concat_all_gather(x)
-            perm = torch.randperm(xs.shape[0], generator=g).to(x.device)
+            perm, inv = _permutation(xs.shape[0], shuffle_seed, x.device)
             k = enc(xs[perm.view(world, b)[rank]])              # this rank's share of shuffled keys
-            return concat_all_gather(k)[torch.argsort(perm).view(world, b)[rank]]
+            return concat_all_gather(k)[inv.view(world, b)[rank]]
         groups = min(self.groups, x.shape[0] // 2)             # >= 2 clips per BN sub-batch
         if groups <= 1:
             return enc(x)
-        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+        perm, inv = _permutation(x.shape[0], shuffle_seed, x.device)
         k = torch.cat([enc(c) for c in x[perm].tensor_split(groups)])
-        return k[torch.argsort(perm)]
+        return k[inv]
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -105,9 +126,10 @@ class MACModel(nn.Module):
         n, size = keys.shape[0], self.queue.shape[0]
         if size % n:
             raise RuntimeError(f"queue size {size} is not divisible by the {n} keys per step")
-        ptr = int(self.queue_ptr)
+        ptr = self._ptr
         self.queue[ptr:ptr + n] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + n) % size)
+        self._ptr = (ptr + n) % size
+        self.queue_ptr.fill_(self._ptr)                        # a device fill: no read-back
 
     def _infonce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         with torch.autocast(q.device.type, enabled=False):     # logits / 0.2 over 65k keys: fp32
@@ -134,9 +156,17 @@ class MACModel(nn.Module):
         return out
 
 
-def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int, n: int
+def _permutation(n: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm, inverse) of n from a (seed) CPU generator: the same on every rank and device type;
+    copied to `device` without a sync."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return to_device(perm, device), to_device(torch.argsort(perm), device)
+
+
+def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int, n: int, reduction: str = "mean"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, per-clip correct [B], per-segment correct [B, n]) of the alpha objective.
+    """(loss, per-clip correct [B], per-segment correct [B, n]) of the alpha objective
+    (reduction "none": the loss per clip [B]).
     ce: cross-entropy over the k^n tuple classes; a segment is correct when the predicted
     tuple's alpha for it is the true one. mse / mse-n: sigmoid of n outputs vs the alphas, MSE;
     a segment is correct when its prediction is within half the preset spacing of its alpha
@@ -146,14 +176,15 @@ def pretext_loss(head: torch.Tensor, b: dict, loss: str, k: int, n: int
         pred = head.argmax(1)
         place = k ** torch.arange(n - 1, -1, -1, device=head.device)          # first segment most significant
         seg = (pred[:, None] // place) % k == (b["label"][:, None] // place) % k
-        return F.cross_entropy(head, b["label"]), pred == b["label"], seg
+        return F.cross_entropy(head, b["label"], reduction=reduction), pred == b["label"], seg
     pred, target = torch.sigmoid(head), b["alpha_target"].float()
     if loss == "mse":
-        presets = torch.tensor(alpha_values(k), device=head.device)
+        presets = alpha_table(k, head.device)                  # made once per device
         seg = (pred[..., None] - presets).abs().argmin(-1) == b["alpha_idx"]
     else:
         seg = (pred - target).abs() < 0.5 / (k - 1)
-    return F.mse_loss(pred, target), seg.all(1), seg
+    per = F.mse_loss(pred, target, reduction="none").mean(1) if reduction == "none" else F.mse_loss(pred, target)
+    return per, seg.all(1), seg
 
 
 def pretext_chance(cfg) -> tuple[float | None, float | None]:

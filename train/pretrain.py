@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,13 @@ from preprocess.cache import NAME_PATTERN, CacheError, DecodeParams, MaskParams,
 from core.errors import UsageError, exit_with
 from core.flags import flag, format_config
 from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags
-from train.utils.distributed import Dist, all_reduce_sum, autocast, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
+from train.utils.distributed import Dist, autocast, compile_static, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
 from train.utils.log import prepare_run_dir
 from train.utils.optim import make_optimizer
 from train.utils.random import derive_seed, seed_everything
 from core import flags
 from train import loop
-from train.inference import has_split_lists
+from train.inference import has_split_lists, pad_batch
 from train.data import PretrainClips, make_loader
 from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform
 from train.mac_model import MACModel, compute_losses, pretext_chance, pretext_loss  # noqa: F401 (re-exported)
@@ -136,14 +137,14 @@ def check_queue(cfg: PretrainConfig, world: int) -> None:
 
 
 def mac_config(cfg: PretrainConfig) -> MACConfig:
+    """The sample's config: every MACConfig field that is a flag of the same name is copied (so a
+    new sample flag needs no edit here); only the two that are spelled differently on the command
+    line are translated: the colour switches -> ColourJitter, --method -> the MoCo key view."""
     cj = cfg.colour_jitter
     colour = ColourJitter(p_brightness=0.8 * cj, p_contrast=0.8 * cj, p_hue_saturation=0.8 * cj,
                           p_greyscale=0.2 * cfg.greyscale)
-    return MACConfig(frames=cfg.frames, strides=cfg.strides, n=cfg.n, k=cfg.k, reverse=cfg.reverse,
-                     blend_space=cfg.blend_space, mask_source=cfg.mask_source, mask_mode=cfg.mask_mode,
-                     dilate=cfg.dilate, loss=cfg.loss, key_view=cfg.method == "mac-sc",
-                     scales=cfg.scales, crop=cfg.crop, flip_p=cfg.flip_p, colour=colour, norm=cfg.norm,
-                     seed=cfg.seed)
+    same = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(MACConfig) if hasattr(cfg, f.name)}
+    return MACConfig(**same, colour=colour, key_view=cfg.method == "mac-sc")
 
 
 def default_run_id(cfg: PretrainConfig) -> str:
@@ -201,28 +202,95 @@ def check_config(cfg: PretrainConfig, world: int) -> None:
 @torch.no_grad()
 def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: Dist, limit: int = 0,
                      cl: bool = False) -> dict:
-    """Pretext accuracy/loss on held-out videos (fixed draws: epoch 0 of the eval dataset)."""
+    """Pretext accuracy/loss on held-out videos (fixed draws: epoch 0 of the eval dataset).
+
+    Every batch reaches the encoder at --batch-size clips (the last one padded, ``pad_batch``): a
+    compiled encoder keeps one static graph. Each video counts once: the per-clip rows (correct,
+    per-segment correct, loss) are deduplicated across ranks (DistributedSampler repeats a few
+    videos to even the ranks out), accuracy and loss alike. One device read at the end."""
     model.eval()
-    vids, corr, losses = [], [], []
+    vids, rows = [], []
     for i, batch in enumerate(loader):
         if limit and i * cfg.batch_size * d.world_size >= limit:
             break
         b = tf(batch)
-        x = b["query"].contiguous(memory_format=torch.channels_last_3d) if cl else b["query"]
+        n = b["query"].shape[0]
+        x = pad_batch(b["query"], cfg.batch_size)
+        x = x.contiguous(memory_format=torch.channels_last_3d) if cl else x
         with autocast(d, cfg.bf16):
-            head = model.classify(x)
-        loss, c, seg = pretext_loss(head, b, cfg.loss, cfg.k, cfg.n)
-        vids.append(batch["video"]), corr.append(torch.cat([c[:, None], seg], 1).cpu())
-        losses.append(loss.item() * len(c))
+            head = model.classify(x)[:n]
+        loss, c, seg = pretext_loss(head, b, cfg.loss, cfg.k, cfg.n, reduction="none")
+        rows.append(torch.cat([c[:, None].float(), seg.float(), loss[:, None].float()], 1))
+        vids.append(batch["video"])
     model.train()
-    rows = torch.cat(corr).float()
-    v, c = gather_unique(torch.cat(vids).tolist(), rows.tolist(), d)
-    n = len(c)
-    cols = [sum(r[j] for r in c) / max(n, 1) for j in range(rows.shape[1])]
-    out = {"test_acc": cols[0], "test_videos": n,
-           "test_loss": all_reduce_sum([sum(losses)], d)[0] / max(all_reduce_sum([len(rows)], d)[0], 1)}
+    width = 2 + cfg.n                                 # correct, the n segments' correct, loss
+    rows_t = torch.cat(rows).cpu() if rows else torch.zeros(0, width)
+    _, r = gather_unique(torch.cat(vids).tolist() if vids else [], rows_t.tolist(), d)
+    n = len(r)
+    cols = [sum(x[j] for x in r) / max(n, 1) for j in range(width)]
+    out = {"test_acc": cols[0], "test_videos": n, "test_loss": cols[-1]}
     out.update({f"test_acc_seg{j}": cols[1 + j] for j in range(cfg.n)})
     return out
+
+
+class MaskStats:
+    """The mean mask value of the epoch's training samples, per stride (a diagnostic: the chance
+    warning quotes it, the epoch records log it as mask_mean_s<stride>).
+
+    ``observe(cpu_batch)`` measures a batch on the host, on every 4th row and column (the mean of
+    a whole B64 16x112 batch costs ~15 ms a step, the subsample 1/16 of it, for a figure that
+    needs two digits), and returns the update, which the loop's PrefetchLoader applies when it
+    hands that batch to the step: a checkpoint holds exactly the batches trained on, although on
+    CUDA the next batch is prepared (and observed) one step ahead."""
+
+    def __init__(self) -> None:
+        self.sum: dict[int, float] = {}
+        self.n: dict[int, int] = {}
+
+    def observe(self, batch: dict):
+        strides = batch["clip"][:, 1].tolist()
+        means = batch["masks"][..., ::4, ::4].flatten(1).float().mean(1).tolist()
+        return lambda: self.add(strides, means)
+
+    def add(self, strides, means) -> None:
+        for s_, m_ in zip(strides, means):
+            self.sum[s_] = self.sum.get(s_, 0.0) + m_ / 255.0
+            self.n[s_] = self.n.get(s_, 0) + 1
+
+    def means(self) -> dict[int, float]:
+        return {s_: self.sum[s_] / self.n[s_] for s_ in sorted(self.sum)}
+
+    def clear(self) -> None:
+        self.sum.clear(), self.n.clear()
+
+    def state(self) -> dict:
+        return {"sum": dict(self.sum), "n": dict(self.n)}
+
+    def load(self, st: dict | None) -> None:
+        self.sum.update((st or {}).get("sum", {}))
+        self.n.update((st or {}).get("n", {}))
+
+
+def make_step(ddp, cfg: PretrainConfig, d: Dist, cl: bool):
+    """The pretraining step the loop calls, ``step(device batch, global step) -> terms``: the
+    (DDP-wrapped) MACModel forward under the autocast rule, fp32 losses (compute_losses). The
+    benchmarks time this function."""
+    def step(b: dict, step_: int) -> dict:
+        xq, xk = b["query"], b.get("key")
+        if cl:
+            xq = xq.contiguous(memory_format=torch.channels_last_3d)
+            xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(d, cfg.bf16):
+            out = ddp(xq, xk, shuffle_seed=derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
+        return compute_losses(out, b, cfg)           # fp32 losses outside autocast
+    return step
+
+
+def compile_encoders(model: MACModel) -> None:
+    """--compile: the encoders' bodies only (state-dict names stay unprefixed), static shapes."""
+    model.backbone.forward_features = compile_static(model.backbone.forward_features)
+    if model.contrastive:
+        model.backbone_k.forward_features = compile_static(model.backbone_k.forward_features)
 
 
 def main(argv=None) -> dict:
@@ -303,65 +371,47 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
                                                    "num_classes": n_out, "mac": mcfg.to_dict()})
     chance, chance_seg = pretext_chance(cfg)
     quarter = max(1, round(cfg.epochs / 4))     # the epoch after which a pretext at chance is reported
-    mask_sum: dict[int, float] = {}             # mean mask value of the epoch's samples, per stride
-    mask_n: dict[int, int] = {}
-
-    def inspect(batch: dict) -> None:           # host side, before the batch goes to the device
-        # every 4th row and column: the mean of a whole B64 16x112 batch costs ~15 ms a step on the
-        # host, the subsample 1/16 of it, for a diagnostic that needs two digits
-        sub = batch["masks"][..., ::4, ::4]
-        for s_, m_ in zip(batch["clip"][:, 1].tolist(), sub.flatten(1).float().mean(1).tolist()):
-            mask_sum[s_] = mask_sum.get(s_, 0.0) + m_ / 255.0
-            mask_n[s_] = mask_n.get(s_, 0) + 1
-
-    def step(b: dict, step_: int) -> dict:
-        xq, xk = b["query"], b.get("key")
-        if cl:
-            xq = xq.contiguous(memory_format=torch.channels_last_3d)
-            xk = None if xk is None else xk.contiguous(memory_format=torch.channels_last_3d)
-        with autocast(d, cfg.bf16):
-            out = ddp(xq, xk, shuffle_seed=derive_seed(cfg.seed, step_, 1), symmetric=cfg.symmetric)
-        return compute_losses(out, b, cfg)           # fp32 losses outside autocast
+    stats = MaskStats()                         # mean mask value of the epoch's samples, per stride
 
     def end_epoch(e: loop.EpochEnd) -> loop.EpochResult:
         res = loop.EpochResult(metrics={"chance": chance, "chance_seg": chance_seg,
-                                        **{f"mask_mean_s{s_}": mask_sum[s_] / mask_n[s_] for s_ in sorted(mask_sum)}})
+                                        **{f"mask_mean_s{s_}": v for s_, v in stats.means().items()}})
         if not e.partial and eval_loader is not None and ((e.epoch + 1) % cfg.eval_every == 0
                                                           or e.epoch + 1 == cfg.epochs):
+            t_eval = time.perf_counter()
             res.metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
+            res.record["eval_time"] = round(time.perf_counter() - t_eval, 4)
         if e.epoch + 1 == quarter and not e.partial:
             samples = e.steps_done * cfg.batch_size * d.world_size
             if at_chance(e.metrics["acc"], chance, samples):
-                res.warnings.append(chance_warning(cfg, e.epoch, e.step, e.metrics["acc"], samples,
-                                                   {s_: mask_sum[s_] / mask_n[s_] for s_ in mask_sum}))
+                res.warnings.append(chance_warning(cfg, e.epoch, e.step, e.metrics["acc"], samples, stats.means()))
         return res
 
     def checkpoint() -> dict:
         return {"backbone_name": cfg.backbone, "backbone": backbone_state_dict(model.backbone),
-                "moco": ({"queue": model.queue, "ptr": int(model.queue_ptr)} if model.contrastive else None),
+                "moco": ({"queue": model.queue, "ptr": model.queue_pointer} if model.contrastive else None),
                 "dataset": cfg.dataset, "split": cfg.split, "mac": mcfg.to_dict(), "num_classes": n_out,
                 "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode),
                           "masks": dataclasses.asdict(masks), "strides": list(strides), "mask_set": cfg.mask_set},
-                "norm": cfg.norm, "mask_stats": {"sum": dict(mask_sum), "n": dict(mask_n)}}
+                "norm": cfg.norm, "mask_stats": stats.state()}
 
     def restore(ck: dict) -> None:              # a mid-epoch checkpoint keeps the epoch's mask statistics
-        mask_sum.update((ck.get("mask_stats") or {}).get("sum", {}))
-        mask_n.update((ck.get("mask_stats") or {}).get("n", {}))
+        stats.load(ck.get("mask_stats"))
 
     def epoch_start(epoch: int, start_batch: int) -> None:
         if not start_batch:
-            mask_sum.clear(), mask_n.clear()
+            stats.clear()
 
-    task = loop.Task("pretrain", prepare=tf, step=step, checkpoint=checkpoint, end_epoch=end_epoch, inspect=inspect,
-                     restore=restore, epoch_start=epoch_start, log_skip=("chance", "mask_"))
+    task = loop.Task("pretrain", prepare=tf, step=lambda b, s_: step(b, s_), checkpoint=checkpoint,
+                     end_epoch=end_epoch, inspect=stats.observe, restore=restore, epoch_start=epoch_start,
+                     log_skip=("chance", "mask_"))
     last = run_dir / "last.pt"
     state = loop.resume(last, model, opt, sched, cfg, d, log, task) if cfg.resume and last.exists() else loop.State()
     if cfg.compile:   # compile the encoders' bodies only: state-dict names stay unprefixed
         persistent_compile_cache(cfg.cache_dir)
-        model.backbone.forward_features = torch.compile(model.backbone.forward_features)
-        if model.contrastive:
-            model.backbone_k.forward_features = torch.compile(model.backbone_k.forward_features)
+        compile_encoders(model)
     ddp = wrap_ddp(model, d)
+    step = make_step(ddp, cfg, d, cl)
     log(f"[pretrain] pretext: {mcfg.num_classes if cfg.loss == 'ce' else cfg.n} outputs "
         f"({cfg.loss}, k {cfg.k}, n {cfg.n}); guessing scores {chance:.4g} per clip, {chance_seg:.4g} per segment")
     out = loop.fit(cfg=cfg, d=d, model=model, params=params, opt=opt, sched=sched, loader=loader,

@@ -574,5 +574,10 @@ def _gpus(spec: str | None) -> list[str]:
         return []
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``mac-sweep`` console command (pyproject.toml): the same as ``python train/sweep.py``."""
     exit_with(main, "sweep.py")
+
+
+if __name__ == "__main__":
+    console()

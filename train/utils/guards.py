@@ -32,25 +32,39 @@ def out_of_memory(e: BaseException, device, batch_size: int) -> OutOfMemory:
 
 
 def check_finite(terms: Mapping[str, torch.Tensor | float], epoch: int, step: int,
-                 d: Dist | None = None) -> None:
+                 d: Dist | None = None, failed: bool = False) -> bool:
     """Stop at the first NaN/inf, naming the step and every loss term (a diverged run should
     fail loudly, not write garbage checkpoints). Under DDP the verdict is all-reduced so every
     rank stops at the same step instead of the healthy ones hanging in the next collective.
-    One device sync per call: cheap next to a 3D-CNN step."""
-    ts = [v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v))
-          for v in terms.values()]
-    vals = dict(zip(terms, torch.stack([t.to(ts[0].device) for t in ts]).tolist()))   # one sync
+    One device sync per call, DDP or not (the values and the all-reduced flag are read back
+    together): cheap next to a 3D-CNN step.
+
+    Under DDP the same all-reduce carries `failed` (this rank has an error the others must learn
+    of, see train/loop.py); returns whether any rank set it (always False on one process)."""
+    dev = next((v.device for v in terms.values() if torch.is_tensor(v)), torch.device("cpu"))
+    # python numbers become device scalars by a fill (no host-to-device copy)
+    vals_t = torch.stack([v.detach().float().reshape(()) if torch.is_tensor(v) else
+                          torch.full((), float(v), device=dev) for v in terms.values()])
+    distributed = d is not None and d.distributed
+    if distributed:
+        flag_t = torch.stack([(~torch.isfinite(vals_t)).any().float(),
+                              torch.full((), float(failed), device=vals_t.device)])
+        dist.all_reduce(flag_t)                                 # on the device: no read yet
+        vals_t = torch.cat([vals_t, flag_t])
+    read = vals_t.tolist()                                      # the one sync
+    vals = dict(zip(terms, read))
+    if distributed and read[-1]:
+        return True            # a failure elsewhere: the caller raises it on every rank
+    if distributed:
+        read = read[:-1]
     bad = not all(math.isfinite(v) for v in vals.values())
-    if d is not None and d.distributed:
-        flag_t = torch.tensor([float(bad)], device=d.device if d.device.type == "cuda" else "cpu")
-        dist.all_reduce(flag_t)
-        if flag_t.item() and not bad:
-            raise NonFiniteLossError(f"non-finite loss on another rank at epoch {epoch} step {step} "
-                                     f"(this rank {d.rank}: " + ", ".join(f"{k}={v:.6g}" for k, v in vals.items()) + ")")
+    if distributed and read[-1] and not bad:
+        raise NonFiniteLossError(f"non-finite loss on another rank at epoch {epoch} step {step} "
+                                 f"(this rank {d.rank}: " + ", ".join(f"{k}={v:.6g}" for k, v in vals.items()) + ")")
     if bad:
         desc = ", ".join(f"{k}={v:.6g}" for k, v in vals.items())
         raise NonFiniteLossError(
             f"non-finite loss or gradient at epoch {epoch} step {step}: {desc}. The step was not applied and "
             f"the last good checkpoint is kept (never overwritten with these weights). Lower --lr, check the "
             f"inputs, or resume from the last good checkpoint with --resume.")
-
+    return False
