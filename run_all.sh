@@ -108,7 +108,7 @@ presets check-overrides -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}" || exit $?
 # ------------------------------------------------------------------------------ presets
 # A preset is a folder of files, configs/<preset>/<stage>.json (what each value is for:
 # configs/README.md), each read by its stage's script through the script's own --config; what a
-# file does not set is the script's default, i.e. the paper's recipe (SPEC sections 2-5). A
+# file does not set is the script's default, i.e. the paper's recipe (docs/method.md sections 2-5). A
 # stage's command line: --config FILE, then the stage's own flags (--dataset, --run-dir, --init,
 # ...), then the overrides, which win.
 CONFIGS=configs/$PRESET

@@ -1,4 +1,4 @@
-"""Throughput of the foreground-mask kernels (SPEC section 1), one core.
+"""Throughput of the foreground-mask kernels (docs/method.md section 1), one core.
 
     python benchmarks/bench_masks.py                       # 112x112 and 128x171, defaults
     python benchmarks/bench_masks.py --sizes 112x112 --frames 512 --repeats 9

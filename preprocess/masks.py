@@ -1,6 +1,6 @@
 """Foreground masks (MAC paper, Algorithm 1), bit-exact to the reference implementation.
 
-See SPEC.md section 1. Over a sequence of frames, on the grey image ``I(t)``::
+See docs/method.md section 1. Over a sequence of frames, on the grey image ``I(t)``::
 
     I       = (9798 R + 19235 G + 3735 B + 2**14) >> 15        (OpenCV's uint8 RGB->grey)
     BG      = I(0)                                              (uint8)
@@ -200,7 +200,7 @@ def grey_opencv(frames: np.ndarray) -> np.ndarray:
 
     ``frames``: uint8 [..., 3] (RGB order); returns uint8 [...]. Differs by 1 from the rounded
     float ``0.299 R + 0.587 G + 0.114 B`` for some colours, by design (22,411 of the 2**24 with
-    float64 round-half-up, 22,906 with round-half-even; SPEC quotes 22,313).
+    float64 round-half-up, 22,906 with round-half-even; the method page quotes 22,313 (docs/method.md section 1)).
     """
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
         raise ValueError("grey_opencv: frames must be a uint8 numpy array [..., 3]")
@@ -477,7 +477,7 @@ def _run(grey_or_rgb, is_rgb, bg0, lam_i, m_f, soft, dilate):
 # --------------------------------------------------------------------------------------------
 
 def foreground_masks(frames: np.ndarray, lam=30, m=0.5, mode: str = "soft", dilate: bool = True) -> np.ndarray:
-    """Foreground masks of consecutive RGB frames, bit-exact to the reference (SPEC section 1).
+    """Foreground masks of consecutive RGB frames, bit-exact to the reference (docs/method.md section 1).
 
     frames: uint8 [T, H, W, 3] RGB, T >= 2. lam: threshold (diff <= lam -> 0), 0..255.
     m: weight of the OLD background in the update, [0, 1]. mode: "soft" (per-frame min-max

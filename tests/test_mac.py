@@ -407,7 +407,7 @@ def test_gpu_transform_shapes(n, key_view):
 
 
 def _spec2_query(frames, mask, alphas, jitter, norm, reverse):
-    """A plain per-clip implementation of SPEC section 2, steps 4-6, in float64 numpy: colour
+    """A plain per-clip implementation of docs/method.md section 2, steps 4-6, in float64 numpy: colour
     jitter and greyscale on the pixel clip, then mean/std normalisation, then the blend.
     frames uint8 [T,H,W,3], mask uint8 [T,H,W] -> float [3,T,H,W]."""
     import colorsys
@@ -442,7 +442,7 @@ def _spec2_query(frames, mask, alphas, jitter, norm, reverse):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("norm", ["imagenet", "kinetics"])
 def test_query_order_is_spec2(reverse, norm):
-    """The batched transform equals a plain per-clip implementation of SPEC 2: jitter and
+    """The batched transform equals a plain per-clip implementation of docs/method.md 2: jitter and
     greyscale, THEN normalisation, THEN the blend of the normalised clip (every op drawn on)."""
     always = ColourJitter(p_brightness=1.0, p_contrast=1.0, p_hue_saturation=1.0, p_greyscale=0.5)
     cfg = MACConfig(frames=4, crop=8, scales=(8,), n=2, colour=always, key_view=False, norm=norm,

@@ -1,4 +1,4 @@
-"""Foreground masks (SPEC section 1): numba kernel vs numpy twin, known answers, streaming."""
+"""Foreground masks (docs/method.md section 1): numba kernel vs numpy twin, known answers, streaming."""
 
 import itertools
 

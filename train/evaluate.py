@@ -1,4 +1,4 @@
-"""Test-time evaluation of a finetuned checkpoint (SPEC section 5).
+"""Test-time evaluation of a finetuned checkpoint (docs/method.md section 5).
 
     python train/evaluate.py --checkpoint runs/ucf101/<run-id>/finetune/best.pt [--split N] [--num-clips 10]
 

@@ -1,4 +1,4 @@
-"""Supervised finetuning on a labelled split (SPEC section 5): the downstream half of MAC.
+"""Supervised finetuning on a labelled split (docs/method.md section 5): the downstream half of MAC.
 
     python train/finetune.py --dataset ucf101 --split 1 --init runs/ucf101/<run-id>/pretrain/last.pt
     python train/finetune.py --dataset hmdb51 --split 1 --init random --backbone r2plus1d_18

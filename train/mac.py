@@ -1,4 +1,4 @@
-"""The MAC sample (SPEC section 2): alpha classes, blending, clip sampling, spatial and colour
+"""The MAC sample (docs/method.md section 2): alpha classes, blending, clip sampling, spatial and colour
 augmentation, masks of the augmented clip, as pure functions on arrays/tensors plus thin batched
 wrappers.
 
@@ -19,7 +19,7 @@ jitter, greyscale, normalisation, blend) runs batched on the training device in
 `MACTransform` / `gpu_transform`, deterministically from those parameters, so a sample is a pure
 function of (seed, epoch, item index) wherever it is computed.
 
-Masks of a clip (SPEC sections 1 and 2.3)
+Masks of a clip (docs/method.md sections 1 and 2.3)
 -----------------------------------------
 ``mask_source="clip"`` (default, the exact mode): Algorithm 1 runs on the clip's augmented
 frames, as the reference does, bit for bit (numba kernel: a grey conversion and one pass per
@@ -34,7 +34,7 @@ to compare with them. Masks that cannot be computed from the frames (boxes of a 
 segmentations: preprocess/import_masks.py) are a named set (`--mask-set NAME`), read at the
 clip's indices and cropped with the frames, never stretched or dilated.
 
-Blending (SPEC 2.6)
+Blending (docs/method.md 2.6)
 -------------------
 With n = (x - mean) / std the normalised (and colour-jittered) clip and the per-pixel weight
 
@@ -113,7 +113,7 @@ IDENTITY_JITTER = (0.0, 1.0, 1.0, 0.0, 0.0)
 
 @dataclass(frozen=True)
 class ColourJitter:
-    """Colour augmentation (SPEC 2.4), one draw per clip. Each op is switched off by p = 0.
+    """Colour augmentation (docs/method.md 2.4), one draw per clip. Each op is switched off by p = 0.
 
     ``p`` gates the whole jitter (1 for pretraining; the finetuning "light" jitter uses 0.2);
     given the gate, brightness, contrast and hue/saturation are each applied with their own
@@ -232,7 +232,7 @@ class MACConfig:
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """A labelled training clip (finetuning, SPEC 5): stride-2 16-frame clips, random start,
+    """A labelled training clip (finetuning, docs/method.md 5): stride-2 16-frame clips, random start,
     scale {112,128,144} / flip p 0.35 / crop 112, light colour jitter."""
 
     frames: int = 16

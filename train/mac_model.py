@@ -1,4 +1,4 @@
-"""The MAC model and its losses (SPEC section 3): the query encoder with the pretext head and,
+"""The MAC model and its losses (docs/method.md section 3): the query encoder with the pretext head and,
 for MAC-SC, MoCo v2's momentum key encoder, projection and queue; the alpha objective (CE over
 the k^n tuples, or MSE on the n alphas) and InfoNCE. Kept apart from the training script
 (train/pretrain.py), as MoCo keeps its builder.py apart from main_moco.py: the benchmarks time

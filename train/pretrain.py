@@ -1,4 +1,4 @@
-"""MAC self-supervised pretraining (SPEC sections 2-3): MAC-S / MAC-SC, CE or MSE objectives.
+"""MAC self-supervised pretraining (docs/method.md sections 2-3): MAC-S / MAC-SC, CE or MSE objectives.
 
     python train/pretrain.py --dataset ucf101 --lambda 30 --m 0.5 --method mac-sc --n 2 --k 4 --backbone r2plus1d_18 --epochs 300
     torchrun --nproc_per_node 8 train/pretrain.py ...       # --batch-size is per process

@@ -59,7 +59,7 @@ GAINS = (("finetuned video top-1", "evaluate", "video_top1", "evaluate_random", 
          ("linear probe video top-1", "evaluate_linear", "video_top1", "evaluate_linear_random", "video_top1"),
          ("retrieval R@1", "retrieve", "R@1", "retrieve_random", "R@1"))
 PRETEXT_KEYS = ("acc", "test_acc", "chance", "loss_cls", "test_loss")
-# SPEC section 6: UCF101 top-1 after finetuning, MAC-SC-2 R(2+1)D-18 UCF101 pretraining; HMDB51 (R(2+1)D-10)
+# docs/method.md section 6: UCF101 top-1 after finetuning, MAC-SC-2 R(2+1)D-18 UCF101 pretraining; HMDB51 (R(2+1)D-10)
 PAPER = {"ucf101": "paper (MAC-SC-2, R(2+1)D-18, UCF101 pretraining): video top-1 84.8",
          "hmdb51": "paper (MAC-SC-2, R(2+1)D-10, Table 1): HMDB51 top-1 53.2"}
 

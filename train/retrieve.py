@@ -1,4 +1,4 @@
-"""Nearest-neighbour video retrieval with a backbone's pooled features (SPEC section 5).
+"""Nearest-neighbour video retrieval with a backbone's pooled features (docs/method.md section 5).
 
     python train/retrieve.py --checkpoint runs/ucf101/<run-id>/pretrain/last.pt
     python train/retrieve.py --checkpoint r2plus1d_18-91a641e6.pth --dataset ucf101   # torchvision weights

@@ -379,7 +379,7 @@ class ClipReader:
         first mask is replaced by its second, as Algorithm 1 does for a clip. For a clip that
         starts at its phase's first frame (t0 < s) or runs past the video's end, the result is
         bit-exact to Algorithm 1 run on `frames(video, indices)`; for later starts the
-        background carries the phase's earlier frames (SPEC section 1 gives the agreement)."""
+        background carries the phase's earlier frames (docs/method.md section 1 gives the agreement)."""
         from preprocess.masks import masks_from_diffs
 
         return masks_from_diffs(self.clip_diffs(video, indices), mode, dilate)
