@@ -207,6 +207,20 @@ def _read_list(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+def _kinds(entries, exclude: Iterable[str] = ()):
+    """(entry, is a folder, is a file) of the visible entries not in ``exclude``; an entry that
+    vanished or cannot be stat'ed is skipped."""
+    for e in entries:
+        if _is_hidden(e.name) or e.name in exclude:
+            continue
+        try:
+            is_dir = e.is_dir()
+            is_file = not is_dir and e.is_file()
+        except OSError:
+            continue
+        yield e, is_dir, is_file
+
+
 def _walk_videos(
     directory: Path, prefix: str, out: list[str], seen: set, problems: list[str], shown: str
 ) -> None:
@@ -221,14 +235,7 @@ def _walk_videos(
     except OSError as exc:
         problems.append(f"{shown}: cannot read folder ({exc.strerror or exc})")
         return
-    for e in entries:
-        if _is_hidden(e.name):
-            continue
-        try:
-            is_dir = e.is_dir()
-            is_file = not is_dir and e.is_file()
-        except OSError:
-            continue
+    for e, is_dir, is_file in _kinds(entries):
         if is_dir:
             _walk_videos(
                 Path(e.path), f"{prefix}{e.name}/", out, seen, problems, f"{shown}/{e.name}"
@@ -252,14 +259,7 @@ def _scan_class_folders(
     except OSError as exc:
         problems.append(f"{shown}: cannot read folder ({exc.strerror or exc})")
         return classes, loose
-    for e in entries:
-        if _is_hidden(e.name) or e.name in exclude:
-            continue
-        try:
-            is_dir = e.is_dir()
-            is_file = not is_dir and e.is_file()
-        except OSError:
-            continue
+    for e, is_dir, is_file in _kinds(entries, exclude):
         if is_dir:
             vids: list[str] = []
             sub_shown = f"{base_rel}/{e.name}" if base_rel else e.name
