@@ -3,6 +3,7 @@
 #
 #   bash run_all.sh                                   # = demo: synthetic data, 2-core CPU, <= 15 minutes
 #   bash run_all.sh demo-seeds                        # the demo for seeds 0, 1, 2 and mean +- std (<= 45 min)
+#   bash run_all.sh demo-controls [--instances 0 --seeds 0]   # MAC against its controls (train/controls.py)
 #   bash run_all.sh demo-large                        # a bigger demo, the paper's model and recipe (one GPU, ~10 min)
 #   bash run_all.sh ucf101 [--data-root data/ucf101]  # the paper's setting (GPU)
 #   bash run_all.sh hmdb51 [--data-root data/hmdb51] [--ucf-root data/ucf101]
@@ -22,12 +23,13 @@
 # Presets are files: configs/<preset>/<stage>.json, one per stage, read by the stage's script
 #   (--config FILE); why each value: configs/README.md. demo-seeds runs the demo's.
 # Overrides (after the options): STAGE.flag=value, STAGE in demo | extract | pretrain | finetune
-#   (both finetunings) | linear (both linear probes) | evaluate | retrieve | train (pretrain +
-#   finetune + linear). Lists: comma-separated; booleans: true/false. Example: pretrain.epochs=5
+#   (every finetuning) | scratch (the compute-matched scratch baseline only) | linear (both linear
+#   probes) | evaluate | retrieve | train (pretrain + finetune + linear). Lists: comma-separated; booleans: true/false. Example: pretrain.epochs=5
 #   finetune.batch-size=16 train.workers=4. They win over the preset files.
 #
-# Stages: [data (demos)] -> preflight -> extract -> pretrain -> finetune [+ finetune_random, and the
-# linear probes linear, linear_random (demos)] -> evaluate [+ evaluate_random, evaluate_linear,
+# Stages: [data (demos)] -> preflight -> extract -> pretrain -> finetune [+ finetune_random,
+# finetune_scratch (from scratch with MAC's total steps), the linear probes linear, linear_random
+# (demos)] -> evaluate [+ evaluate_random, evaluate_scratch, evaluate_linear,
 # evaluate_linear_random] -> retrieve [+ retrieve_random] -> summary. Each writes
 # <run>/stages/<stage>.done after it succeeded; rerunning the same command skips finished stages
 # and resumes the interrupted one from its last checkpoint. A run directory remembers the
@@ -48,8 +50,13 @@ presets() { $PY -m core.presets "$@"; }
 # ------------------------------------------------------------------------------ arguments
 PRESET=demo
 if [[ $# -gt 0 && $1 != -* && $1 != *=* ]]; then PRESET=$1; shift; fi
-case $PRESET in demo|demo-seeds|demo-large|ucf101|hmdb51|k400-ucf101|sweep) ;;
-  *) die "unknown preset '$PRESET' (demo | demo-seeds | demo-large | ucf101 | hmdb51 | k400-ucf101 | sweep)";; esac
+case $PRESET in demo|demo-seeds|demo-controls|demo-large|ucf101|hmdb51|k400-ucf101|sweep) ;;
+  *) die "unknown preset '$PRESET' (demo | demo-seeds | demo-controls | demo-large | ucf101 | hmdb51 | k400-ucf101 | sweep)";; esac
+if [[ $PRESET == demo-controls ]]; then
+  # MAC beside controls that each change one thing, on several data instances and seeds, with
+  # intervals and paired tests (train/controls.py; docs/demo.md, "Controls")
+  exec $PY train/controls.py "$@"
+fi
 if [[ $PRESET == sweep ]]; then
   # ablation grids (train/sweep.py): bash run_all.sh sweep --preset demo --grid k=2,3 [stage.flag=value ...]
   exec $PY train/sweep.py "$@"
@@ -137,6 +144,7 @@ mapfile -t X_EXTRACT < <(presets flags extract -- "${OVERRIDES[@]+"${OVERRIDES[@
 mapfile -t X_PRETRAIN < <(presets flags pretrain -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")   # + train.*
 mapfile -t X_FINETUNE < <(presets flags finetune -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")   # + train.*
 mapfile -t X_LINEAR < <(presets flags linear -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")       # + train.*
+mapfile -t X_SCRATCH < <(presets flags scratch -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")     # scratch.* only
 mapfile -t X_EVAL < <(presets flags evaluate -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
 mapfile -t X_RETRIEVE < <(presets flags retrieve -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
 mapfile -t X_DEMO < <(presets flags demo -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
@@ -145,7 +153,9 @@ mapfile -t X_DEMO < <(presets flags demo -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
 # core/presets.py, which first checks that the files the chain needs exist
 # (configs/<preset>/{chain,extract,finetune,evaluate,retrieve}.json, the pretraining's file, and
 # linear.json for the linear probes): the chain's switches, chain.json (RANDOM_BASELINE: a
-# random-init baseline of every stage; LINEAR_PROBE: linear probes), PT_CONFIG (the pretraining's
+# random-init baseline of every stage; LINEAR_PROBE: linear probes; SCRATCH_BASELINE: supervised
+# from scratch with MAC's total steps, whose --epochs / --milestones (and scratch.json's flags) are
+# SCRATCH_FLAGS), PT_CONFIG (the pretraining's
 # file), DEMO_CONFIG (make_demo's --config, where the preset has a demo.json), and from the
 # pretraining's config as train/pretrain.py resolves it (pretrain.json, then the pretrain.* /
 # train.* overrides, checked as the pretraining checks them: a refused value ends the run here with
@@ -225,6 +235,12 @@ finetune() {    # finetune NAME INIT
     --cache-dir "$CACHE_DIR" --init "$2" --run-dir "$RUN_DIR/$1" --resume "${X_FINETUNE[@]+"${X_FINETUNE[@]}"}"
 }
 
+scratch() {     # scratch NAME: supervised from random init with MAC's total steps (pretraining + finetuning)
+  $PY train/finetune.py --config "$CONFIGS/finetune.json" --dataset "$DATASET" --split $SPLIT \
+    --cache-dir "$CACHE_DIR" --init random --run-dir "$RUN_DIR/$1" --resume "${X_FINETUNE[@]+"${X_FINETUNE[@]}"}" \
+    "${SCRATCH_FLAGS[@]}" "${X_SCRATCH[@]+"${X_SCRATCH[@]}"}"
+}
+
 linear_probe() {    # linear_probe NAME INIT: a linear classifier on the frozen backbone
   $PY train/finetune.py --config "$CONFIGS/linear.json" --dataset "$DATASET" --split $SPLIT \
     --cache-dir "$CACHE_DIR" --init "$2" --run-dir "$RUN_DIR/$1" --resume "${X_LINEAR[@]+"${X_LINEAR[@]}"}"
@@ -274,12 +290,14 @@ stage extract extract "$DATASET" "$DATA_ROOT"
 stage pretrain pretrain     # hmdb51: into runs/ucf101/<run-id>/pretrain (a finished one is a no-op)
 stage finetune finetune finetune "$PT_DIR/last.pt"
 if [[ $RANDOM_BASELINE == 1 ]]; then stage finetune_random finetune finetune_random random; fi
+if [[ $SCRATCH_BASELINE == 1 ]]; then stage finetune_scratch scratch finetune_scratch; fi
 if [[ $LINEAR_PROBE == 1 ]]; then
   stage linear linear_probe linear "$PT_DIR/last.pt"
   if [[ $RANDOM_BASELINE == 1 ]]; then stage linear_random linear_probe linear_random random; fi
 fi
 stage evaluate evaluate finetune evaluate
 if [[ $RANDOM_BASELINE == 1 ]]; then stage evaluate_random evaluate finetune_random evaluate_random; fi
+if [[ $SCRATCH_BASELINE == 1 ]]; then stage evaluate_scratch evaluate finetune_scratch evaluate_scratch; fi
 if [[ $LINEAR_PROBE == 1 ]]; then
   stage evaluate_linear evaluate linear evaluate_linear
   if [[ $RANDOM_BASELINE == 1 ]]; then stage evaluate_linear_random evaluate linear_random evaluate_linear_random; fi

@@ -6,7 +6,7 @@ Owns:
 - preset files: ``configs/<preset>/<stage>.json``, one per stage, read by that stage's script
   through its own ``--config``; which stage files a preset has, the ones the chain needs (a
   preset without its own pretraining file pretrains with another's: hmdb51 with ucf101's), and
-  ``chain.json``, the chain's own switches (``random-baseline``, ``linear-probe``, each true or
+  ``chain.json``, the chain's own switches (``random-baseline``, ``linear-probe``, ``scratch-baseline``, each true or
   false, nothing else);
 - overrides ``stage.flag=value``: the stages they may name (``train.`` = pretrain + finetune +
   linear), their checking (one line naming the bad one) and their conversion into a stage's
@@ -51,13 +51,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 # the stages an override may name, in run_all.sh's order, and what `train.` reaches
-OVERRIDE_STAGES = ("demo", "extract", "pretrain", "finetune", "linear", "evaluate", "retrieve", "train")
+OVERRIDE_STAGES = ("demo", "extract", "pretrain", "finetune", "scratch", "linear", "evaluate", "retrieve", "train")
 TRAIN_STAGES = ("pretrain", "finetune", "linear")
 STAGE_NAMES = tuple(s for s in OVERRIDE_STAGES if s != "train")
 
 # chain.json: the chain's switches; the stage files every chain needs (linear.json too when the
 # linear probes run); presets that pretrain with another preset's pretrain.json
-CHAIN_SWITCHES = ("random-baseline", "linear-probe")
+CHAIN_SWITCHES = ("random-baseline", "linear-probe", "scratch-baseline")
 CHAIN_FILES = ("chain", "extract", "finetune", "evaluate", "retrieve", "pretrain")
 PRETRAIN_FROM = {"hmdb51": "ucf101"}          # hmdb51 pretrains on UCF101 with the ucf101 recipe
 
@@ -275,9 +275,64 @@ def values(preset: str, overrides: Sequence[Override | str], configs: Path = CON
     if chain["linear-probe"]:
         check_files(preset, ("linear",), configs)
     demo = stage_file(preset, "demo", configs)
+    scratch = scratch_flags(preset, cfg, overrides, configs) if chain["scratch-baseline"] else ()
     return {"RANDOM_BASELINE": int(chain["random-baseline"]), "LINEAR_PROBE": int(chain["linear-probe"]),
+            "SCRATCH_BASELINE": int(chain["scratch-baseline"]), "SCRATCH_FLAGS": scratch,
             "LAMBDA": cfg.lam, "M": cfg.m, "BACKBONE": cfg.backbone, "STRIDES": tuple(cfg.strides),
             "PT_CONFIG": str(pt_config), "DEMO_CONFIG": ("--config", str(demo)) if demo.is_file() else ()}
+
+
+def scratch_epochs(pt_epochs: int, pt_batch: int, ft_epochs: int, ft_batch: int,
+                   ft_milestones: Sequence[int], video_ratio: float = 1.0) -> tuple[int, tuple[int, ...]]:
+    """(epochs, milestones) of supervised training from scratch with as many steps as MAC's
+    pretraining and finetuning together. An epoch is (videos / batch) steps; the pretraining sees
+    ``video_ratio`` times the finetuning's videos (1: the same training videos; 1 / F for a
+    finetuning on a fraction F of the labels), so each pretraining epoch is worth
+    video_ratio * ft_batch / pt_batch finetuning epochs. The milestones keep their place in the
+    schedule (a milestone at 80 % of the finetuning stays at 80 %)."""
+    epochs = ft_epochs + max(0, round(pt_epochs * video_ratio * ft_batch / pt_batch))
+    return epochs, tuple(max(1, round(m * epochs / ft_epochs)) for m in ft_milestones)
+
+
+SCHEDULE_FLAGS = ("epochs", "batch-size", "milestones")
+
+
+def finetune_schedule(preset: str, overrides: Sequence[Override | str], configs: Path = CONFIGS):
+    """The finetuning's config as far as its length goes: ``finetune.json`` and the overrides of
+    its epochs, batch size and milestones (a ``train.`` override of a pretraining-only flag, such
+    as train.strides, must not stop the computation)."""
+    from train.finetune import FinetuneConfig
+
+    mine = [o for o in (o if isinstance(o, Override) else parse_override(o) for o in overrides)
+            if o.flag in SCHEDULE_FLAGS]
+    return parse(FinetuneConfig, ["--config", str(stage_file(preset, "finetune", configs)),
+                                  *stage_flags("finetune", mine)], prog="finetune.py")
+
+
+def scratch_flags(preset: str, pt_cfg, overrides: Sequence[Override | str], configs: Path = CONFIGS,
+                  video_ratio: float = 1.0) -> tuple:
+    """The flags that make the finetuning of ``finetune.json`` (and the overrides) the compute-
+    matched baseline: --epochs / --milestones from ``scratch_epochs``, then the preset's
+    ``scratch.json`` (the baseline's own choices, e.g. its learning rate, chosen on the validation
+    split), which win. On run_all.sh's command line the finetuning's own overrides (finetune.*,
+    train.*) come before these flags (the epochs here are computed from them) and the scratch.*
+    overrides after them, so those win over everything."""
+    ft = finetune_schedule(preset, overrides, configs)
+    epochs, milestones = scratch_epochs(pt_cfg.epochs, pt_cfg.batch_size, ft.epochs, ft.batch_size, ft.milestones,
+                                        video_ratio)
+    out = ["--epochs", str(epochs), "--milestones", *map(str, milestones)]
+    own = stage_file(preset, "scratch", configs)
+    if own.is_file():
+        try:
+            extra = json.loads(own.read_text())
+        except ValueError as e:
+            raise PresetError(f"{own}: not JSON ({e})", EXIT_FAILED_ITEMS) from None
+        if not isinstance(extra, dict):
+            raise PresetError(f"{own}: must be a JSON object of finetune.py flags", EXIT_FAILED_ITEMS)
+        for k, v in extra.items():
+            v = ",".join(map(str, v)) if isinstance(v, list) else ("true" if v is True else "false" if v is False else str(v))
+            out += flag_args(k, v)
+    return tuple(out)
 
 
 def bash_assignments(vals: dict) -> str:
@@ -331,7 +386,8 @@ class FlagsCommand(Flags):
 @dataclass
 class ValuesCommand(Flags):
     """Check the preset's files and print what run_all.sh needs from them as bash assignments
-    (RANDOM_BASELINE, LINEAR_PROBE, LAMBDA, M, BACKBONE, STRIDES, PT_CONFIG, DEMO_CONFIG)."""
+    (RANDOM_BASELINE, LINEAR_PROBE, SCRATCH_BASELINE, SCRATCH_FLAGS, LAMBDA, M, BACKBONE, STRIDES,
+    PT_CONFIG, DEMO_CONFIG)."""
     preset: str = flag("demo", "the preset (a folder of --configs)")
     configs: str = flag(_configs_default(), "the presets' folder")
     overrides: list = flag([], _OVERRIDES_HELP, positional=True, nargs="*")

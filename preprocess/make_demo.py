@@ -464,14 +464,29 @@ def _render(scene: Scene, tracks: list[Track], cam: Camera, rng_noise: np.random
     return out
 
 
+def _inject_cue(tracks: list[Track], cue, height: int) -> list[Track]:
+    """TEST-ONLY (tests/test_demo_cues.py's positive control): put a per-frame class cue into a
+    video's moving objects. ``("scale", s)``: drawn ``s`` times their size; ``("band", a, b)``:
+    their centres folded into rows ``[a * height, b * height)``. The dataset never has one."""
+    if cue is None:
+        return tracks
+    if cue[0] == "scale":
+        return [Track(tr.x, tr.y, tr.scale * float(cue[1]), tr.angle) for tr in tracks]
+    if cue[0] == "band":
+        lo, hi = float(cue[1]) * height, float(cue[2]) * height
+        return [Track(tr.x, lo + np.mod(tr.y, hi - lo), tr.scale, tr.angle) for tr in tracks]
+    raise ValueError(f"unknown cue {cue!r}")
+
+
 def render_video(class_name: str, group: int, clip: int, seed: int = 0, n_frames: int = 40,
-                 height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+                 height: int = HEIGHT, width: int = WIDTH, *, _cue=None) -> np.ndarray:
     """The raw uint8 RGB frames ``[n_frames, height, width, 3]`` of one demo video, before
-    encoding. Deterministic in its arguments; every video has its own scene (``clip_scene``)."""
+    encoding. Deterministic in its arguments; every video has its own scene (``clip_scene``).
+    ``_cue`` is for tests only (see `_inject_cue`): a per-frame class cue the dataset never has."""
     ci = ALL_CLASSES.index(class_name)
     scene = clip_scene(seed, class_name, group, clip, height, width)
     trng = _rng(seed, _TRACK, ci, group, clip)
-    tracks = [sample_track(class_name, trng, n_frames, height, width) for _ in scene.looks]
+    tracks = _inject_cue([sample_track(class_name, trng, n_frames, height, width) for _ in scene.looks], _cue, height)
     cam = sample_camera(_rng(seed, _CAMERA, ci, group, clip), n_frames)
     return _render(scene, tracks, cam, _rng(seed, _NOISE, ci, group, clip), height, width)
 
@@ -687,8 +702,9 @@ def make_demo(root, seed: int = 0, classes: int = DEFAULTS["classes"],
 
 
 def _render_and_encode(class_name: str, group: int, clip: int, n_frames: int, seed: int, path: Path,
-                       binary: str) -> Path:
-    return encode_video(render_video(class_name, group, clip, seed=seed, n_frames=n_frames), path, binary)
+                       binary: str, _cue=None) -> Path:
+    return encode_video(render_video(class_name, group, clip, seed=seed, n_frames=n_frames, _cue=_cue), path,
+                        binary)
 
 
 def _install(tmp: Path, root: Path, params: dict, existing) -> None:

@@ -16,9 +16,9 @@ TINY = ["demo.classes=2", "demo.groups=3", "demo.clips=1", "demo.frames=16",
         "train.workers=0", "train.progress=false", "pretrain.queue-size=16",
         "evaluate.num-clips=2", "evaluate.workers=0", "retrieve.num-clips=2", "retrieve.workers=0",
         "extract.workers=1"]
-STAGES = ["data", "preflight", "extract", "pretrain", "finetune", "finetune_random", "linear", "linear_random",
-          "evaluate", "evaluate_random", "evaluate_linear", "evaluate_linear_random", "retrieve", "retrieve_random",
-          "summary"]
+STAGES = ["data", "preflight", "extract", "pretrain", "finetune", "finetune_random", "finetune_scratch", "linear",
+          "linear_random", "evaluate", "evaluate_random", "evaluate_scratch", "evaluate_linear",
+          "evaluate_linear_random", "retrieve", "retrieve_random", "summary"]
 
 
 def run_all(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     run = tmp_path / "runs" / "demo" / "tiny"
     res = json.loads((run / "results.json").read_text())
     assert res["missing"] == []
-    for stage in ("evaluate", "evaluate_random", "evaluate_linear", "evaluate_linear_random"):
+    for stage in ("evaluate", "evaluate_random", "evaluate_scratch", "evaluate_linear", "evaluate_linear_random"):
         for k in EVAL_KEYS:
             assert 0.0 <= res["metrics"][stage][k] <= 100.0, (stage, k)
     for stage in ("retrieve", "retrieve_random"):
@@ -50,9 +50,22 @@ def test_chain_demo_tiny_and_resume(tmp_path):
         assert {"loss", "acc", "epochs"} <= set(res["metrics"][stage]) and res["configs"][stage]["epochs"] == 1
         assert res["seeds"][stage] == 0 and res["devices"][stage]
     assert res["configs"]["linear"]["freeze_backbone"] and not res["configs"]["finetune"]["freeze_backbone"]
+    # the scratch baseline: random init, as many epochs as the pretraining and the finetuning together
+    assert res["configs"]["finetune_scratch"]["init"] == "random" and res["configs"]["finetune_scratch"]["epochs"] == 2
+    # every evaluation with its interval over the test videos, each gain with its paired test
+    for stage in ("evaluate", "evaluate_scratch", "evaluate_random"):
+        ci = res["intervals"]["video_top1"][stage]
+        assert ci["lo"] <= res["metrics"][stage]["video_top1"] <= ci["hi"]
+    g = res["intervals"]["gains"]["finetuned video top-1 vs from scratch, same total steps"]
+    assert g["lo"] <= res["gains"]["finetuned video top-1 vs from scratch, same total steps"] <= g["hi"]
+    assert 0 <= g["mcnemar"]["p"] <= 1 and g["mcnemar"]["n"] == res["metrics"]["evaluate"]["num_videos"]
+    # the validation split: carved from the training groups, excluded from pretraining and finetuning
+    assert res["configs"]["finetune"]["val_fraction"] == 0.2 == res["configs"]["pretrain"]["val_fraction"]
     # the pretext against chance (k 2, n 2: 4 alpha tuples), and the MAC-minus-random gains
     assert res["pretext"]["chance"] == 0.25 and 0.0 <= res["pretext"]["test_acc"] <= 1.0
-    assert set(res["gains"]) == {"finetuned video top-1", "linear probe video top-1", "retrieval R@1"}
+    assert set(res["gains"]) == {"finetuned video top-1 vs from scratch, same total steps",
+                                 "finetuned video top-1 vs random init, finetuning steps only",
+                                 "linear probe video top-1 vs random features", "retrieval R@1 vs random features"}
     assert res["configs"]["pretrain"]["crop"] == 32 and res["configs"]["finetune"]["init"].endswith("last.pt")
     # the preset files (configs/demo/*.json) reach every stage; the overrides above win over them
     assert res["configs"]["pretrain"]["method"] == "mac-s" and res["configs"]["pretrain"]["optimizer"] == "adamw"
@@ -65,11 +78,11 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     # the random baseline retrieval saw the same clips as the pretrained one
     assert res["configs"]["retrieve_random"]["crop"] == res["configs"]["retrieve"]["crop"] == 32
     summary = (run / "summary.md").read_text()
-    assert summary.count("| MAC-pretrained, finetuned |") == 1 and "| random init, linear probe |" in summary
+    assert summary.count("| MAC-pretrained, finetuned |") == 1 and "| random features, linear probe |" in summary
     assert "against chance 25.0" in summary
     assert (run / "curves_pretrain.png").exists() and (run / "curves_finetune.png").exists()
     assert (run / "evaluate" / "confusion.png").exists()
-    assert "| random init, finetuned |" in r.stdout            # the table is printed
+    assert "| random init, finetuning steps only |" in r.stdout and "| from scratch, MAC's total steps |" in r.stdout
     markers = {s: (run / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
 
     # second run: every stage skipped via its marker, nothing recomputed, the table printed again
@@ -112,7 +125,7 @@ def test_demo_seeds_aggregates_three_runs(tmp_path):
     runs = tmp_path / "runs" / "demo"
     agg = json.loads((runs / "demo-seeds" / "results.json").read_text())
     assert agg["seeds"] == [0, 1, 2] and len(agg["runs"]) == 3
-    assert agg["metrics"]["evaluate"]["video_top1"]["n"] == 3 and "std" in agg["gains"]["finetuned video top-1"]
+    assert agg["metrics"]["evaluate"]["video_top1"]["n"] == 3 and "std" in agg["gains"]["finetuned video top-1 vs from scratch, same total steps"]
     per_seed = [json.loads((runs / f"demo-seed{s}" / "results.json").read_text()) for s in (0, 1, 2)]
     assert [p["seeds"]["finetune"] for p in per_seed] == [0, 1, 2]
     assert [p["configs"]["retrieve_random"]["seed"] for p in per_seed] == [0, 1, 2]
@@ -133,7 +146,8 @@ def test_demo_large_preset_runs_on_tiny_settings(tmp_path):
     res = json.loads((tmp_path / "runs" / "demo" / "demo-large" / "results.json").read_text())
     assert res["missing"] == [] and res["configs"]["pretrain"]["method"] == "mac-sc"
     assert res["configs"]["pretrain"]["dataset"] == "demo" and res["configs"]["pretrain"]["frames"] == 4
-    assert set(res["gains"]) == {"finetuned video top-1", "linear probe video top-1", "retrieval R@1"}
+    assert set(res["gains"]) == {"finetuned video top-1 vs random init, finetuning steps only",    # no scratch run
+                                 "linear probe video top-1 vs random features", "retrieval R@1 vs random features"}
 
 
 @pytest.mark.slow

@@ -270,7 +270,7 @@ def load_preset_file(path: Path, tmp_path: Path):
     stage = path.stem
     if stage == "pretrain":
         return flags.parse(PretrainConfig, ["--config", str(path)])
-    if stage in ("finetune", "linear"):
+    if stage in ("finetune", "linear", "scratch"):      # scratch.json: the scratch baseline's finetune.py flags
         return flags.parse(FinetuneConfig, ["--config", str(path), "--init", "random"])
     if stage == "evaluate":
         from train.evaluate import parse_args
@@ -291,7 +291,8 @@ def load_preset_file(path: Path, tmp_path: Path):
         return parse_args(["--config", str(path), "--data-root", str(tmp_path / "demo")])
     if stage == "chain":
         chain = json.loads(path.read_text())
-        assert set(chain) == {"random-baseline", "linear-probe"} and all(isinstance(v, bool) for v in chain.values())
+        assert set(chain) == {"random-baseline", "linear-probe", "scratch-baseline"}
+        assert all(isinstance(v, bool) for v in chain.values())
         return chain
     raise AssertionError(f"{path}: no stage of run_all.sh is called {stage!r}")
 

@@ -42,7 +42,7 @@ def test_an_override_with_an_unknown_stage_is_refused_as_run_all_says_it(bad):
     with pytest.raises(UsageError) as e:
         P.parse_override(bad)
     assert str(e.value) == (f"override '{bad}': the stage must be one of demo, extract, pretrain, finetune, "
-                            "linear, evaluate, retrieve, train")
+                            "scratch, linear, evaluate, retrieve, train")
 
 
 @pytest.mark.parametrize("bad", ["pretrain.=5", "pretrain.epochs"])
@@ -91,7 +91,7 @@ def _preset(root: Path, name: str, files: dict) -> Path:
     return d
 
 
-CHAIN = {"random-baseline": True, "linear-probe": False}
+CHAIN = {"random-baseline": True, "linear-probe": False, "scratch-baseline": False}
 
 
 def test_stage_files_and_which_stages_a_preset_has(tmp_path):
@@ -128,13 +128,14 @@ def test_a_missing_stage_file_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("content", [{"random-baseline": True}, {**CHAIN, "extra": True},
-                                     {"random-baseline": 1, "linear-probe": False}, [True, False], "null"])
-def test_chain_json_must_hold_exactly_the_two_switches(tmp_path, content):
+                                     {**CHAIN, "random-baseline": 1}, [True, False], "null"])
+def test_chain_json_must_hold_exactly_the_switches(tmp_path, content):
     path = tmp_path / "chain.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(P.PresetError) as e:
         P.read_chain(path)
-    assert str(e.value) == f"{path}: must hold exactly the keys random-baseline, linear-probe, each true or false"
+    assert str(e.value) == (f"{path}: must hold exactly the keys random-baseline, linear-probe, scratch-baseline, "
+                            "each true or false")
     assert e.value.status == 1                                      # as run_all.sh has always ended
 
 
@@ -230,7 +231,8 @@ def test_cli_overrides_and_flags():
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
     r = cli("check-overrides", "--", "pretrain.epochs=1", "epochs=2")
     assert r.returncode == 2 and r.stderr == ("[run_all] error: override 'epochs=2': the stage must be one of demo, "
-                                              "extract, pretrain, finetune, linear, evaluate, retrieve, train\n")
+                                              "extract, pretrain, finetune, scratch, linear, evaluate, retrieve, "
+                                              "train\n")
     r = cli("flags", "linear", "--", "train.scales=32,36", "linear.freeze_backbone=true", "train.progress=false",
             "finetune.lr=1")
     assert r.returncode == 0 and r.stdout.splitlines() == ["--scales", "32", "36", "--freeze-backbone",
@@ -288,7 +290,8 @@ def test_cli_values_of_a_preset(tmp_path):
         (tmp_path / "p" / f"{s}.json").write_text("{}")
     r = cli("values", "--preset", "p", "--configs", str(tmp_path))
     assert r.returncode == 1 and "must hold exactly the keys random-baseline, linear-probe" in r.stderr
-    (tmp_path / "p" / "chain.json").write_text(json.dumps({"random-baseline": False, "linear-probe": True}))
+    (tmp_path / "p" / "chain.json").write_text(json.dumps({"random-baseline": False, "linear-probe": True,
+                                                           "scratch-baseline": False}))
     r = cli("values", "--preset", "p", "--configs", str(tmp_path))
     assert r.returncode == 2 and f"the p preset's file {tmp_path / 'p' / 'linear.json'} is missing" in r.stderr
 

@@ -36,7 +36,7 @@ def test_aggregate_mean_std_and_table(tmp_path):
     assert agg["pretext"]["test_acc"]["mean"] == pytest.approx(0.82)
     assert agg["seeds"] == [0, 1, 2]
     assert "| MAC-pretrained, finetuned | 92.0 +- 4.0 | 99.0 +- 0.0 | 94.0 +- 4.0 |" in table
-    assert "| random init, linear probe |" in table and "82.0 +- 2.0 against chance 25.0" in table
+    assert "| random features, linear probe |" in table and "82.0 +- 2.0 against chance 25.0" in table
     assert "+74.0 +- 3.5 points (per run: +70.0, +76.0, +76.0)" in table
     assert json.loads((tmp_path / "agg" / "results.json").read_text())["runs"] == [str(r) for r in runs]
     with pytest.raises(SystemExit, match="no results.json"):

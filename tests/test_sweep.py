@@ -47,7 +47,7 @@ def test_grid_parsing_cell_keys_and_routing(tmp_path):
 
 def _fabricated_cell(root: Path, settings: dict, seed: int, top1: float | None, status="done", eff=None) -> S.Cell:
     c = S.Cell(settings, seed, root / "cells" / S.cell_key(settings, seed), status=status)
-    c.results = {"video_top1": top1, "pretext_test_acc": 60.0 + seed, "pretext_chance": 25.0, "git": "abcdef123456",
+    c.results = {"video_top1": top1, "val_clip_top1": top1 - 10, "pretext_test_acc": 60.0 + seed, "pretext_chance": 25.0, "git": "abcdef123456",
                  "cache_hash": "c0ffee"} if top1 is not None else {}
     if eff:
         c.results["efficiency"] = eff
@@ -63,15 +63,15 @@ def test_table_builder_mean_std_paper_column_and_provenance(tmp_path):
     md, rows = S.build_table(cells, ["k"], retrieval=False)
     lines = md.splitlines()
     k2 = next(line for line in lines if line.startswith("| 2 |"))
-    assert "| 2/2 | 82.0 +- 2.8 |" in k2 and "60.5 +- 0.7 (25.0)" in k2 and "81.5 (Table 6)" in k2
+    assert "| 2/2 | 72.0 +- 2.8 | 82.0 +- 2.8 |" in k2 and "60.5 +- 0.7 (25.0)" in k2 and "81.5 (Table 6)" in k2
     assert "k2_seed0: done, git abcdef12, cache c0ffee" in k2
     k4 = next(line for line in lines if line.startswith("| 4 |"))
-    assert "| 1/2 | 90.0 +- 0.0 |" in k4 and "84.8 (Table 6)" in k4 and "k4_seed1: failed" in k4
+    assert "| 1/2 | 80.0 +- 0.0 | 90.0 +- 0.0 |" in k4 and "84.8 (Table 6)" in k4 and "k4_seed1: failed" in k4
     k7 = next(line for line in lines if line.startswith("| 7 |"))
     assert "(Table" not in k7                                                  # not a setting of the paper
     header, *body = rows
     row4 = dict(zip(header, body[1]))
-    assert row4["video_top1_mean"] == "90" and row4["failed"] == "1" and row4["paper_ucf101"] == "84.8"
+    assert row4["video_top1_mean"] == "90" and row4["val_clip_top1_mean"] == "80" and row4["failed"] == "1" and row4["paper_ucf101"] == "84.8"
     assert S.paper_number({"m": "1.0"}) == ("Table 7", 83.4) and S.paper_number({"lambda": "60"}) == ("Table 8", 83.9)
     assert S.paper_number({"colour-jitter": "true", "greyscale": "true"}) == ("Table 2", 82.5)
     assert S.paper_number({"n": "4", "backbone": "r3d_18"}) == ("Table 5", 86.4)
@@ -123,6 +123,7 @@ def test_tiny_sweep_extracts_once_and_resumes(tiny_demo, tmp_path, capsys):
     assert "81.1 (Table 8)" in table and "84.8 (Table 8)" in table                 # the paper's lambda rows
     for c in data["cells"]:
         assert 0 <= c["results"]["video_top1"] <= 100 and c["results"]["cache_hash"]
+        assert 0 <= c["results"]["val_clip_top1"] <= 100                         # the demo's validation split
 
     # a half-finished sweep: cell lambda30 was killed during its finetuning (no marker, no cell.json)
     a, b = sweep_dir / "cells" / "lambda10_seed0", sweep_dir / "cells" / "lambda30_seed0"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -38,11 +39,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from train.mac import (
     ClipConfig, MACConfig, apply_spatial, centre_spatial, clip_masks, draw_alphas, draw_clip, draw_jitter,
-    draw_spatial, max_clip_start, sample_clip_indices, uniform_clip_starts,
+    draw_spatial, max_clip_start, sample_clip_indices, uniform_clip_starts, vary_masks,
 )
 
 __all__ = ["PretrainClips", "LabelledClips", "EvalClips", "EpochSampler", "label_subset", "make_loader",
-           "set_loader_epoch", "worker_init_fn", "item_rng"]
+           "set_loader_epoch", "worker_init_fn", "item_rng", "video_groups", "validation_split"]
 
 # Distinct random streams per dataset kind, so that e.g. a finetuning clip of video i does not
 # reuse the draws of the pretraining clip of the same item.
@@ -65,6 +66,50 @@ def label_subset(videos: np.ndarray, labels: np.ndarray, fraction: float, seed: 
         keep.append(rng.choice(members, size=k, replace=False))
     chosen = set(np.concatenate(keep).tolist()) if keep else set()
     return np.array([v for v in videos if v in chosen], dtype=np.int64)
+
+
+_GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)
+
+
+def video_groups(names) -> np.ndarray:
+    """The group of each video, for group-disjoint splits: UCF101's (and the demo's) ``_gNN_cNN``
+    (the clips of one group come from one long recording: same people, same scene), prefixed by the
+    class folder so that groups of different classes never merge; a name without one (HMDB51,
+    Kinetics, folders) is its own group."""
+    out = []
+    for name in names:
+        name = str(name)
+        m = _GROUP.search(name)
+        out.append(f"{name.rsplit('/', 1)[0] if '/' in name else ''}/g{int(m.group(1))}" if m else name)
+    return np.array(out, dtype=object)
+
+
+def validation_split(index, split: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) video indices: the training part of ``split`` with a validation part carved out
+    of it, for every choice a run makes (best epoch, learning rates, design), so the test part is
+    read once, at the end.
+
+    Group-disjoint and class-stratified: from each class, ``max(1, round(fraction * G))`` of its G
+    training groups (``video_groups``), drawn by a generator of (seed, "val"), and every video of a
+    drawn group is validation. The carve depends on the split's lists, ``fraction`` and ``seed``
+    only (not on a training seed): runs with different training seeds, MAC and its baselines, share
+    one validation split. A class with a single training group keeps it for training."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    train = np.asarray(index.subset(split, "train"), dtype=np.int64)
+    groups = video_groups(index.names[train])
+    labels = np.asarray(index.labels)[train]
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x7a1])))
+    held = np.zeros(len(train), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        uniq = sorted(set(groups[members].tolist()))
+        if len(uniq) < 2:
+            continue
+        k = min(len(uniq) - 1, max(1, int(round(fraction * len(uniq)))))
+        chosen = set(rng.choice(np.array(uniq, dtype=object), size=k, replace=False).tolist())
+        held[members] = [g in chosen for g in groups[members]]
+    return train[~held], train[held]
 
 
 def item_rng(seed: int, epoch: int, idx: int, stream: int = 0) -> np.random.Generator:
@@ -200,6 +245,7 @@ class PretrainClips(_CacheClips):
         else:
             qf, _ = apply_spatial(frames, None, sq)
             qm = self._masks(v, idx, frames, qf, sq)
+        qm = vary_masks(qm, cfg.mask_variant)       # a control changes the masks, never the draws
         item = {
             "frames": torch.from_numpy(qf), "masks": torch.from_numpy(qm),
             "alpha": torch.from_numpy(alpha), "alpha_idx": torch.from_numpy(alpha_idx),

@@ -8,10 +8,14 @@ video, and the script reports clip top-1/top-5, video top-1/top-5 and mean class
 
 Written to ``--out-dir`` (default: the stage directory beside the checkpoint's, ``finetune`` ->
 ``evaluate``, ``finetune_random`` -> ``evaluate_random``):
-  metrics.json        the metrics and their provenance (checkpoint, dataset, split, clips)
+  metrics.json        the metrics, per-class accuracy, the confusion counts and their provenance
+                      (checkpoint, dataset, split, clips)
   scores.npz          per video: name, label, averaged probabilities, top-5 predictions
   predictions.csv     the same, readable: video, label, top-5 classes and their probabilities
   confusion.png       confusion matrix (rows: true class, columns: predicted), row-normalised
+
+``--reverse-time`` plays every clip backwards: a model that learnt motion swaps the classes that
+are each other's reverse (the demo's MoveUp and MoveDown), one that learnt appearance does not.
 
 The checkpoint records the dataset, split and training videos; evaluating on any video it was
 trained on is refused (``SplitLeakError``).
@@ -249,6 +253,8 @@ class EvaluateFlags(EvalClipFlags):
     checkpoint: Path = flag(None, "a finetuning checkpoint (best.pt / last.pt)", type=Path, required=True)
     split: int = flag(None, "split 1..3 (default: the checkpoint's)", type=int, lo=1, hi=3)
     part: str = flag("test", "which videos to evaluate", choices=PARTS)
+    reverse_time: bool = flag(False, "play every clip backwards (a motion probe: classes that are each other's "
+                              "reverse, e.g. MoveUp / MoveDown, should swap; default out dir: <stage>_reversed)")
     config: str = flag(None, CONFIG_HELP, metavar="FILE")
 
     def check(self) -> None:
@@ -297,23 +303,31 @@ def main(argv=None) -> dict:
           f"{len(loader.dataset)} videos x {args.num_clips} clips of {geo['frames']}x{geo['crop']}^2 "
           f"(stride {geo['stride']}, short side {geo['short_side']}) on {device}", flush=True)
     t1 = time.time()
-    logits, videos, labels = run_clips(model, loader, device, norm, progress="evaluate")
+    # clips [b, 3, T, S, S]: --reverse-time flips the time axis, nothing else
+    fn = (lambda m, x: m(x.flip(2))) if args.reverse_time else None
+    logits, videos, labels = run_clips(model, loader, device, norm, fn=fn, progress="evaluate")
     V, N, C = logits.shape
     clip_video = np.repeat(np.arange(V), N)
     metrics, probs = compute_metrics(logits.reshape(V * N, C), clip_video, labels, C)
     metrics["eval_seconds"] = round(time.time() - t1, 2)
 
     out_dir = args.out_dir or default_out_dir(args.checkpoint, "evaluate")
+    if args.reverse_time and args.out_dir is None:
+        out_dir = out_dir.with_name(out_dir.name + "_reversed")
     out_dir.mkdir(parents=True, exist_ok=True)
     names = index.names[videos].astype(str)
     save_scores(out_dir, names, labels, probs, classes)
     cm = confusion_matrix(labels, probs.argmax(axis=1), C)
     np.save(out_dir / "confusion.npy", cm)
+    per_class = {c: (None if np.isnan(a) else round(100 * float(a), 2)) for c, a in zip(classes, per_class_accuracy(cm))}
     plot_confusion(cm, classes, out_dir / "confusion.png",
-                   f"{dataset} split {split} {args.part}: video top-1 {metrics['video_top1']:.1f}%")
+                   f"{dataset} split {split} {args.part}{' reversed' if args.reverse_time else ''}: "
+                   f"video top-1 {metrics['video_top1']:.1f}%")
     record = {"metrics": metrics, "checkpoint": str(args.checkpoint), "checkpoint_epoch": ckpt.get("epoch"),
               "backbone": ckpt["backbone_name"], "dataset": dataset, "split": split, "part": args.part,
-              "num_clips": args.num_clips, **geo, "norm": norm, "device": str(device),
+              "num_clips": args.num_clips, "reverse_time": args.reverse_time, **geo, "norm": norm,
+              "device": str(device), "per_class_acc": per_class,
+              "confusion": {"classes": classes, "counts": cm.tolist()},
               "cache": {"root": str(index.root), "manifest_hash": index.manifest_hash},
               "limit": args.limit, "config_file": args.config, "wall_seconds": round(time.time() - t0, 2)}
     write_json(out_dir / "metrics.json", record)

@@ -36,7 +36,7 @@ if __package__ in (None, ""):   # run as `python train/finetune.py`, installed o
 from preprocess.cache import CacheError, DecodeParams, open_cache
 from core.errors import UsageError, exit_with
 from core.flags import flag, format_config, redefault
-from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags
+from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags, ValidationFlags
 from train.utils.checkpoint import load_checkpoint
 from train.utils.distributed import Dist, autocast, compile_static, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
 from train.utils.log import prepare_run_dir
@@ -44,15 +44,15 @@ from train.utils.optim import make_optimizer
 from train.utils.random import seed_everything
 from core import flags
 from train import loop
-from train.data import EvalClips, LabelledClips, label_subset, make_loader
-from train.inference import backbone_weights, pad_batch, require_split_lists
+from train.data import EvalClips, LabelledClips, label_subset, make_loader, validation_split, video_groups
+from train.inference import backbone_weights, estimate_bn_statistics, pad_batch, require_split_lists
 from train.mac import ClipConfig, ColourJitter, clip_transform, eval_transform
 from train.models import BACKBONES, backbone_state_dict, build_backbone, load_backbone, parse_backbone
 
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
+class FinetuneConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags, ValidationFlags):
     """finetune.py's flags: the shared groups (train/options.py, with the finetuning recipe's
     defaults where it differs) plus the initialisation, the clips and the validation."""
 
@@ -79,9 +79,12 @@ class FinetuneConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
     dropout: float = flag(0.5, "dropout before the classifier", lo=0, hi=1, hi_open=True)
     freeze_backbone: bool = flag(False, "linear probe: train only the classifier on frozen backbone features "
                                  "(BN statistics frozen too)")
+    bn_estimate: int = flag(20, "linear probe of a random init: estimate the frozen backbone's BN statistics on this "
+                            "many batches of training clips first (0 = keep the untrained mean 0 / variance 1)", lo=0)
     label_fraction: float = flag(1.0, "train on a seeded, class-balanced fraction of the train labels (0 < F <= 1)", lo=0, hi=1, lo_open=True)
     # validation (centre clips of held-out videos)
-    val_every: int = flag(5, "epochs between centre-clip validations (0 = only at the end)", lo=0)
+    val_every: int = flag(5, "epochs between centre-clip validations (0 = only at the end); on the validation "
+                          "split with --val-fraction, else on the test split (monitoring only)", lo=0)
     val_short_side: int = flag(0, "validation short side (0: 128 * crop / 112)", lo=0)
     val_limit: int = flag(0, "max validation videos (0 = all)", lo=0)
 
@@ -205,6 +208,13 @@ def train(cfg: FinetuneConfig, d: Dist) -> dict:
                       colour=ColourJitter.light() if cfg.colour_jitter else ColourJitter.off(),
                       norm=cfg.norm, seed=cfg.seed)
     train_ds = LabelledClips(index, cfg.split, "train", ccfg)
+    val_split = "test"
+    if cfg.val_fraction > 0:          # every choice on the validation split; test is read once, by evaluate.py
+        train_ds.videos, val_videos = validation_split(index, cfg.split, cfg.val_fraction, cfg.val_seed)
+        val_split = "val"
+        log(f"[finetune] validation split: {len(val_videos)} videos of {len(set(video_groups(index.names[val_videos])))} "
+            f"training groups held out (fraction {cfg.val_fraction:g}, seed {cfg.val_seed}); "
+            f"{len(train_ds.videos)} training videos")
     if cfg.label_fraction < 1.0:
         full = len(train_ds)
         train_ds.videos = label_subset(train_ds.videos, index.labels, cfg.label_fraction, cfg.seed)
@@ -217,6 +227,8 @@ def train(cfg: FinetuneConfig, d: Dist) -> dict:
         raise SystemExit(f"{len(train_ds)} training videos < one global batch; lower --batch-size")
     val_ds = EvalClips(index, cfg.split, "test", num_clips=1, frames=cfg.frames, stride=cfg.stride,
                        short_side=cfg.val_short_side or round(cfg.crop * 128 / 112), crop=cfg.crop)
+    if val_split == "val":
+        val_ds.videos = val_videos
     val_loader = make_loader(val_ds, cfg.batch_size, min(cfg.workers, 4), shuffle=False,
                              distributed=d.distributed, seed=cfg.seed, persistent_workers=False)
     train_videos = [str(x) for x in index.names[train_ds.videos]]
@@ -242,6 +254,15 @@ def train(cfg: FinetuneConfig, d: Dist) -> dict:
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("fc."))
     model = model.to(d.device)
+    if cfg.freeze_backbone and sd is None and cfg.bn_estimate:
+        # random features with statistics of the training clips, not mean 0 / variance 1 (a resumed
+        # run then loads the same estimate from its checkpoint)
+        bn_loader = make_loader(train_ds, cfg.batch_size, min(cfg.workers, 1), shuffle=True, seed=cfg.seed + 1,
+                                persistent_workers=False)
+        used = estimate_bn_statistics(model, (clip_transform(b, ccfg, d.device)["clips"] for b in bn_loader),
+                                      cfg.bn_estimate)
+        info["bn_estimate_batches"] = used
+        log(f"[finetune] random init: BN statistics estimated on {used} batches of training clips")
     model = maybe_sync_bn(model, d, cfg.sync_bn and not cfg.freeze_backbone)
     cl = use_channels_last(d, cfg.channels_last)
     if cl:
@@ -268,6 +289,7 @@ def train(cfg: FinetuneConfig, d: Dist) -> dict:
         res = loop.EpochResult()
         if e.partial or e.epoch + 1 == cfg.epochs or (cfg.val_every and (e.epoch + 1) % cfg.val_every == 0):
             res.metrics.update(validate(model, val_loader, cfg, d, cl))
+            res.record["val_split"] = val_split
             if res.metrics["val_acc"] > best["val_acc"]:
                 best.update(val_acc=res.metrics["val_acc"], epoch=e.epoch)
                 res.is_best = True
@@ -277,7 +299,8 @@ def train(cfg: FinetuneConfig, d: Dist) -> dict:
     def checkpoint() -> dict:
         return {"backbone_name": backbone, "backbone": backbone_state_dict(model), "moco": None,
                 "dataset": cfg.dataset, "split": cfg.split, "classes": list(index.classes),
-                "train_videos": train_videos, "init": info,
+                "train_videos": train_videos, "val_videos": [str(x) for x in index.names[val_ds.videos]],
+                "val_split": val_split, "init": info,
                 "cache": {"manifest_hash": index.manifest_hash, "decode": dataclasses.asdict(decode), "masks": None},
                 "best": dict(best)}
 

@@ -11,10 +11,6 @@ retrieve.py and finetune.py's --init (and the trainers' --resume), in one place.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
-import re
 import sys
 from pathlib import Path
 
@@ -154,6 +150,43 @@ def run_clips(model, loader, device, norm: str, fn=None, progress: str | None = 
             labs.append(batch["label"].cpu())
     return (torch.cat(outs).numpy(), torch.cat(vids).numpy().astype(np.int64),
             torch.cat(labs).numpy().astype(np.int64))
+
+
+@torch.no_grad()
+def estimate_bn_statistics(model, clips, max_batches: int) -> int:
+    """Replace every BatchNorm's running mean/variance by their averages over ``clips`` (an
+    iterable of float clip batches [B, 3, T, S, S] on the model's device), the first
+    ``max_batches`` of them; returns the number used.
+
+    Why: a randomly initialised backbone used as a fixed feature map (the linear probe and the
+    retrieval of a random init) would otherwise run in eval mode with untrained statistics (mean
+    0, variance 1), so every layer's output drifts in scale and the random-features baseline is
+    handicapped for a reason that has nothing to do with features. Each BN layer is reset and put
+    in cumulative mode (momentum None: the plain average over the batches), the forward passes
+    run in train mode without gradients, and afterwards every module's mode and momentum are
+    restored: the weights are untouched."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or max_batches <= 0:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = 0
+    try:
+        for x in clips:
+            if n >= max_batches:
+                break
+            model(x)
+            n += 1
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        for m, mode in modes.items():
+            m.training = mode
+    return n
 
 
 def write_json(path: Path, obj) -> None:

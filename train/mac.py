@@ -73,7 +73,7 @@ def _const(values: tuple[float, ...], shape: tuple[int, ...], device: torch.devi
 
 
 __all__ = [
-    "BLEND_SPACES", "JITTER_FIELDS", "IDENTITY_JITTER", "LOSSES", "MASK_MODES", "MASK_SOURCES", "NORMS",
+    "BLEND_SPACES", "JITTER_FIELDS", "IDENTITY_JITTER", "LOSSES", "MASK_MODES", "MASK_SOURCES", "MASK_VARIANTS", "NORMS",
     "ClipConfig", "ColourJitter", "MACConfig", "MACTransform", "Normalisation", "SpatialParams",
     "adjust_hue", "alpha_indices", "alpha_label", "alpha_table", "alpha_values", "apply_jitter", "apply_spatial",
     "blend", "blend_batch", "blend_weights", "centre_spatial", "clip_masks", "clip_span", "clip_transform",
@@ -103,6 +103,11 @@ BLEND_SPACES = ("normalised", "pixel")
 LOSSES = ("ce", "mse", "mse-n")
 MASK_SOURCES = ("cache", "clip")
 MASK_MODES = ("soft", "hard")
+# what the blend attenuates (the controls of docs/demo.md): the clip's foreground masks (the method),
+# or one thing changed: nothing (every alpha tuple gives the same input), the whole frame (a pretext
+# without motion: the brightness of each segment), or the masks moved by half the crop in both
+# directions (the same mask statistics, off the moving objects)
+MASK_VARIANTS = ("foreground", "none", "full-frame", "displaced")
 
 #: Order of the per-clip colour-jitter parameter vector, and the order the ops are applied in.
 #: brightness: additive delta; contrast, saturation: factors; hue: shift in turns (deg / 360);
@@ -170,6 +175,7 @@ class MACConfig:
     blend_space: str = "normalised"   # "normalised" (reference) | "pixel" (departure)
     mask_source: str = "clip"         # "clip" (Algorithm 1 per augmented clip, exact) | "cache" (per-stride sets)
     mask_mode: str = "soft"           # "soft" (the reference's default) | "hard"
+    mask_variant: str = "foreground"  # "foreground" (the method) | controls: "none", "full-frame", "displaced"
     dilate: bool = True               # the reference's 2x2 elliptical dilation
     loss: str = "ce"                  # "ce" | "mse" (regress preset alphas) | "mse-n" (alphas ~ U(0,1])
     key_view: bool = True             # MAC-SC: second, unblended augmentation of the same frames
@@ -187,6 +193,8 @@ class MACConfig:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        if self.mask_variant not in MASK_VARIANTS:
+            raise ValueError(f"mask_variant must be one of {MASK_VARIANTS}, got {self.mask_variant!r}")
         object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
         object.__setattr__(self, "colour", _coerce(ColourJitter, self.colour))
         object.__setattr__(self, "key_colour", _coerce(ColourJitter, self.key_colour))
@@ -557,6 +565,26 @@ def clip_masks(diffs: np.ndarray, params: SpatialParams, mode: str = "soft", dil
 
 # --------------------------------------------------------------------------------------------
 # Colour augmentation
+
+
+def vary_masks(masks: np.ndarray, variant: str) -> np.ndarray:
+    """uint8 [T, S, S] masks as the blend uses them under ``variant`` (MASK_VARIANTS): the clip's
+    own masks ("foreground"), none (all 0: w = 1 everywhere, so the k^n alpha tuples of a clip give
+    one identical input and the pretext cannot be learnt), the full frame (all 255: w = alpha
+    everywhere, a pretext about each segment's overall brightness, with no motion in it), or the
+    masks rolled by half the crop in both directions ("displaced": exactly the same values, hence
+    the same mean and coverage, moved off the objects that produced them; the roll wraps around,
+    so nothing is lost at the border)."""
+    if variant == "foreground":
+        return masks
+    if variant == "none":
+        return np.zeros_like(masks)
+    if variant == "full-frame":
+        return np.full_like(masks, 255)
+    if variant == "displaced":
+        h, w = masks.shape[-2:]
+        return np.roll(masks, (h // 2, w // 2), axis=(-2, -1))
+    raise ValueError(f"mask_variant must be one of {MASK_VARIANTS}, got {variant!r}")
 
 
 def draw_jitter(rng: np.random.Generator, cj: ColourJitter) -> np.ndarray:

@@ -79,6 +79,18 @@ class RunFlags(Flags):
                                empty_ok=True)
 
 
+@dataclass(frozen=True)
+class ValidationFlags(Flags):
+    """The validation split (train/data.py ``validation_split``): carved from the training groups
+    of the split, group-disjoint and seeded, the same for every training seed and for pretraining
+    and finetuning, so that every choice is made on it and the test split is read once."""
+
+    val_fraction: float = flag(0.0, "hold out this fraction of each class's training groups as the validation "
+                               "split (0 = none: finetuning validates on the test split, for monitoring only)",
+                               lo=0, hi=1, hi_open=True)
+    val_seed: int = flag(0, "seed of the validation carve (independent of --seed)", lo=0)
+
+
 @dataclass
 class ClipGeometryFlags(Flags):
     """Test-clip geometry (default: the checkpoint's config)."""

@@ -32,7 +32,7 @@ if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed o
 from preprocess.cache import NAME_PATTERN, CacheError, DecodeParams, MaskParams, open_cache, valid_mask_set_name
 from core.errors import UsageError, exit_with
 from core.flags import flag, format_config
-from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags
+from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags, ValidationFlags
 from train.utils.distributed import Dist, autocast, compile_static, configure_backends, gather_unique, maybe_sync_bn, persistent_compile_cache, setup_distributed, teardown_distributed, use_channels_last, wrap_ddp
 from train.utils.log import prepare_run_dir
 from train.utils.optim import make_optimizer
@@ -40,15 +40,15 @@ from train.utils.random import derive_seed, seed_everything
 from core import flags
 from train import loop
 from train.inference import has_split_lists, pad_batch
-from train.data import PretrainClips, make_loader
-from train.mac import MASK_MODES, MASK_SOURCES, ColourJitter, MACConfig, MACTransform
+from train.data import PretrainClips, make_loader, validation_split
+from train.mac import MASK_MODES, MASK_SOURCES, MASK_VARIANTS, ColourJitter, MACConfig, MACTransform
 from train.mac_model import MACModel, compute_losses, pretext_chance, pretext_loss  # noqa: F401 (re-exported)
 from train.models import BACKBONES, backbone_state_dict, parse_backbone
 
 
 
 @dataclass(frozen=True)
-class PretrainConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
+class PretrainConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags, ValidationFlags):
     """pretrain.py's flags: the shared groups (train/options.py) plus the masks, the MAC sample,
     the model and objective, and the pretext evaluation."""
 
@@ -65,6 +65,10 @@ class PretrainConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
     mask_set: str = flag("", "masks: a named mask set imported with preprocess/import_masks.py (e.g. boxes of "
                          "detections, Table 3), read at the clip's frames and cropped/resized with them, used as "
                          "stored; replaces the frame-difference masks ('' = none)")
+    mask_variant: str = flag("foreground", "what the blend attenuates: foreground (the method) | controls: none "
+                             "(no mask: every alpha tuple gives the same input), full-frame (a pretext without "
+                             "motion), displaced (the masks moved by half the crop: same statistics, off the objects)",
+                             choices=MASK_VARIANTS)
     # the MAC sample
     method: str = flag("mac-sc", "mac-s: alpha classification; mac-sc: + MoCo v2", choices=("mac-s", "mac-sc"))
     n: int = flag(2, "temporal segments (MAC-2 / MAC-4)", lo=1, note="the paper's: 2, 4")
@@ -122,6 +126,9 @@ class PretrainConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags):
                 raise UsageError("--mask-mode" if self.mask_mode != "soft" else "--dilate",
                                  self.mask_mode if self.mask_mode != "soft" else "false",
                                  "applies to frame-difference masks only: a --mask-set's masks are used as stored")
+        if self.method == "mac-s" and self.cls_weight == 0:
+            raise UsageError("--cls-weight", 0, "leaves MAC-S with no loss (MoCo v2 alone is --method mac-sc "
+                                                "--cls-weight 0 --mask-variant none)")
         if self.method == "mac-sc":
             check_queue(self, world=1)
 
@@ -335,6 +342,12 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
         log(f"[pretrain] the {cfg.dataset} cache has no split lists: pretraining on all {len(index.names)} videos "
             f"(labels are never used; finetuning and evaluation need <data-root>/splits/)")
     train_ds = PretrainClips(index, cfg.split, part, mcfg, mask_set=cfg.mask_set)
+    if cfg.val_fraction > 0 and part == "train":
+        # the validation videos are unseen by pretraining, as the test videos are (labels are never
+        # read here; the carve is finetune.py's, from the same split, fraction and seed)
+        train_ds.videos, val_videos = validation_split(index, cfg.split, cfg.val_fraction, cfg.val_seed)
+        log(f"[pretrain] validation split held out: {len(val_videos)} videos (fraction {cfg.val_fraction:g}, "
+            f"seed {cfg.val_seed}); {len(train_ds.videos)} pretraining videos")
     loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, distributed=d.distributed,
                          seed=cfg.seed)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))

@@ -5,10 +5,10 @@
 
 Reads what the stages left in the run directory (run_all.sh's layout):
   stages/<stage>.done            wall time and command of each finished stage (run_all.sh)
-  pretrain/ finetune/ finetune_random/ linear/ linear_random/
+  pretrain/ finetune/ finetune_random/ finetune_scratch/ linear/ linear_random/
                                  config.json, metrics.jsonl (train/pretrain.py, finetune.py; linear*:
                                  finetune.py --freeze-backbone, the linear probe)
-  evaluate/ evaluate_random/ evaluate_linear/ evaluate_linear_random/
+  evaluate/ evaluate_random/ evaluate_scratch/ evaluate_linear/ evaluate_linear_random/
                                  metrics.json (train/evaluate.py)
   retrieve/ retrieve_random/     metrics.json (train/retrieve.py)
 and writes
@@ -41,23 +41,30 @@ from core.flags import Flags, flag, parse
 
 EVAL_KEYS = ("clip_top1", "clip_top5", "video_top1", "video_top5", "mean_class_acc")
 RETRIEVAL_KEYS = ("R@1", "R@5", "R@10", "R@20", "R@50")
-TRAIN_STAGES = ("pretrain", "finetune", "finetune_random", "linear", "linear_random")
-EVAL_STAGES = ("evaluate", "evaluate_random", "evaluate_linear", "evaluate_linear_random")
+TRAIN_STAGES = ("pretrain", "finetune", "finetune_random", "finetune_scratch", "linear", "linear_random")
+EVAL_STAGES = ("evaluate", "evaluate_random", "evaluate_scratch", "evaluate_linear", "evaluate_linear_random")
 RETRIEVE_STAGES = ("retrieve", "retrieve_random")
 STAGE_ORDER = ("data", "preflight_ucf101", "preflight", "extract_ucf101", "extract", "pretrain", "finetune",
-               "finetune_random", "linear", "linear_random", "evaluate", "evaluate_random", "evaluate_linear",
+               "finetune_random", "finetune_scratch", "linear", "linear_random", "evaluate", "evaluate_random",
+               "evaluate_scratch", "evaluate_linear",
                "evaluate_linear_random", "retrieve", "retrieve_random", "summary")
 # (label, training stage, evaluation stage): the recognition rows
 VARIANTS = (("MAC-pretrained, finetuned", "finetune", "evaluate"),
-            ("random init, finetuned", "finetune_random", "evaluate_random"),
+            ("from scratch, MAC's total steps", "finetune_scratch", "evaluate_scratch"),
+            ("random init, finetuning steps only", "finetune_random", "evaluate_random"),
             ("MAC-pretrained, linear probe", "linear", "evaluate_linear"),
-            ("random init, linear probe", "linear_random", "evaluate_linear_random"))
+            ("random features, linear probe", "linear_random", "evaluate_linear_random"))
 # (label, retrieval stage): the backbone before any finetuning
-RETRIEVALS = (("MAC-pretrained", "retrieve"), ("random init", "retrieve_random"))
-# MAC minus random init, the numbers a reader wants first: (label, stage, key, stage, key)
-GAINS = (("finetuned video top-1", "evaluate", "video_top1", "evaluate_random", "video_top1"),
-         ("linear probe video top-1", "evaluate_linear", "video_top1", "evaluate_linear_random", "video_top1"),
-         ("retrieval R@1", "retrieve", "R@1", "retrieve_random", "R@1"))
+RETRIEVALS = (("MAC-pretrained", "retrieve"), ("random features", "retrieve_random"))
+# MAC minus its baselines, the numbers a reader wants first (the compute-matched one first):
+# (what, against, stage, key, stage, key); the gains' keys read "<what> vs <against>"
+GAINS = (("finetuned video top-1", "from scratch, same total steps", "evaluate", "video_top1",
+          "evaluate_scratch", "video_top1"),
+         ("finetuned video top-1", "random init, finetuning steps only", "evaluate", "video_top1",
+          "evaluate_random", "video_top1"),
+         ("linear probe video top-1", "random features", "evaluate_linear", "video_top1",
+          "evaluate_linear_random", "video_top1"),
+         ("retrieval R@1", "random features", "retrieve", "R@1", "retrieve_random", "R@1"))
 PRETEXT_KEYS = ("acc", "test_acc", "chance", "loss_cls", "test_loss")
 # docs/method.md section 6: UCF101 top-1 after finetuning, MAC-SC-2 R(2+1)D-18 UCF101 pretraining; HMDB51 (R(2+1)D-10)
 PAPER = {"ucf101": "paper (MAC-SC-2, R(2+1)D-18, UCF101 pretraining): video top-1 84.8",
@@ -188,11 +195,41 @@ def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None 
     pre = read_jsonl(dirs["pretrain"] / "metrics.jsonl")
     res["pretext"] = pretext_summary(pre)
     res["warnings"] = [r.get("message") for r in pre if r.get("kind") == "warning"]
-    res["gains"] = {label: round(res["metrics"][a][ka] - res["metrics"][b][kb], 2)
-                    for label, a, ka, b, kb in GAINS
+    res["intervals"] = intervals(run_dir)
+    res["gains"] = {f"{what} vs {against}": round(res["metrics"][a][ka] - res["metrics"][b][kb], 2)
+                    for what, against, a, ka, b, kb in GAINS
                     if ka in (res["metrics"].get(a) or {}) and kb in (res["metrics"].get(b) or {})}
     res["missing"] = missing_metrics(res)
     return res
+
+
+def intervals(run_dir: Path) -> dict:
+    """95 % bootstrap intervals over the test videos of every evaluation's video top-1, and for each
+    gain of GAINS between two evaluations the paired interval of the difference and McNemar's
+    exact test on the same videos (train/stats.py); {} where scores.npz files are missing."""
+    import numpy as np
+
+    from train import stats
+
+    correct = {}
+    for stage in EVAL_STAGES:
+        path = Path(run_dir) / stage / "scores.npz"
+        if path.is_file():
+            names, c, _, _ = stats.load_correct(path)
+            order = np.argsort(names)
+            correct[stage] = (names[order], c[order])
+    out: dict = {"video_top1": {}, "gains": {}}
+    for stage, (_, c) in correct.items():
+        ci = stats.bootstrap_ci({0: c[None]}, n_boot=10000)
+        out["video_top1"][stage] = {"lo": round(ci["lo"], 2), "hi": round(ci["hi"], 2)}
+    for what, against, a, ka, b, kb in GAINS:
+        if ka == kb == "video_top1" and a in correct and b in correct and np.array_equal(correct[a][0], correct[b][0]):
+            ca, cb = correct[a][1], correct[b][1]
+            d = stats.paired_bootstrap_diff({0: ca[None]}, {0: cb[None]}, n_boot=10000)
+            mc = stats.mcnemar(cb, ca)                 # b01: the baseline wrong where MAC is right
+            out["gains"][f"{what} vs {against}"] = {"lo": round(d["lo"], 2), "hi": round(d["hi"], 2),
+                                                     "mcnemar": mc}
+    return out
 
 
 def pretext_summary(records: list[dict]) -> dict:
@@ -224,6 +261,8 @@ def expected_metrics(res: dict) -> dict:
     if str(res.get("preset") or "").startswith("demo") or any(s.endswith("_random") for s in res["stages"]):
         want.update({"finetune_random": ("loss", "acc"), "evaluate_random": EVAL_KEYS,
                      "retrieve_random": RETRIEVAL_KEYS})
+    if res.get("preset") == "demo" or "finetune_scratch" in res["stages"]:
+        want.update({"finetune_scratch": ("loss", "acc"), "evaluate_scratch": EVAL_KEYS})
     if str(res.get("preset") or "").startswith("demo") or "linear" in res["stages"]:
         want.update({"linear": ("loss", "acc"), "linear_random": ("loss", "acc"), "evaluate_linear": EVAL_KEYS,
                      "evaluate_linear_random": EVAL_KEYS})
@@ -258,12 +297,24 @@ def results_table(res: dict) -> str:
     lines = [f"Results: {res['dataset']} run {res['run_id']} (split {split}, test set{_test_size(res)}; percent)", ""]
     rows = [v for v in VARIANTS if v[2] in m or v[1] in m]
     if rows:
-        lines += ["| recognition | " + " | ".join(EVAL_KEYS) + " |", "|" + "---|" * (1 + len(EVAL_KEYS))]
-        for label, _, ev in rows:
+        pt_steps = (m.get("pretrain") or {}).get("step")
+        lines += ["| recognition | " + " | ".join(EVAL_KEYS) + " | training steps |",
+                  "|" + "---|" * (2 + len(EVAL_KEYS))]
+        for label, tr, ev in rows:
             e = m.get(ev) or {}
-            lines.append(f"| {label} | " + " | ".join(_fmt(e.get(k)) for k in EVAL_KEYS) + " |")
-        lines += ["", "Recognition: 10-clip test protocol; finetuned = every layer trained on the labels, linear "
-                      "probe = a linear classifier on the frozen backbone.", ""]
+            st = (m.get(tr) or {}).get("step")
+            pre = pt_steps if label.startswith("MAC") and pt_steps else None
+            steps = "-" if st is None else (f"{pre} + {st}" if pre else f"{st}")
+            ci = ((res.get("intervals") or {}).get("video_top1") or {}).get(ev)
+            cells = [_fmt(e.get(k)) + (f" [{ci['lo']:.1f}, {ci['hi']:.1f}]" if k == "video_top1" and ci else "")
+                     for k in EVAL_KEYS]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {steps} |")
+        lines += ["", "Recognition: 10-clip test protocol, read once at the end (every choice is made on the "
+                      "validation split where the preset has one); video top-1 with its 95 % bootstrap interval over "
+                      "the test videos (one data instance, one seed: `bash run_all.sh demo-controls` for more); "
+                      "finetuned = every layer trained on the labels, linear probe = a linear classifier on the "
+                      "frozen backbone (random features: BN statistics estimated on training clips); training steps "
+                      "= pretraining + labelled (the step count of each stage's last epoch).", ""]
     rrows = [v for v in RETRIEVALS if v[1] in m]
     if rrows:
         lines += ["| retrieval (backbone before finetuning) | " + " | ".join(RETRIEVAL_KEYS) + " |",
@@ -281,7 +332,15 @@ def results_table(res: dict) -> str:
                   + f"; train accuracy {_fmt(100 * p['acc'] if 'acc' in p else None)} at the last epoch "
                   f"({p.get('epochs')} epochs, {p.get('steps')} steps).", ""]
     for label, gain in (res.get("gains") or {}).items():
-        lines.append(f"- MAC-pretrained minus random init, {label}: {gain:+.1f} points")
+        what, _, against = label.partition(" vs ")
+        g = ((res.get("intervals") or {}).get("gains") or {}).get(label)
+        extra = ""
+        if g:
+            mc = g["mcnemar"]
+            p = "p < 0.001" if mc["p"] < 0.001 else f"p = {mc['p']:.3f}"
+            extra = (f" (95 % CI [{g['lo']:+.1f}, {g['hi']:+.1f}], paired over the test videos; McNemar "
+                     f"{mc['b01']}:{mc['b10']}, {p})")
+        lines.append(f"- MAC-pretrained minus {against or 'random init'}, {what}: {gain:+.1f} points{extra}")
     for w in res.get("warnings") or []:
         lines += ["", "**" + w.splitlines()[0] + "** (see the pretraining log)"]
     if res.get("dataset") in PAPER and not str(res.get("preset") or "").startswith("demo"):
@@ -500,7 +559,8 @@ def aggregate_table(agg: dict) -> str:
         lines += [f"Pretext test accuracy {_ms(p['test_acc'], 100)} against chance {_ms(p.get('chance'), 100)} "
                   f"({_ms(p.get('test_acc_over_chance'))} x chance); train {_ms(p.get('acc'), 100)}.", ""]
     for label, st in (agg.get("gains") or {}).items():
-        lines.append(f"- MAC-pretrained minus random init, {label}: {st['mean']:+.1f} +- {st['std']:.1f} points "
+        what, _, against = label.partition(" vs ")
+        lines.append(f"- MAC-pretrained minus {against or 'random init'}, {what}: {st['mean']:+.1f} +- {st['std']:.1f} points "
                      f"(per run: {', '.join(f'{v:+.1f}' for v in st['values'])})")
     if "total" in (agg.get("wall_seconds") or {}):
         lines += ["", f"Wall time per run: {_ms(agg['wall_seconds']['total'], 1 / 60)} min"]

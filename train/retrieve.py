@@ -151,6 +151,8 @@ class RetrieveFlags(EvalClipFlags):
     split: int = flag(None, "default: the checkpoint's, else 1", type=int, lo=1, hi=3)
     ks: list = flag(list(DEFAULT_KS), "the k of R@k", nargs="+", lo=1)
     seed: int = flag(0, "seed of --init random", lo=0)
+    bn_estimate: int = flag(20, "--init random: estimate the BN statistics on this many batches of training-video "
+                            "clips first (0 = keep the untrained mean 0 / variance 1)", lo=0)
     limit: int = redefault(EvalClipFlags, "limit", None, help="only the first N queries and N gallery videos")
     save_features: bool = flag(False, "also write features.npz")
     config: str = flag(None, CONFIG_HELP, metavar="FILE")
@@ -195,6 +197,18 @@ def main(argv=None) -> dict:
     print(f"[retrieve] {desc}: {dataset} split {split}, {args.num_clips} clips of {geo['frames']}x{geo['crop']}^2 "
           f"per video (stride {geo['stride']}) on {device}", flush=True)
 
+    bn_batches = 0
+    if args.init == "random" and args.bn_estimate:
+        # the gallery's (training videos') clips, never the queries': no test video is seen
+        from train.inference import estimate_bn_statistics
+        from train.mac import eval_transform
+
+        _, bn_loader = eval_batches(index, split, "train", geo, 1, max(args.batch_size, 8), args.workers, None,
+                                    what="retrieval")
+        clips = (eval_transform(b, norm=norm, device=device)["clips"].flatten(0, 1) for b in bn_loader)
+        bn_batches = estimate_bn_statistics(model, clips, args.bn_estimate)
+        print(f"[retrieve] BN statistics of the random init estimated on {bn_batches} batches of training clips",
+              flush=True)
     feats = {}
     for part in ("train", "test"):
         _, loader = eval_batches(index, split, part, geo, args.num_clips, args.batch_size, args.workers, args.limit,
@@ -219,7 +233,8 @@ def main(argv=None) -> dict:
     if args.save_features:
         np.savez_compressed(out_dir / "features.npz", query=qf, query_video=qv, gallery=gf, gallery_video=gv)
     record = {"metrics": metrics, "source": desc, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-              "init": args.init, "seed": args.seed if args.init == "random" else None, "dataset": dataset,
+              "init": args.init, "seed": args.seed if args.init == "random" else None, "bn_estimate_batches": bn_batches,
+              "dataset": dataset,
               "split": split, "num_clips": args.num_clips, **geo,
               "norm": norm, "device": str(device), "limit": args.limit, "config_file": args.config,
               "cache": {"root": str(index.root), "manifest_hash": index.manifest_hash},

@@ -1,0 +1,546 @@
+"""What MAC itself contributes: MAC beside controls that each differ from it in one thing, on several
+generated data instances and training seeds, through the same downstream chain, with intervals
+and paired tests (docs/demo.md, "Controls").
+
+    bash run_all.sh demo-controls                                   # 3 instances x 2 seeds, every arm
+    python train/controls.py --instances 0 --seeds 0                # one slice (~1 h on 2 CPU cores)
+    python train/controls.py --instances 1 --seeds 0,1 --arms mac,no-mask,scratch
+    python train/controls.py --table-only                           # the table of what has finished
+
+Arms (pretraining flags on top of the preset's pretrain.json; docs/method.md section 2):
+
+    mac          the preset's MAC pretraining (MAC-S), the reference
+    no-mask      --mask-variant none: every alpha tuple gives the same input (pretext at chance)
+    full-frame   --mask-variant full-frame: the whole frame attenuated, a pretext without motion
+    displaced    --mask-variant displaced: the masks moved by half the crop (same statistics, off
+                 the objects)
+    mac-sc       MAC-SC (MAC-S + MoCo v2)
+    moco         MoCo v2 alone (--method mac-sc --cls-weight 0 --mask-variant none), beside mac-sc
+    random       no pretraining: random features with BN statistics estimated on training clips
+                 (linear probe, retrieval) and finetuning from random init with the finetuning
+                 steps only
+    scratch      supervised from random init with MAC's total number of steps (pretraining +
+                 finetuning), for every label fraction
+
+Every pretrained arm then runs: finetuning on all training labels and on each --label-fractions
+fraction, a linear probe, the 10-clip test of each, retrieval; "mac" and "scratch" also the test
+played backwards (evaluate.py --reverse-time). The demo preset's validation split (configs/demo,
+val-fraction) is carved out of the training groups and excluded from every stage; nothing is
+chosen on the test split, which each evaluation reads once.
+
+Data instances are make_demo.py --seed values, each generated into <data-root>/seed<S> and cached
+under <cache-dir>/seed<S> once. Everything lives under --dir (default runs/demo/controls):
+cells/seed<S>/train<T>/<arm>/<stage> with stage markers, so an interrupted run resumes, a finished
+stage is never rerun, and slices run on different machines merge by copying their cells/ folders
+together and running --table-only. A failed stage is reported and the other arms go on.
+
+Outputs: table.md / table.csv (per arm and metric: mean with a 95 % hierarchical-bootstrap interval
+over instances and videos, the difference to MAC with its paired interval, McNemar's exact test of
+MAC against the arm on the same videos, instances x seeds; pretext accuracy against chance),
+per_class.csv (per-class test accuracy of every arm), reverse_time.md (MoveUp/MoveDown under time
+reversal), controls.json (every number and where it came from).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):   # run as `python train/controls.py`, installed or not: the checkout first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core import atomic, presets
+from core.errors import UsageError, exit_with
+from core.flags import Flags, flag, parse
+
+REPO = Path(__file__).resolve().parents[1]
+
+# arm -> pretraining flags on top of the preset's pretrain.json (None: no pretraining)
+ARMS: dict[str, dict[str, str] | None] = {
+    "mac": {},
+    "no-mask": {"mask-variant": "none"},
+    "full-frame": {"mask-variant": "full-frame"},
+    "displaced": {"mask-variant": "displaced"},
+    "mac-sc": {"method": "mac-sc"},
+    "moco": {"method": "mac-sc", "cls-weight": "0", "mask-variant": "none"},
+    "random": None,
+    "scratch": None,
+}
+LABELS = {"mac": "MAC (MAC-S)", "no-mask": "no mask", "full-frame": "full-frame attenuation",
+          "displaced": "displaced masks", "mac-sc": "MAC-SC", "moco": "MoCo v2 alone",
+          "random": "random init / random features", "scratch": "from scratch, MAC's total steps"}
+# MoCo arms: a queue the demo's 1,100 steps of 8 keys fill (the recipe's 65,536 would stay mostly empty)
+MOCO_DEMO = {"queue-size": "1024"}
+REVERSED = ("mac", "scratch")
+
+
+def fraction_tag(f: float) -> str:
+    return "all" if f >= 1.0 else f"labels{f:g}"
+
+
+@dataclass
+class Slot:
+    """One (instance, training seed, arm): its directory and what its stages left."""
+
+    instance: int
+    seed: int
+    arm: str
+    dir: Path
+    status: str = "pending"
+    errors: list = field(default_factory=list)
+
+
+class Runner:
+    """The stages of one slot, each a subprocess with its log and marker (train/sweep.py's runner)."""
+
+    def __init__(self, args: "ControlsFlags"):
+        from train.sweep import Sweep
+
+        self.args = args
+        self.Sweep = Sweep
+
+    def sweep(self, instance: int) -> "object":
+        a = self.args
+        return self.Sweep(a.preset, "demo", a.data_root / f"seed{instance}", a.cache_dir / f"seed{instance}",
+                          a.dir, a.override_list)
+
+
+def _stage_overrides(stage: str, overrides) -> list[str]:
+    return presets.stage_flags(stage, overrides)
+
+
+def pretrain_argv(sw, slot: Slot) -> list[str]:
+    extra = dict(ARMS[slot.arm] or {})
+    if extra.get("method") == "mac-sc":
+        extra = {**MOCO_DEMO, **extra}
+    flags_ = [a for k, v in extra.items() for a in presets.flag_args(k, v)]
+    return ["train/pretrain.py", *sw.config("pretrain"), "--dataset", "demo", "--split", "1", "--cache-dir",
+            str(sw.cache_dir), "--run-dir", str(slot.dir / "pretrain"), "--resume", "--seed", str(slot.seed),
+            "--no-progress", *flags_, *_stage_overrides("pretrain", sw.overrides)]
+
+
+def finetune_argv(sw, slot: Slot, init: str, run_dir: Path, fraction: float, linear: bool = False,
+                  extra: list[str] = ()) -> list[str]:
+    stage = "linear" if linear else "finetune"
+    return ["train/finetune.py", *sw.config(stage), "--dataset", "demo", "--split", "1",
+            "--cache-dir", str(sw.cache_dir), "--init", init, "--run-dir", str(run_dir), "--resume",
+            "--seed", str(slot.seed), "--no-progress", "--label-fraction", str(fraction),
+            *_stage_overrides(stage, sw.overrides), *extra]
+
+
+def evaluate_argv(sw, checkpoint: Path, out_dir: Path, reverse: bool = False) -> list[str]:
+    return ["train/evaluate.py", *sw.config("evaluate"), "--checkpoint", str(checkpoint), "--cache-dir",
+            str(sw.cache_dir), "--out-dir", str(out_dir), *(["--reverse-time"] if reverse else []),
+            *_stage_overrides("evaluate", sw.overrides)]
+
+
+def retrieve_argv(sw, slot: Slot, source: list[str], out_dir: Path) -> list[str]:
+    return ["train/retrieve.py", *sw.config("retrieve"), *source, "--dataset", "demo", "--split", "1",
+            "--cache-dir", str(sw.cache_dir), "--out-dir", str(out_dir), "--seed", str(slot.seed),
+            *_stage_overrides("retrieve", sw.overrides)]
+
+
+def scratch_extra(sw, fraction: float) -> list[str]:
+    """--epochs / --milestones of the compute-matched scratch run at ``fraction`` of the labels (as
+    many steps as the pretraining, on all training videos, plus the finetuning on the fraction)
+    and the preset's scratch.json (its learning rate), exactly as run_all.sh's scratch stage."""
+    from train.pretrain import PretrainConfig
+
+    pt = parse(PretrainConfig, [*sw.config("pretrain"), *_stage_overrides("pretrain", sw.overrides)], prog="pretrain.py")
+    return [*presets.scratch_flags(sw.preset, pt, sw.overrides, video_ratio=1.0 / fraction),
+            *_stage_overrides("scratch", sw.overrides)]
+
+
+class _Cell:
+    """What train/sweep.py's Sweep.run needs of a cell: its directory."""
+
+    def __init__(self, d: Path):
+        self.dir = d
+
+
+def run_slot(sw, slot: Slot, fractions: list[float]) -> Slot:
+    """Every stage of one slot; a failed stage is recorded and the slot's other stages go on."""
+    cell = _Cell(slot.dir)
+
+    def step(name: str, argv: list[str]) -> bool:
+        try:
+            sw.run(cell, name, argv)
+            return True
+        except Exception as e:          # noqa: BLE001 - reported, the others go on
+            slot.errors.append(f"{name}: {e}")
+            return False
+
+    arm = slot.arm
+    if ARMS[arm] is not None:                                       # a pretrained arm
+        if not step("pretrain", pretrain_argv(sw, slot)):
+            return _done(slot)
+        init = str(slot.dir / "pretrain" / "last.pt")
+        for f in fractions:
+            tag = fraction_tag(f)
+            if step(f"finetune_{tag}", finetune_argv(sw, slot, init, slot.dir / f"finetune_{tag}", f)):
+                ck = slot.dir / f"finetune_{tag}" / "last.pt"
+                step(f"evaluate_{tag}", evaluate_argv(sw, ck, slot.dir / f"evaluate_{tag}"))
+                if arm in REVERSED and f >= 1.0:
+                    step("evaluate_reversed", evaluate_argv(sw, ck, slot.dir / "evaluate_reversed", reverse=True))
+        if step("linear", finetune_argv(sw, slot, init, slot.dir / "linear", 1.0, linear=True)):
+            step("evaluate_linear", evaluate_argv(sw, slot.dir / "linear" / "last.pt", slot.dir / "evaluate_linear"))
+        step("retrieve", retrieve_argv(sw, slot, ["--checkpoint", init], slot.dir / "retrieve"))
+    elif arm == "random":
+        for f in fractions:
+            tag = fraction_tag(f)
+            if step(f"finetune_{tag}", finetune_argv(sw, slot, "random", slot.dir / f"finetune_{tag}", f)):
+                step(f"evaluate_{tag}", evaluate_argv(sw, slot.dir / f"finetune_{tag}" / "last.pt",
+                                                      slot.dir / f"evaluate_{tag}"))
+        if step("linear", finetune_argv(sw, slot, "random", slot.dir / "linear", 1.0, linear=True)):
+            step("evaluate_linear", evaluate_argv(sw, slot.dir / "linear" / "last.pt", slot.dir / "evaluate_linear"))
+        mac_pt = slot.dir.parent / "mac" / "pretrain" / "last.pt"    # the same clips as MAC's retrieval
+        from train.pretrain import PretrainConfig
+
+        pt = parse(PretrainConfig, [*sw.config("pretrain"), *_stage_overrides("pretrain", sw.overrides)],
+                   prog="pretrain.py")
+        src = ["--init", "random", "--backbone", pt.backbone] + (["--config-from", str(mac_pt)] if mac_pt.is_file() else [])
+        step("retrieve", retrieve_argv(sw, slot, src, slot.dir / "retrieve"))
+    else:                                                           # scratch, compute-matched
+        for f in fractions:
+            tag = fraction_tag(f)
+            if step(f"finetune_{tag}", finetune_argv(sw, slot, "random", slot.dir / f"finetune_{tag}", f,
+                                                     extra=scratch_extra(sw, f))):
+                ck = slot.dir / f"finetune_{tag}" / "last.pt"
+                step(f"evaluate_{tag}", evaluate_argv(sw, ck, slot.dir / f"evaluate_{tag}"))
+                if f >= 1.0:
+                    step("evaluate_reversed", evaluate_argv(sw, ck, slot.dir / "evaluate_reversed", reverse=True))
+    return _done(slot)
+
+
+def _done(slot: Slot) -> Slot:
+    slot.status = "failed" if slot.errors else "done"
+    atomic.write_json(slot.dir / "slot.json", {"instance": slot.instance, "seed": slot.seed, "arm": slot.arm,
+                                               "status": slot.status, "errors": slot.errors})
+    return slot
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+def _json(path: Path) -> dict:
+    """A JSON file's object, {} when absent or unreadable (a stage that has not run)."""
+    from train.sweep import _read_json
+
+    return _read_json(path)
+
+
+def metric_names(fractions: list[float]) -> list[tuple[str, str]]:
+    """(metric key, its column title), in the table's order."""
+    out = [(f"evaluate_{fraction_tag(f)}", "finetuned, all labels" if f >= 1.0 else f"finetuned, {100 * f:g} % labels")
+           for f in fractions]
+    return out + [("evaluate_linear", "linear probe"), ("retrieve", "retrieval R@1")]
+
+
+def per_video(slot_dir: Path, key: str):
+    """(names, correct) of one metric of a slot: video top-1 correctness from evaluate's scores.npz,
+    or R@1 hits from retrieve's neighbours.npz; None when absent."""
+    import numpy as np
+
+    if key == "retrieve":
+        p = slot_dir / "retrieve" / "neighbours.npz"
+        if not p.is_file():
+            return None
+        z = np.load(p, allow_pickle=False)
+        hit = z["gallery_labels"][z["neighbours"][:, 0]] == z["query_labels"]
+        return z["query_names"].astype(str), hit
+    p = slot_dir / key / "scores.npz"
+    if not p.is_file():
+        return None
+    from train.stats import load_correct
+
+    names, correct, _, _ = load_correct(p)
+    return names, correct
+
+
+def collect(root: Path, arms: list[str], instances: list[int], seeds: list[int], fractions: list[float]) -> dict:
+    """Per metric and arm: {instance: [seeds, videos] correctness}, aligned by video name across
+    arms, seeds and instances' own test sets; plus the pretext accuracies."""
+    import numpy as np
+
+    data: dict = {}
+    pretext: dict = {}
+    for key, _ in metric_names(fractions):
+        for arm in arms:
+            per_inst = {}
+            for inst in instances:
+                rows, names0 = [], None
+                for seed in seeds:
+                    got = per_video(root / "cells" / f"seed{inst}" / f"train{seed}" / arm, key)
+                    if got is None:
+                        rows = None
+                        break
+                    names, correct = got
+                    order = np.argsort(names)
+                    names, correct = names[order], correct[order]
+                    if names0 is not None and not np.array_equal(names, names0):
+                        raise ValueError(f"{arm} seed {seed} instance {inst}: {key} was evaluated on other videos")
+                    names0 = names
+                    rows.append(correct.astype(bool))
+                if rows:
+                    per_inst[inst] = (names0, np.stack(rows))
+            if per_inst:
+                data.setdefault(key, {})[arm] = per_inst
+    for arm in arms:
+        accs = []
+        for inst in instances:
+            for seed in seeds:
+                path = root / "cells" / f"seed{inst}" / f"train{seed}" / arm / "pretrain" / "metrics.jsonl"
+                if not path.is_file():
+                    continue
+                recs = [json.loads(x) for x in path.read_text().splitlines() if '"kind": "epoch"' in x]
+                tested = [r for r in recs if "test_acc" in r and not r.get("partial")]
+                if tested:
+                    accs.append((100 * tested[-1]["test_acc"], 100 * tested[-1].get("chance", float("nan"))))
+        if accs:
+            pretext[arm] = {"mean": sum(a for a, _ in accs) / len(accs), "chance": accs[0][1], "runs": len(accs)}
+    return {"data": data, "pretext": pretext}
+
+
+def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[int], fractions: list[float],
+                n_boot: int = 10000) -> tuple[str, list[list[str]], dict]:
+    """table.md text, table.csv rows and the JSON record of every number."""
+    from train import stats
+
+    got = collect(root, arms, instances, seeds, fractions)
+    data, pretext = got["data"], got["pretext"]
+    md = ["| arm | metric | mean [95 % CI] | minus MAC [95 % CI] | McNemar vs MAC | instances x seeds | test videos |",
+          "|---|---|---|---|---|---|---|"]
+    rows = [["arm", "metric", "mean", "ci_lo", "ci_hi", "diff_vs_mac", "diff_lo", "diff_hi", "mcnemar_b01",
+             "mcnemar_b10", "mcnemar_p", "instances", "seeds", "videos"]]
+    record: dict = {"instances": instances, "seeds": seeds, "fractions": fractions, "metrics": {}, "pretext": pretext}
+    for key, title in metric_names(fractions):
+        for arm in arms:
+            cur = (data.get(key) or {}).get(arm)
+            if not cur:
+                continue
+            arrays = {i: a for i, (_, a) in cur.items()}
+            ci = stats.bootstrap_ci(arrays, n_boot=n_boot)
+            rec = {"mean": ci["mean"], "lo": ci["lo"], "hi": ci["hi"], "instances": sorted(arrays),
+                   "seeds": int(next(iter(arrays.values())).shape[0]),
+                   "videos": int(sum(a.shape[1] for a in arrays.values()))}
+            diff_s = mc_s = "-"
+            mac = (data.get(key) or {}).get("mac")
+            if arm != "mac" and mac:
+                common = sorted(set(mac) & set(cur))
+                if common and all(mac[i][1].shape == cur[i][1].shape for i in common):
+                    a = {i: mac[i][1] for i in common}
+                    b = {i: cur[i][1] for i in common}
+                    d = stats.paired_bootstrap_diff(b, a, n_boot=n_boot)
+                    import numpy as np
+
+                    # b01: the arm wrong where MAC is right; b10: the reverse
+                    mc = stats.mcnemar(np.concatenate([b[i].ravel() for i in common]),
+                                       np.concatenate([a[i].ravel() for i in common]))
+                    rec.update(diff={"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}, mcnemar=mc)
+                    diff_s = f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+                    mc_s = f"{mc['b01']}:{mc['b10']}, {stats.format_p(mc['p'])}"
+            record["metrics"].setdefault(key, {})[arm] = rec
+            md.append(f"| {LABELS[arm]} | {title} | {stats.format_ci(ci)} | {diff_s} | {mc_s} | "
+                      f"{len(arrays)} x {rec['seeds']} | {rec['videos'] // max(len(arrays), 1)} |")
+            dd = rec.get("diff", {})
+            mcr = rec.get("mcnemar", {})
+            rows.append([arm, title, f"{ci['mean']:.2f}", f"{ci['lo']:.2f}", f"{ci['hi']:.2f}",
+                         *(f"{dd[k]:.2f}" if dd else "" for k in ("mean", "lo", "hi")),
+                         *(str(mcr.get(k, "")) for k in ("b01", "b10")),
+                         f"{mcr['p']:.4g}" if mcr else "", str(len(arrays)), str(rec["seeds"]),
+                         str(rec["videos"])])
+    pt = ["", "| arm | pretext test accuracy (mean over runs) | chance | runs |", "|---|---|---|---|"]
+    for arm in arms:
+        if arm in pretext:
+            p = pretext[arm]
+            pt.append(f"| {LABELS[arm]} | {p['mean']:.1f} | {p['chance']:.1f} | {p['runs']} |")
+    text = "\n".join([
+        f"Controls on the demo: data instances {','.join(map(str, instances))} x training seeds "
+        f"{','.join(map(str, seeds))} (where finished); test split 1 of each instance (chance 16.7 %); percent.",
+        "Intervals: 95 % hierarchical bootstrap over instances and test videos; 'minus MAC': the arm's accuracy "
+        "minus MAC's on the same videos and seeds, paired bootstrap; McNemar: exact test on the discordant pairs "
+        "(videos MAC gets right and the arm wrong : the reverse), pooled over instances and seeds (a video counts "
+        "once per seed, so p is optimistic where seeds agree; the paired interval is the stronger evidence).", "",
+        *md, *pt]) + "\n"
+    return text, rows, record
+
+
+def per_class_rows(root: Path, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:
+    """Per-class test accuracy (all labels, finetuned) of every arm, mean over instances and seeds."""
+    out = [["arm", "class", "accuracy", "runs"]]
+    for arm in arms:
+        acc: dict[str, list[float]] = {}
+        for inst in instances:
+            for seed in seeds:
+                m = _json(root / "cells" / f"seed{inst}" / f"train{seed}" / arm / "evaluate_all" / "metrics.json")
+                for c, a in (m.get("per_class_acc") or {}).items():
+                    if a is not None:
+                        acc.setdefault(c, []).append(a)
+        for c, v in acc.items():
+            out.append([arm, c, f"{sum(v) / len(v):.1f}", str(len(v))])
+    return out
+
+
+def reverse_table(root: Path, instances: list[int], seeds: list[int]) -> str:
+    """Where MoveUp and MoveDown test videos go when played backwards, per arm."""
+    lines = ["| arm | played | MoveUp -> MoveUp | MoveUp -> MoveDown | MoveDown -> MoveDown | MoveDown -> MoveUp | runs |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in REVERSED:
+        for stage, played in (("evaluate_all", "forwards"), ("evaluate_reversed", "backwards")):
+            tot: dict[tuple[str, str], int] = {}
+            rows_n: dict[str, int] = {}
+            runs = 0
+            for inst in instances:
+                for seed in seeds:
+                    m = _json(root / "cells" / f"seed{inst}" / f"train{seed}" / arm / stage / "metrics.json")
+                    conf = m.get("confusion")
+                    if not conf:
+                        continue
+                    runs += 1
+                    cls = conf["classes"]
+                    for a in ("MoveUp", "MoveDown"):
+                        if a not in cls:
+                            continue
+                        row = conf["counts"][cls.index(a)]
+                        rows_n[a] = rows_n.get(a, 0) + sum(row)
+                        for b in ("MoveUp", "MoveDown"):
+                            tot[(a, b)] = tot.get((a, b), 0) + row[cls.index(b)]
+            if runs:
+                def pc(a, b):
+                    return f"{100 * tot.get((a, b), 0) / max(rows_n.get(a, 0), 1):.0f} %"
+                lines.append(f"| {LABELS[arm]} | {played} | {pc('MoveUp', 'MoveUp')} | {pc('MoveUp', 'MoveDown')} | "
+                             f"{pc('MoveDown', 'MoveDown')} | {pc('MoveDown', 'MoveUp')} | {runs} |")
+    return ("Time reversal (evaluate.py --reverse-time, finetuned on all labels): the share of each class's test "
+            "videos predicted as MoveUp / MoveDown.\n\n" + "\n".join(lines) + "\n")
+
+
+def write_outputs(root: Path, arms, instances, seeds, fractions, n_boot: int = 10000) -> str:
+    text, rows, record = build_table(root, arms, instances, seeds, fractions, n_boot)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(root / "table.md", text)
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    atomic.write_text(root / "table.csv", buf.getvalue())
+    buf = io.StringIO()
+    csv.writer(buf).writerows(per_class_rows(root, arms, instances, seeds))
+    atomic.write_text(root / "per_class.csv", buf.getvalue())
+    atomic.write_text(root / "reverse_time.md", reverse_table(root, instances, seeds))
+    atomic.write_json(root / "controls.json", record)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def _ints(flag_name: str, s: str) -> list[int]:
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(flag_name, s, "must be comma-separated integers") from None
+    if not out or min(out) < 0 or len(set(out)) != len(out):
+        raise UsageError(flag_name, s, "must be distinct integers >= 0")
+    return out
+
+
+@dataclass
+class ControlsFlags(Flags):
+    """The flags of controls.py: which instances, seeds and arms, and where."""
+
+    instances: str = flag("0,1,2", "data instances: make_demo.py --seed values, comma-separated")
+    seeds: str = flag("0,1", "training seeds, comma-separated")
+    arms: str = flag(",".join(ARMS), f"arms, comma-separated: {', '.join(ARMS)}")
+    label_fractions: str = flag("0.25", "few-label finetunings besides all labels (comma-separated fractions)")
+    preset: str = flag("demo", "the preset whose stage files every arm runs (configs/<preset>)")
+    data_root: Path = flag(Path("data/demo-controls"), "instances are generated into <data-root>/seed<S>", type=Path)
+    cache_dir: Path = flag(Path("data_cache/demo-controls"), "each instance is cached under <cache-dir>/seed<S>",
+                           type=Path)
+    dir: Path = flag(Path("runs/demo/controls"), "where the cells and the tables go", type=Path)
+    bootstrap: int = flag(10000, "bootstrap resamples", lo=100)
+    table_only: bool = flag(False, "rebuild the tables from what has finished; run nothing")
+    overrides: list = flag([], "stage.flag=value for every stage (as in run_all.sh)", positional=True, nargs="*")
+    config_file = False
+
+    def check(self) -> None:
+        presets.require(self.preset)
+        self.instance_list = _ints("--instances", self.instances)
+        self.seed_list = _ints("--seeds", self.seeds)
+        self.arm_list = [a.strip() for a in self.arms.split(",") if a.strip()]
+        bad = [a for a in self.arm_list if a not in ARMS]
+        if bad or not self.arm_list:
+            raise UsageError("--arms", self.arms, f"must be a comma-separated list of {', '.join(ARMS)}")
+        if "mac" not in self.arm_list:
+            self.arm_list.insert(0, "mac")          # every comparison is against MAC
+        try:
+            fr = [float(x) for x in self.label_fractions.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError("--label-fractions", self.label_fractions, "must be comma-separated numbers") from None
+        if any(not 0 < f < 1 for f in fr):  # "" (none): all labels only
+            raise UsageError("--label-fractions", self.label_fractions, "each must be in (0, 1)")
+        self.fractions = [1.0] + sorted(set(fr), reverse=True)
+        self.override_list = presets.parse_overrides(self.overrides)
+
+
+def prepare_instance(sw, instance: int, overrides) -> None:
+    """Generate the instance once and cache its frames once (the default masks are computed per clip)."""
+    import subprocess
+
+    if not (sw.data_root / "ucfTrainTestlist").exists():
+        sw.say(f"generating data instance {instance} in {sw.data_root}")
+        subprocess.run([sys.executable, "preprocess/make_demo.py", "--data-root", str(sw.data_root), "--seed",
+                        str(instance), *sw.config("demo"), *presets.stage_flags("demo", overrides)],
+                       cwd=REPO, check=True)
+    from preprocess.cache import DecodeParams, open_cache
+
+    try:
+        open_cache(sw.cache_dir, "demo", DecodeParams(), None)
+        return
+    except Exception:                  # noqa: BLE001 - anything missing means: extract
+        pass
+    p = subprocess.run([sys.executable, "preprocess/extract_masks.py", *sw.config("extract"), "--dataset", "demo",
+                        "--data-root", str(sw.data_root), "--cache-dir", str(sw.cache_dir), "--strides", "1",
+                        *presets.stage_flags("extract", overrides)], cwd=REPO)
+    if p.returncode not in (0, 1):
+        raise UsageError("--instances", instance, f"extraction of instance {instance} failed (exit {p.returncode})")
+
+
+def main(argv=None) -> int:
+    args = parse(ControlsFlags, argv, description=__doc__, prog="controls.py")
+    if args.table_only:
+        print(write_outputs(args.dir, args.arm_list, args.instance_list, args.seed_list, args.fractions,
+                            args.bootstrap), end="")
+        return 0
+    runner = Runner(args)
+    t0 = time.time()
+    failed = []
+    for inst in args.instance_list:
+        sw = runner.sweep(inst)
+        prepare_instance(sw, inst, args.override_list)
+        for seed in args.seed_list:
+            for arm in args.arm_list:
+                slot = Slot(inst, seed, arm, args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm)
+                sw.say(f"instance {inst} seed {seed} arm {arm}: start")
+                run_slot(sw, slot, args.fractions)
+                sw.say(f"instance {inst} seed {seed} arm {arm}: {slot.status}"
+                       + (f" ({'; '.join(slot.errors)})" if slot.errors else ""))
+                if slot.errors:
+                    failed.append(slot)
+    print(write_outputs(args.dir, args.arm_list, args.instance_list, args.seed_list, args.fractions,
+                        args.bootstrap), end="")
+    print(f"[controls] done in {time.time() - t0:.0f} s: {args.dir / 'table.md'}"
+          + (f"; {len(failed)} slot(s) with failed stages" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+def console() -> None:
+    """The ``mac-controls`` console command (pyproject.toml): the same as ``python train/controls.py``."""
+    exit_with(main, "controls.py")
+
+
+if __name__ == "__main__":
+    console()
