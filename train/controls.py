@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -94,19 +93,12 @@ class Slot:
     errors: list = field(default_factory=list)
 
 
-class Runner:
-    """The stages of one slot, each a subprocess with its log and marker (train/sweep.py's runner)."""
+def instance_sweep(args: "ControlsFlags", instance: int):
+    """train/sweep.py's runner for one data instance: its data root and cache, the run's overrides."""
+    from train.sweep import Sweep
 
-    def __init__(self, args: "ControlsFlags"):
-        from train.sweep import Sweep
-
-        self.args = args
-        self.Sweep = Sweep
-
-    def sweep(self, instance: int) -> "object":
-        a = self.args
-        return self.Sweep(a.preset, "demo", a.data_root / f"seed{instance}", a.cache_dir / f"seed{instance}",
-                          a.dir, a.override_list)
+    return Sweep(args.preset, "demo", args.data_root / f"seed{instance}", args.cache_dir / f"seed{instance}",
+                 args.dir, args.override_list)
 
 
 def _stage_overrides(stage: str, overrides) -> list[str]:
@@ -155,20 +147,11 @@ def scratch_extra(sw, fraction: float) -> list[str]:
             *_stage_overrides("scratch", sw.overrides)]
 
 
-class _Cell:
-    """What train/sweep.py's Sweep.run needs of a cell: its directory."""
-
-    def __init__(self, d: Path):
-        self.dir = d
-
-
 def run_slot(sw, slot: Slot, fractions: list[float]) -> Slot:
     """Every stage of one slot; a failed stage is recorded and the slot's other stages go on."""
-    cell = _Cell(slot.dir)
-
     def step(name: str, argv: list[str]) -> bool:
         try:
-            sw.run(cell, name, argv)
+            sw.run(slot, name, argv)           # Sweep.run needs the slot's dir only
             return True
         except Exception as e:          # noqa: BLE001 - reported, the others go on
             slot.errors.append(f"{name}: {e}")
@@ -290,17 +273,14 @@ def collect(root: Path, arms: list[str], instances: list[int], seeds: list[int],
                     per_inst[inst] = (names0, np.stack(rows))
             if per_inst:
                 data.setdefault(key, {})[arm] = per_inst
-    for arm in arms:
-        accs = []
-        for inst in instances:
-            for seed in seeds:
-                path = root / "cells" / f"seed{inst}" / f"train{seed}" / arm / "pretrain" / "metrics.jsonl"
-                if not path.is_file():
-                    continue
-                recs = [json.loads(x) for x in path.read_text().splitlines() if '"kind": "epoch"' in x]
-                tested = [r for r in recs if "test_acc" in r and not r.get("partial")]
-                if tested:
-                    accs.append((100 * tested[-1]["test_acc"], 100 * tested[-1].get("chance", float("nan"))))
+    from types import SimpleNamespace
+
+    from train.sweep import collect_cell
+
+    for arm in arms:         # the pretraining's last test-split pretext accuracy, as sweep.py reads it
+        accs = [collect_cell(SimpleNamespace(dir=root / "cells" / f"seed{inst}" / f"train{seed}" / arm))
+                for inst in instances for seed in seeds]
+        accs = [(r["pretext_test_acc"], r.get("pretext_chance")) for r in accs if "pretext_test_acc" in r]
         if accs:
             pretext[arm] = {"mean": sum(a for a, _ in accs) / len(accs), "chance": accs[0][1], "runs": len(accs)}
     return {"data": data, "pretext": pretext}
@@ -515,11 +495,10 @@ def main(argv=None) -> int:
         print(write_outputs(args.dir, args.arm_list, args.instance_list, args.seed_list, args.fractions,
                             args.bootstrap), end="")
         return 0
-    runner = Runner(args)
     t0 = time.time()
     failed = []
     for inst in args.instance_list:
-        sw = runner.sweep(inst)
+        sw = instance_sweep(args, inst)
         prepare_instance(sw, inst, args.override_list)
         for seed in args.seed_list:
             for arm in args.arm_list:
