@@ -159,9 +159,10 @@ mapfile -t X_DEMO < <(presets flags demo -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}")
 # file), DEMO_CONFIG (make_demo's --config, where the preset has a demo.json), and from the
 # pretraining's config as train/pretrain.py resolves it (pretrain.json, then the pretrain.* /
 # train.* overrides, checked as the pretraining checks them: a refused value ends the run here with
-# status 2) the mask parameters extract caches (LAMBDA, M and STRIDES, one mask set per stride the
-# pretraining draws: pretrain.lambda=10 pretrain.strides=1,2 reach both) and the BACKBONE of the
-# random-init retrieval.
+# status 2) the mask parameters extract caches (LAMBDA and M: the mask statistics; MASK_SET_STRIDES,
+# one stored mask set per stride the pretraining draws, only where it reads them, --mask-source
+# cache: pretrain.lambda=10 pretrain.strides=1,2 reach them) and the BACKBONE of the random-init
+# retrieval.
 PRESET_VALUES=$(presets values --preset "$PRESET" -- "${OVERRIDES[@]+"${OVERRIDES[@]}"}") || exit $?
 eval "$PRESET_VALUES"
 
@@ -222,7 +223,7 @@ EOF
 extract() {     # extract DATASET ROOT [FLAG...]; idempotent: cached frames / masks are not recomputed
   local rc=0 ds=$1 root=$2; shift 2
   $PY preprocess/extract_masks.py --config "$CONFIGS/extract.json" --dataset "$ds" --data-root "$root" \
-    --cache-dir "$CACHE_DIR" --lambda "$LAMBDA" --m "$M" --strides "${STRIDES[@]}" "$@" \
+    --cache-dir "$CACHE_DIR" --lambda "$LAMBDA" --m "$M" ${MASK_SET_STRIDES[@]+--strides "${MASK_SET_STRIDES[@]}"} "$@" \
     "${X_EXTRACT[@]+"${X_EXTRACT[@]}"}" || rc=$?
   # exit 1: some videos could not be decoded (listed above and in failures.txt); every other
   # video is cached, so training goes on without them, as it would with the videos missing

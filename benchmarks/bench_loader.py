@@ -12,10 +12,16 @@ same run, same sampled items (MAC-SC: query clip with masks + key view):
 
 1. cache item, for each mask source: `PretrainClips[i]` as a worker delivers it: temporal draw,
    HDF5 read + JPEG decode of 16 frames, crop/resize/flip of the frames (query) and of the
-   frames again (key), parameter draws, and the clip's masks: "cache" reads and inflates the 16
+   frames again (key), parameter draws, and the clip's masks: "cache" reads and decodes the 16
    stored differences of the clip's stride, crops, stretches over the crop, dilates and resizes
    them; "clip" (exact) runs Algorithm 1 on the 16 augmented frames. uint8 tensors out. Also
    broken down.
+1b. masks of one clip, read + decode from the cache vs computed (clip mode), us per clip on the
+   same random regular clips (16 frames, the cache's strides): `ClipReader.diffs` (HDF5 read of
+   the clip's span, CRC32 of its 16 mask records, one `decode_masks` call in the shard's codec),
+   its read alone, the decode alone of the same records in zrun and in the legacy zlib-rle
+   (re-encoded in memory: the baseline ratio), and `foreground_masks` on the clip's 16 augmented
+   frames (what --mask-source clip computes). Also the bytes per mask record in both codecs.
 2. transform on CPU: `gpu_transform` (uint8 -> float, blend, colour jitter, greyscale,
    normalise, for query and key) on collated batches, per sample, on one CPU thread. In real runs
    it runs on the GPU; this figure says what it would cost a CPU worker instead.
@@ -55,6 +61,7 @@ if __package__ in (None, ""):   # run as `python benchmarks/bench_loader.py`, in
 
 from core.flags import Flags, flag, parse
 from preprocess.cache import ClipReader, DecodeParams, MaskParams, open_cache, verify_shard, write_cache_from_arrays
+from preprocess.cache.codecs import LEGACY_MASK_CODEC, MASK_CODEC, decode_masks, encode_mask
 from preprocess.decode import ffmpeg_binary, iter_frames
 import dataclasses
 
@@ -223,6 +230,54 @@ def time_checksums(index, split: int, part: str, cfg: MACConfig, samples: int, r
     return out
 
 
+def time_clip_masks(index, split: int, part: str, cfg: MACConfig, samples: int, repeats: int) -> dict:
+    """us per clip (best of `repeats` rounds over `samples` random regular clips of the cache's
+    strides) of a clip's masks read + decoded from the cache (`ClipReader.diffs`), of its read
+    alone and of the decode alone in both codecs on the same records, against computing them from
+    the augmented frames (clip mode); and the mean bytes per mask record in each codec."""
+    rng = np.random.default_rng(1)
+    vids = index.subset(split, part)
+    reader = ClipReader(index)
+    clips = []
+    for _ in range(samples):
+        v = int(rng.choice(vids))
+        nf, h, w = int(index.n_frames[v]), int(index.heights[v]), int(index.widths[v])
+        stride = int(rng.choice([s for s in index.strides if (cfg.frames - 1) * s < nf] or [1]))
+        start = int(rng.integers(0, max(1, nf - (cfg.frames - 1) * stride)))
+        idx = sample_clip_indices(nf, cfg.frames, stride, start)
+        augmented, _ = apply_spatial(reader.frames(v, idx), None, draw_spatial(rng, h, w, cfg.scales, cfg.crop,
+                                                                                cfg.flip_p))
+        d = reader.diffs(v, idx, stride)
+        recs = {c: [encode_mask(x, c) for x in d] for c in (MASK_CODEC, LEGACY_MASK_CODEC)}
+        spans = {}
+        for c, rs in recs.items():
+            lens = np.array([len(r) for r in rs], np.int64)
+            spans[c] = (np.frombuffer(b"".join(rs), np.uint8), np.cumsum(lens) - lens, np.cumsum(lens))
+        clips.append((v, idx, stride, augmented, spans, np.empty_like(d)))
+    lam, m = index.masks.lam, index.masks.m
+    runs = {
+        "read_decode": lambda c: reader.diffs(c[0], c[1], c[2]),
+        "read": lambda c: reader._span(c[2], c[0], c[1]),
+        **{f"decode_{k}": (lambda c, k=k: decode_masks(*c[4][k], c[5], k)) for k in (MASK_CODEC, LEGACY_MASK_CODEC)},
+        "computed_clip_mode": lambda c: foreground_masks(c[3], lam, m, cfg.mask_mode, cfg.dilate),
+    }
+    out = {}
+    for name, fn in runs.items():
+        fn(clips[0])                                    # warm-up: first calls, numba dispatch
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for c in clips:
+                fn(c)
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_us"] = best / len(clips) * 1e6
+    for k in (MASK_CODEC, LEGACY_MASK_CODEC):
+        out[f"bytes_per_record_{k}"] = float(np.mean([c[4][k][0].size / len(c[1]) for c in clips]))
+    out["shard_codec"] = reader._open(clips[0][2], int(index.shard[clips[0][0]]))[4]
+    reader.close()
+    return out
+
+
 def time_full_verify(root: Path) -> tuple[float, int, float]:
     """(MB/s, shards, seconds) of checking every record of every shard under a frame set."""
     paths = sorted(root.glob("*/shard-*.h5"))
@@ -384,6 +439,20 @@ def main(argv=None) -> int:
         print(f"item, --mask-source {source:<5} (query+masks+key, uint8): {rate:8.1f} samples/s per core "
               f"[target {TARGET_PER_CORE:.0f}: {ok}]")
         print("  breakdown ms/sample: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    cm = time_clip_masks(index, args.split, args.part, cfg, args.samples, args.repeats)
+    res["clip_masks"] = cm
+    z, zl = cm[f"decode_{MASK_CODEC}_us"], cm[f"decode_{LEGACY_MASK_CODEC}_us"]
+    print(f"masks of one clip ({cfg.frames} records), us per clip, best of {args.repeats} rounds of "
+          f"{args.samples} clips:")
+    print(f"  read+decode from the cache (ClipReader.diffs, {cm['shard_codec']} shards): {cm['read_decode_us']:7.1f} "
+          f"(HDF5 read + CRC32 {cm['read_us']:.1f})")
+    print(f"  decode alone, same records: {MASK_CODEC} {z:.1f}, legacy {LEGACY_MASK_CODEC} {zl:.1f} "
+          f"({zl / z:.1f}x slower)")
+    print(f"  computed, clip mode (foreground_masks on the augmented frames): {cm['computed_clip_mode_us']:7.1f} "
+          f"(read+decode = {cm['read_decode_us'] / cm['computed_clip_mode_us']:.2f}x it)")
+    zb, lb = cm[f"bytes_per_record_{MASK_CODEC}"], cm[f"bytes_per_record_{LEGACY_MASK_CODEC}"]
+    print(f"  bytes per mask record: {MASK_CODEC} {zb:.0f}, {LEGACY_MASK_CODEC} {lb:.0f} ({MASK_CODEC} is "
+          f"{zb / lb:.2f}x the size)")
     rate = res["item_cache_masks_per_s"]
     trate = time_transform(ds, args.batch_size, max(2, args.samples // (8 * args.batch_size)), args.repeats)
     res["transform_cpu_per_s"] = trate

@@ -19,7 +19,8 @@ B. Training samples (after scale/flip/crop, 112 x 112): `PretrainClips` with --m
    correlation and mean ratio over --items items. Beside it, the storage alternative: storing the
    soft mask stretched over the whole frame and cropping it (no stretch over the crop).
 C. Bytes per frame of one mask set stored as thresholded differences (what the cache stores) and
-   as stretched soft masks (the alternative), same codec.
+   as stretched soft masks (the alternative), both in the codec new shards are written with
+   (`preprocess.cache.codecs.MASK_CODEC`, zrun).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from core.flags import Flags, flag, parse
 from footage import decode, generated_footage, real_footage  # benchmarks/ is on sys.path when run as a script
 from preprocess.cache import (ClipReader, DecodeParams, MaskParams, encode_mask, open_cache,
                               write_cache_from_arrays)
+from preprocess.cache.codecs import MASK_CODEC
 from preprocess.decode import ffmpeg_binary
 from preprocess.masks import foreground_masks, masks_from_diffs
 from train.data import PretrainClips
@@ -152,8 +154,8 @@ def measure(name: str, videos: list[tuple[str, np.ndarray]], args, folder: Path)
         print(f"   {k:<34} corr {r['corr']:.3f}, mean ratio {r['mean_ratio']:.3f} "
               f"(mean {r['mean_cache']:.3f} vs {r['mean_reference']:.3f})")
     c = res["C_bytes"]
-    print(f"C. bytes per frame, one mask set: thresholded differences {c['diffs_bytes_per_frame']:.0f}, "
-          f"stretched soft masks {c['soft_bytes_per_frame']:.0f}")
+    print(f"C. bytes per frame, one mask set ({MASK_CODEC} records): thresholded differences "
+          f"{c['diffs_bytes_per_frame']:.0f}, stretched soft masks {c['soft_bytes_per_frame']:.0f}")
     reader.close()
     return res
 

@@ -265,7 +265,8 @@ def values(preset: str, overrides: Sequence[Override | str], configs: Path = CON
     pretraining file, the demo's file, and from the pretraining's config as train/pretrain.py
     resolves it (its file, then the pretrain.* / train.* overrides, checked as the pretraining
     checks them: a refused value ends the program with status 2 and pretrain.py's one line) the
-    mask parameters extract caches and the backbone of the random-init retrieval."""
+    mask parameters extract caches (the mask sets' strides only where the pretraining reads mask sets)
+    and the backbone of the random-init retrieval."""
     check_files(preset, CHAIN_FILES, configs)
     chain = read_chain(stage_file(preset, "chain", configs))
     pt_config = stage_file(preset, "pretrain", configs)
@@ -278,7 +279,9 @@ def values(preset: str, overrides: Sequence[Override | str], configs: Path = CON
     scratch = scratch_flags(preset, cfg, overrides, configs) if chain["scratch-baseline"] else ()
     return {"RANDOM_BASELINE": int(chain["random-baseline"]), "LINEAR_PROBE": int(chain["linear-probe"]),
             "SCRATCH_BASELINE": int(chain["scratch-baseline"]), "SCRATCH_FLAGS": scratch,
-            "LAMBDA": cfg.lam, "M": cfg.m, "BACKBONE": cfg.backbone, "STRIDES": tuple(cfg.strides),
+            "LAMBDA": cfg.lam, "M": cfg.m, "BACKBONE": cfg.backbone,
+            # mask sets only for a pretraining that reads them (--mask-source cache, no named set)
+            "MASK_SET_STRIDES": tuple(cfg.strides) if cfg.mask_source == "cache" and not cfg.mask_set else (),
             "PT_CONFIG": str(pt_config), "DEMO_CONFIG": ("--config", str(demo)) if demo.is_file() else ()}
 
 
@@ -386,7 +389,7 @@ class FlagsCommand(Flags):
 @dataclass
 class ValuesCommand(Flags):
     """Check the preset's files and print what run_all.sh needs from them as bash assignments
-    (RANDOM_BASELINE, LINEAR_PROBE, SCRATCH_BASELINE, SCRATCH_FLAGS, LAMBDA, M, BACKBONE, STRIDES,
+    (RANDOM_BASELINE, LINEAR_PROBE, SCRATCH_BASELINE, SCRATCH_FLAGS, LAMBDA, M, BACKBONE, MASK_SET_STRIDES,
     PT_CONFIG, DEMO_CONFIG)."""
     preset: str = flag("demo", "the preset (a folder of --configs)")
     configs: str = flag(_configs_default(), "the presets' folder")

@@ -1,8 +1,9 @@
-"""Worker side of the preprocessing job: build one shard (frames and/or mask sets).
+"""Worker side of the preprocessing job: build one shard (frames, mask statistics, mask sets).
 
 A shard is the unit of parallel work and of atomic writes: one worker process builds all files of
-one shard (its frame file and one file per requested mask set) in temporary files and renames them
-into place at the end. A video that fails is recorded in the shard with its reason and the others
+one shard (its frame file, one statistics file per (lambda, m), one file per requested mask set) in
+temporary files and renames them into place at the end (the statistics last: a run killed before
+them recomputes only them). A video that fails is recorded in the shard with its reason and the others
 are kept, so a damaged file never costs more than itself. Masks computed from cached frames are
 computed from checked frames only (index checksum and each record's CRC32), so a damaged frame
 record never turns into masks that look valid.
@@ -17,9 +18,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from preprocess.cache import (CacheError, DecodeParams, MaskSet, ShardWriter, VideoRecord, check_index,
-                              decode_frame, diff_streams, encode_video, extract_command, mask_chunk, mask_set_dir,
-                              shard_name)
+from preprocess.cache import (CacheError, ClipStatsSampler, DecodeParams, MaskParams, MaskSet, ShardWriter,
+                              VideoRecord, check_index, decode_frame, diff_streams, encode_video, encode_yuv_video,
+                              extract_command, mask_chunk, mask_set_dir, merge_stats, shard_name, write_shard_stats)
 
 READ_CHUNK_FRAMES = 256  # cached frames decoded per step when adding a mask set (bounded memory)
 
@@ -41,8 +42,9 @@ class ShardJob:
     frame_set: Path
     decode: DecodeParams
     videos: tuple[SourceVideo, ...]
-    build_frames: bool                  # False: frames are current, compute masks from them
+    build_frames: bool                  # False: frames are current, compute masks / statistics from them
     mask_sets: tuple[MaskSet, ...]      # mask sets (lambda, m, stride) to (re)build for this shard
+    stats: tuple[MaskParams, ...] = ()  # (lambda, m) whose mask statistics to (re)compute for this shard
     frames_uid: str | None = None       # uid of the current frame shard when build_frames is False
     ffmpeg: str | None = None
     chunk_frames: int = 16  # with the 1 MiB pipe, ffmpeg decodes ahead while a chunk is processed
@@ -73,15 +75,20 @@ def build_shard(job: ShardJob, progress=None) -> ShardResult:
                          shard_id=job.shard_id, decode=job.decode,
                          frames_uid=None if job.build_frames else job.frames_uid)
     result = ShardResult(job.shard_id)
+    stats: dict = {}
     try:
         if job.build_frames:
-            _decode_videos(job, writer, result, progress)
+            _decode_videos(job, writer, result, progress, stats)
+        elif job.mask_sets:
+            _masks_from_cached_frames(job, frames_path, writer, result, progress, stats)
         else:
-            _masks_from_cached_frames(job, frames_path, writer, result, progress)
+            _stats_from_cached_frames(job, frames_path, result, progress, stats)
         result.bytes_written = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    for params in job.stats:            # after the shards: a statistics file never outlives its frames
+        write_shard_stats(job.frame_set, params, job.shard_id, writer.uid, stats.get(params, {}), result.videos_ok)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -96,22 +103,28 @@ def build_shard_on_worker(job: ShardJob, env: dict[str, str]) -> ShardResult:
     return build_shard(job, None)
 
 
-def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, progress) -> None:
+def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, progress, stats: dict) -> None:
     from preprocess.decode import DecodeError, open_video
 
     for video in job.videos:
         n = 0
         try:
             # one ffmpeg process per video: it decodes and describes the video (src.info)
+            # 4:2:0 JPEGs straight from ffmpeg's YUV planes: no colour conversion on either side
+            yuv = job.decode.subsampling == "420"
             src = open_video(video.path, short_side=job.decode.short_side, chunk_frames=job.chunk_frames,
-                             timeout_s=job.timeout_s, binary=job.ffmpeg)
+                             timeout_s=job.timeout_s, binary=job.ffmpeg, yuv=yuv)
             streams = diff_streams(job.mask_sets)
+            sampler = ClipStatsSampler(job.stats)
             height = width = 0
             for chunk in src:
-                # masks come from the JPEG pixels the trainer reads (see cache.encode_video)
-                writer.add_frames(*encode_video(chunk, job.decode, streams))
+                # masks and statistics come from the JPEG pixels the trainer reads (see cache.encode_video)
+                if yuv:
+                    writer.add_frames(*encode_yuv_video(chunk, src.size, job.decode, streams, sampler, n))
+                else:
+                    writer.add_frames(*encode_video(chunk, job.decode, streams, sampler, n))
                 n += len(chunk)
-                height, width = chunk.shape[1:3]
+                width, height = src.size
             if n < 2:
                 raise DecodeError(video.path, f"only {n} frame(s) decoded (need at least 2)")
         except (DecodeError, ValueError) as e:
@@ -122,18 +135,28 @@ def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, prog
             continue
         writer.end_video(VideoRecord(video.name, video.label, video.splits, n, float(src.info.fps or 0.0),
                                      height, width, video.size, video.mtime_ns))
+        merge_stats(stats, sampler.finish(n))
         result.videos_ok += 1
         result.frames += n
         _report(progress, n)
 
 
-def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWriter, result: ShardResult,
-                              progress) -> None:
-    """Add mask sets to a shard from its cached JPEG frames: no ffmpeg run."""
-    masks = job.mask_sets[0].params if job.mask_sets else None
+def _fix(job: ShardJob) -> str:
+    masks = job.mask_sets[0].params if job.mask_sets else (job.stats[0] if job.stats else None)
     strides = sorted({ms.stride for ms in job.mask_sets if ms.params == masks})
-    fix = (f"Rebuild it (and add these masks) with:\n  "
-           f"{extract_command(job.dataset, job.frame_set.parent.parent, job.decode, masks, strides)} --verify")
+    return (f"Rebuild it (and add these masks) with:\n  "
+            f"{extract_command(job.dataset, job.frame_set.parent.parent, job.decode, masks, strides)} --verify")
+
+
+def _damaged(frames_path: Path, record: int, name: str, frame: int, fix: str) -> CacheError:
+    return CacheError(f"{frames_path}: the frame shard is damaged: checksum mismatch in record {record} ({name}, "
+                      f"frame {frame}); no masks are computed from it. {fix}")
+
+
+def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWriter, result: ShardResult,
+                              progress, stats: dict) -> None:
+    """Add mask sets (and statistics) to a shard from its cached JPEG frames: no ffmpeg run."""
+    fix = _fix(job)
     with h5py.File(frames_path, "r") as f:
         crcs = f["jpeg_crc32"][()].tolist() if check_index(f, frames_path, fix) else None
         names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][()]]
@@ -143,6 +166,7 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
         blob = f["jpeg"]
         for i, name in enumerate(names):
             streams = diff_streams(job.mask_sets)
+            sampler = ClipStatsSampler(job.stats)
             first, n = int(cols["first_frame"][i]), int(cols["n_frames"][i])
             for lo in range(first, first + n, READ_CHUNK_FRAMES):
                 hi = min(lo + READ_CHUNK_FRAMES, first + n)
@@ -151,14 +175,44 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
                 if crcs is not None:
                     for g, record in zip(range(lo, hi), records):
                         if zlib.crc32(record) != crcs[g]:
-                            raise CacheError(f"{frames_path}: the frame shard is damaged: checksum mismatch in "
-                                             f"record {g} ({name}, frame {g - first}); no masks are computed from "
-                                             f"it. {fix}")
+                            raise _damaged(frames_path, g, name, g - first, fix)
                 frames = np.stack([decode_frame(r) for r in records])
+                want = sampler.wanted(lo - first, hi - first)
+                sampler.add(want, frames[want - (lo - first)])
                 writer.add_frames(None, *mask_chunk(frames, streams))
+            merge_stats(stats, sampler.finish(n))
             writer.end_video(VideoRecord(name, int(cols["labels"][i]), tuple(int(x) for x in cols["splits"][i]), n,
                                          float(cols["fps"][i]), int(cols["height"][i]), int(cols["width"][i]),
                                          int(cols["source_size"][i]), int(cols["source_mtime_ns"][i])))
+            result.videos_ok += 1
+            result.frames += n
+            _report(progress, n)
+
+
+def _stats_from_cached_frames(job: ShardJob, frames_path: Path, result: ShardResult, progress, stats: dict) -> None:
+    """Mask statistics of a shard from its cached JPEG frames: only the sampled windows' frames
+    are read and decoded (checked against their CRC32 first), one read per window."""
+    fix = _fix(job)
+    with h5py.File(frames_path, "r") as f:
+        crcs = f["jpeg_crc32"][()].tolist() if check_index(f, frames_path, fix) else None
+        names = [n.decode() if isinstance(n, bytes) else n for n in f["names"][()]]
+        firsts, counts = f["first_frame"][()], f["n_frames"][()]
+        offsets = f["jpeg_offsets"][()]
+        blob = f["jpeg"]
+        for name, first, n in zip(names, firsts.tolist(), counts.tolist()):
+            sampler = ClipStatsSampler(job.stats)
+            want = sampler.wanted(0, n)
+            # contiguous runs of wanted frames (the windows): one read each
+            for run in np.split(want, np.flatnonzero(np.diff(want) != 1) + 1) if len(want) else []:
+                lo, hi = first + int(run[0]), first + int(run[-1]) + 1
+                span = blob[offsets[lo]:offsets[hi]]
+                records = [span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]] for g in range(lo, hi)]
+                if crcs is not None:
+                    for g, record in zip(range(lo, hi), records):
+                        if zlib.crc32(record) != crcs[g]:
+                            raise _damaged(frames_path, g, name, g - first, fix)
+                sampler.add(run, np.stack([decode_frame(r) for r in records]))
+            merge_stats(stats, sampler.finish(n))
             result.videos_ok += 1
             result.frames += n
             _report(progress, n)

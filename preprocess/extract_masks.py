@@ -1,9 +1,10 @@
-"""Decode a video dataset once and cache its frames and foreground masks in HDF5 shards.
+"""Decode a video dataset once and cache its frames in HDF5 shards, with the mask statistics of
+(lambda, m) and, when asked, stored mask sets.
 
     python preprocess/extract_masks.py --lambda 30 --m 0.5             # UCF101 under data/ucf101
     python preprocess/extract_masks.py --dataset hmdb51 --data-root /data/hmdb51 --lambda 10 --m 0.5
     python preprocess/extract_masks.py --dataset demo                  # the built-in demo set
-    python preprocess/extract_masks.py --lambda 30 --m 0.5 --strides 5 # add stride 5 (no decoding)
+    python preprocess/extract_masks.py --lambda 30 --m 0.5 --strides 1 2 3 4   # + mask sets (--mask-source cache)
     python preprocess/extract_masks.py --list                          # what is cached, mask statistics
     python preprocess/extract_masks.py --verify                        # check every record, rebuild damage
     python preprocess/extract_masks.py --doctor                        # preflight only
@@ -11,13 +12,21 @@
     python preprocess/extract_masks.py --dataset kinetics --class-subset mini100.txt --max-per-class 400
     python preprocess/extract_masks.py --dataset kinetics --joblib-backend dask --scheduler tcp://head:8786
 
-Frames are cached once per dataset and decode parameters; each (lambda, m, stride) gets its own
-mask set beside them: the thresholded differences of Algorithm 1 with the background run over
-every stride-th frame, which is what a clip of that stride computes in the reference (the
-trainer draws strides 1-4, the default --strides). The soft/hard mode and the dilation are
-applied per clip by the trainer, over its crop, so they are not part of the cache. Running again
-with the same parameters recomputes nothing; a new lambda/m/stride computes masks from the cached
-frames without running ffmpeg and touches no other file; a changed source file is redone.
+What is stored is what training reads. The default training (`--mask-source clip`) computes each
+clip's masks from its own cached frames, exactly as the reference does, so by default this
+command stores the frames (JPEG, once per dataset and decode parameters) and the mask statistics
+of (lambda, m): the mean mask value and coverage per stride 1-4 of sampled clips' masks, computed as
+the trainer computes them (preprocess/cache/stats.py), shown by `--list` and the summary, so that
+masks too weak for the pretext are seen before training. Mask sets are stored only when asked:
+`--strides S ...` stores, per stride, the thresholded differences of Algorithm 1 with the
+background run over every stride-th frame, which `--mask-source cache` reads (presets whose
+pretraining reads them pass it; the trainer names this command when one is missing). The
+soft/hard mode and the dilation are applied per clip by the trainer, over its crop, so they are
+not part of the cache. Running again with the same parameters recomputes nothing; a new lambda/m
+(statistics) or stride (mask set) is computed from the cached frames without running ffmpeg and
+touches no other file; a changed source file is redone. Mask sets already cached stay valid and
+are rebuilt with their frames.
+
 Cluster job arrays: `--shard-index I --num-shards N` builds the shards with id % N == I, into the
 same (shared) cache directory; the last part to finish writes the complete manifest, and rerunning
 without --shard-index afterwards only checks and indexes. `--joblib-backend dask --scheduler ADDRESS`
@@ -55,10 +64,12 @@ from pathlib import Path
 if __package__ in (None, ""):   # run as `python preprocess/extract_masks.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.cache import (DEFAULT_STRIDES, DEFAULT_VIDEOS_PER_SHARD, MASK_FORMAT, NO_CHECKSUMS, CacheError,
-                              DecodeParams, MaskParams, MaskSet, ShardCheck, frame_set_dir, frames_shard_is_current,
-                              mask_set_dir, mask_shard_is_current, old_mask_sets, read_manifest, read_shard_info,
-                              shard_name, verify_shard, write_frames_manifest, write_masks_manifest)
+from preprocess.cache import (DEFAULT_VIDEOS_PER_SHARD, MASK_FORMAT, NO_CHECKSUMS, CacheError, DecodeParams,
+                              MaskParams, MaskSet, ShardCheck, cached_stats_params, frame_set_dir,
+                              frames_shard_is_current, mask_set_dir, mask_shard_is_current, old_mask_sets,
+                              read_manifest, read_shard_info, read_stats, shard_name, shard_stats_stale, stats_dir,
+                              stats_shard_name, stats_text, verify_shard, write_frames_manifest,
+                              write_masks_manifest, write_stats_manifest)
 from preprocess.build import ShardJob, ShardResult, SourceVideo
 from core import atomic
 from core.checks import check_range
@@ -67,13 +78,13 @@ from core.flags import Flags, flag, parse
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DASK_REQUIREMENT = "dask[distributed]==2026.8.0"
-EST_BYTES_PER_FRAME = 6500       # JPEG q90 4:2:0 at 128x171, measured on the demo; see README
+EST_BYTES_PER_FRAME = 7300       # JPEG q90 4:2:0 at 128x171, measured on real footage (docs/benchmarks.md)
 # A plain run checks every shard's index; the records themselves (every JPEG and mask) only with
 # --verify, which reads them all. Said in every plain run's summary, so that a rerun after a
 # trainer reported a damaged record is never mistaken for a repair.
 VERIFY_HINT = ("shard indexes checked; record checksums are checked only with --verify (reads every record and "
                "rebuilds damaged shards): add it to this command after a trainer reported a damaged record")
-EST_BYTES_PER_MASK = 1500        # zlib'd soft mask at 128x171
+EST_BYTES_PER_MASK = 3000        # one stored difference at 128x171 (docs/benchmarks.md)
 
 
 def available_cores() -> int:
@@ -120,8 +131,9 @@ class ExtractFlags(Flags):
                     note="grey levels; the paper's: 10, 30, 60")
     m: float = flag(0.5, "weight of the OLD background, 0..1 (paper: 0.1, 0.5, 1)", lo=0, hi=1,
                     note="the weight of the old background; the paper's: 0.1, 0.5, 1")
-    strides: list = flag(list(DEFAULT_STRIDES), "temporal strides to cache mask sets for (the trainer's --strides)",
-                         nargs="+", lo=1)
+    strides: list = flag([], "store the mask sets of these temporal strides, which --mask-source cache reads (the "
+                             "trainer's --strides, e.g. 1 2 3 4); none by default: the default training computes "
+                             "each clip's masks from its frames", nargs="+", type=int, lo=1, empty_ok=True)
     short_side: int = flag(128, "frame set: cached short side", lo=16, hi=4096)
     jpeg_quality: int = flag(90, "frame set: JPEG quality", lo=1, hi=100)
     videos_per_shard: int = flag(DEFAULT_VIDEOS_PER_SHARD, "videos per shard file", lo=1)
@@ -202,13 +214,19 @@ def config_from_args(args: ExtractFlags) -> ExtractConfig:
 def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None,
               damaged: dict[Path, str] | None = None) -> tuple[list[ShardJob], int, list[str]]:
     """Jobs for this part of the cache; also the count of videos skipped and notes on why shards are redone.
-    `damaged` ({shard path: reason}, from `verify_cache`) names shards to rebuild whatever else holds."""
+    `damaged` ({shard path: reason}, from `verify_cache`) names shards to rebuild whatever else holds.
+
+    Per shard: frames that are missing or stale are decoded again, with the statistics of this
+    run's (lambda, m), the requested mask sets and every other cached set and statistics (all of
+    them belong to the old frames). Current frames get what is missing of this run's statistics and
+    requested sets, computed from the cached frames."""
     damaged = damaged or {}
     frame_set = frame_set_dir(cfg.cache_dir, cfg.cache_dataset, cfg.decode)
     n_shards = max(1, -(-len(videos) // cfg.videos_per_shard))
     jobs, skipped, notes = [], 0, []
     wanted = requested_sets(cfg)
     cached = _cached_mask_sets(frame_set)
+    cached_stats = [p for p in cached_stats_params(frame_set) if p != cfg.masks]
     for shard_id in range(cfg.shard_index, n_shards, cfg.num_shards):
         part = tuple(videos[shard_id * cfg.videos_per_shard:(shard_id + 1) * cfg.videos_per_shard])
         fpath = frame_set / "frames" / shard_name(shard_id)
@@ -228,19 +246,24 @@ def plan_jobs(cfg: ExtractConfig, videos: list[SourceVideo], ffmpeg: str | None,
                 if mask_why is not None:
                     notes.append(f"shard {shard_id}: mask set {ms.key()}: {mask_why}")
                     todo.append(ms)
-            if not todo:
+            stats_why = shard_stats_stale(stats_dir(frame_set, cfg.masks) / stats_shard_name(shard_id), info.uid)
+            if stats_why is not None:
+                notes.append(f"shard {shard_id}: mask statistics {cfg.masks.key()}: {stats_why}")
+            if not todo and stats_why is None:
                 skipped += len(part)
                 continue
             jobs.append(ShardJob(cfg.cache_dataset, shard_id, frame_set, cfg.decode,
                                  tuple(v for v in part if v.name in set(info.names)), False, tuple(todo),
+                                 stats=(cfg.masks,) if stats_why is not None else (),
                                  frames_uid=info.uid, chunk_frames=cfg.chunk_frames))
             skipped += len(part) - len(jobs[-1].videos)  # known failures stay failed
         else:
             notes.append(f"shard {shard_id}: frames: {why}")
-            # Rebuilding frames invalidates every mask set of this shard: rebuild the cached ones too.
+            # Rebuilding frames invalidates every mask set and statistics of this shard: rebuild the cached ones too.
             others = [ms for ms in cached if ms not in wanted and (mask_set_dir(frame_set, ms) / shard_name(shard_id)).exists()]
+            stats = [cfg.masks, *(p for p in cached_stats if (stats_dir(frame_set, p) / stats_shard_name(shard_id)).exists())]
             jobs.append(ShardJob(cfg.cache_dataset, shard_id, frame_set, cfg.decode, part, True,
-                                 (*wanted, *others), ffmpeg=ffmpeg, chunk_frames=cfg.chunk_frames,
+                                 (*wanted, *others), stats=tuple(stats), ffmpeg=ffmpeg, chunk_frames=cfg.chunk_frames,
                                  timeout_s=cfg.timeout_s))
     return jobs, skipped, notes
 
@@ -518,10 +541,11 @@ def doctor(cfg: ExtractConfig, index, videos: list[SourceVideo]) -> bool:
         except Exception:
             continue
     est_frames = int(sum(frames_per_video) / max(1, len(frames_per_video)) * len(videos)) if frames_per_video else 0
-    est_bytes = est_frames * (EST_BYTES_PER_FRAME + EST_BYTES_PER_MASK)
+    est_bytes = est_frames * (EST_BYTES_PER_FRAME + EST_BYTES_PER_MASK * len(cfg.strides))
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cfg.cache_dir).free
-    print(f"[doctor] estimate: ~{est_frames:,} frames, ~{est_bytes / 1e9:.2f} GB for frames + one mask set; "
+    what = f"frames + {len(cfg.strides)} mask set(s)" if cfg.strides else "frames"
+    print(f"[doctor] estimate: ~{est_frames:,} frames, ~{est_bytes / 1e9:.2f} GB for {what}; "
           f"{free / 1e9:.1f} GB free at {cfg.cache_dir}")
     if est_bytes > free:
         print(f"[doctor] FAIL not enough free disk at {cfg.cache_dir}", file=sys.stderr)
@@ -544,6 +568,8 @@ def list_cache(cache_dir: Path) -> None:
         rows.append(f"{m['dataset']:<8} {frame_set.name:<16} frames  videos={len(m['videos']):<6} "
                     f"failed={len(m['failed']):<4} frames={n_frames:<9} size={size / 1e6:9.1f} MB "
                     f"{'complete' if m['complete'] else 'INCOMPLETE'}  {m['decode']}")
+        for params in cached_stats_params(frame_set):
+            rows.append(f"{'':<8} {'':<16} {'stats-' + params.key():<34} {stats_text(read_stats(frame_set, params))}")
         old = set(old_mask_sets(frame_set))
         for mm in sorted(frame_set.glob("masks-*/manifest.json"), key=_set_order):
             msize = sum(p.stat().st_size for p in mm.parent.glob("shard-*.h5"))
@@ -577,6 +603,29 @@ def _stats_text(stats: dict | None) -> str:
         return "mask statistics: none (no frames)"
     return (f"mean mask {stats['mask_sum'] / stats['pixels']:.3f}, coverage {stats['nonzero'] / stats['pixels']:.3f} "
             f"({stats['frames']:,} sampled frames)")
+
+
+def _folder_mb(folder: Path, pattern: str = "shard-*.h5") -> float:
+    return sum(p.stat().st_size for p in folder.glob(pattern)) / 1e6
+
+
+def stored_summary(cfg: ExtractConfig, frame_set: Path, manifest: dict, stats: dict,
+                   mask_manifests: dict) -> str:
+    """What the cache holds for this run and why: the frames, the mask statistics of (lambda, m),
+    and the mask sets (stored only when asked: which training reads them)."""
+    n_frames = sum(v["n_frames"] for v in manifest["videos"])
+    lines = [f"[extract] stored: frames {cfg.decode.key()} ({len(manifest['videos']):,} videos, {n_frames:,} frames, "
+             f"{_folder_mb(frame_set / 'frames'):.1f} MB) in {frame_set}",
+             f"[extract] mask statistics {cfg.masks.key()}: {stats_text(stats)}"]
+    if cfg.strides:
+        mb = sum(_folder_mb(mask_set_dir(frame_set, ms)) for ms in requested_sets(cfg))
+        lines.append(f"[extract] mask sets {cfg.masks.key()} at strides {' '.join(map(str, cfg.strides))}: "
+                     f"{mb:.1f} MB, read by --mask-source cache; each: {', '.join(f'stride {ms.stride} ' + _stats_text(mask_manifests[ms]['stats']) for ms in requested_sets(cfg))}")
+    else:
+        lines.append(f"[extract] no mask set stored: the default training (--mask-source clip) computes each clip's "
+                     f"masks from its cached frames, exactly as the reference does. Only --mask-source cache reads "
+                     f"mask sets: add --strides 1 2 3 4 to store them.")
+    return "\n".join(lines)
 
 
 SELECTION_FILE = "selection.json"   # in <cache-dir>/<cache name>/: which videos this folder caches
@@ -689,16 +738,17 @@ def _main(args: ExtractFlags, cfg: ExtractConfig, client) -> int:
             return 2
         jobs = [ShardJob(**{**j.__dict__, "ffmpeg": binary}) if j.build_frames else j for j in jobs]
     if not jobs:
-        print(f"[extract] everything is cached already ({skipped} videos, {cfg.decode.key()}, "
-              f"masks {cfg.masks.key()} at strides {', '.join(map(str, cfg.strides))}): nothing to do")
+        sets = f"mask sets at strides {' '.join(map(str, cfg.strides))}" if cfg.strides else "no mask set asked for"
+        print(f"[extract] everything is cached already ({skipped} videos, {cfg.decode.key()}, mask statistics "
+              f"{cfg.masks.key()}, {sets}): nothing to do")
     else:
         for note in notes[:10]:
             print(f"[extract] {note}")
         n_decode = sum(len(j.videos) for j in jobs if j.build_frames)
         n_masks = sum(len(j.videos) for j in jobs if not j.build_frames)
         where = f"the Dask cluster at {args.scheduler}" if client is not None else f"{cfg.workers} worker(s)"
-        print(f"[extract] {len(jobs)} shard(s): {n_decode} videos to decode, {n_masks} to mask from cached "
-              f"frames, {skipped} already cached; {where}")
+        print(f"[extract] {len(jobs)} shard(s): {n_decode} videos to decode, {n_masks} to mask or measure from "
+              f"cached frames, {skipped} already cached; {where}")
     try:
         results = run_jobs(jobs, cfg.workers, sum(len(j.videos) for j in jobs), client) if jobs else []
     except CacheError as e:     # e.g. masks asked of a damaged frame shard: the message says what to run
@@ -710,8 +760,9 @@ def _main(args: ExtractFlags, cfg: ExtractConfig, client) -> int:
                                      cfg.videos_per_shard)
     mask_manifests = {ms: write_masks_manifest(frame_set, ms, manifest)
                       for ms in {*requested_sets(cfg), *_cached_mask_sets(frame_set)}}
-    for ms in requested_sets(cfg):
-        print(f"[extract] mask set {ms.key()}: {_stats_text(mask_manifests[ms]['stats'])}")
+    stats_manifests = {p: write_stats_manifest(frame_set, p, manifest)
+                       for p in {cfg.masks, *cached_stats_params(frame_set)}}
+    print(stored_summary(cfg, frame_set, manifest, stats_manifests[cfg.masks], mask_manifests))
     old = old_mask_sets(frame_set)
     if old:
         print(f"[extract] note: older-format mask sets are not read any more and can be deleted: "

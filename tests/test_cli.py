@@ -214,7 +214,7 @@ def test_full_disk_during_extraction_keeps_the_cache_consistent(tiny_ucf, tmp_pa
     assert kept, "the budget should let the first shard finish"
     monkeypatch.setattr(h5py.Dataset, "__setitem__", real_setitem)         # room again
     assert cli.run(main, "extract_masks.py", argv(cache)) == 0
-    assert len(open_cache(cache, "ucf101", masks=MaskParams())) == 6
+    assert len(open_cache(cache, "ucf101", masks=MaskParams(), strides=())) == 6
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())       # finished shards were kept
 
 

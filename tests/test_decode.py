@@ -600,3 +600,59 @@ def test_log_parsing_levels_and_interleaved_messages():
                              "Something fatal"]
     assert d.count == 3 and d.first == "[mpeg4] ac-tex damaged at 3 6"
     assert d.info("/x/a b.avi") == VideoInfo(320, 240, 25.0, 2.0, 0.0, 0, "mpeg4")
+
+
+# ------------------------------------------------------------------------------------------
+# yuv=True: full-range YUV 4:2:0, what the cache encodes its JPEGs from
+
+
+@pytest.mark.parametrize("size, out", [("320x240", (171, 128)), ("240x320", (128, 171))])   # odd chroma sizes
+def test_yuv_output_is_the_rgb_pictures_as_a_jpeg_stores_them(tmp_path, size, out):
+    from preprocess.cache import DecodeParams, decode_frame, encode_frame, encode_frame_yuv
+    from preprocess.decode import yuv420_frame_bytes, yuv420_planes
+
+    p = make_testsrc(tmp_path / "a.avi", size=size, frames=12, codec=("-c:v", "mpeg4", "-q:v", "2"))
+    rgb = decode_all(p, 128)
+    video = open_video(p, 128, yuv=True, chunk_frames=5)
+    yuv = np.concatenate(list(video))
+    w, h = out
+    assert video.size == out and yuv.shape == (12, yuv420_frame_bytes(w, h))
+    y, u, v = yuv420_planes(yuv, w, h)
+    assert y.shape == (12, h, w) and u.shape == v.shape == (12, (h + 1) // 2, (w + 1) // 2)
+    assert y.min() < 16 and y.max() > 235          # full range, as a JPEG stores it (not 16-235)
+    # the same pictures: as close to ffmpeg's RGB output, decoded as a JPEG (BT.601 full range),
+    # as a JPEG encoded from that RGB (4:2:0 both: testsrc2's sharp colour edges cost both alike)
+    q100 = DecodeParams(jpeg_quality=100)
+    from_yuv = np.stack([decode_frame(encode_frame_yuv(*planes, q100)) for planes in zip(y, u, v)]).astype(int)
+    from_rgb = np.stack([decode_frame(encode_frame(f, q100)) for f in rgb]).astype(int)
+    err_yuv, err_rgb = np.abs(from_yuv - rgb).mean(), np.abs(from_rgb - rgb).mean()
+    grey = lambda x: x @ np.array([0.299, 0.587, 0.114])      # what the masks are computed on
+    grey_yuv, grey_rgb = np.abs(grey(from_yuv) - grey(rgb)).mean(), np.abs(grey(from_rgb) - grey(rgb)).mean()
+    print(f"mean abs error to ffmpeg's RGB: from YUV {err_yuv:.2f} (grey {grey_yuv:.2f}), from RGB {err_rgb:.2f} "
+          f"(grey {grey_rgb:.2f})")
+    assert err_yuv < err_rgb + 1.5 and grey_yuv < grey_rgb + 1.0, (err_yuv, err_rgb, grey_yuv, grey_rgb)
+    assert abs((from_yuv - rgb).mean()) < 1.0          # no shift of brightness (a range error would be ~10)
+    # the two-process form (a probe first) gives the same bytes
+    two = np.concatenate(list(iter_frames(p, 128, info=probe(p), yuv=True)))
+    np.testing.assert_array_equal(two, yuv)
+    with pytest.raises(ValueError, match="not YUV 4:2:0 frames"):
+        yuv420_planes(yuv[:, :-1], w, h)
+
+
+def test_yuv_output_keeps_the_error_policy(vids, tmp_path):
+    """The same checks and errors whatever the pixel format: a decoder error mid-file, a truncated
+    mkv (ffmpeg's own error), one frame."""
+    data = bytearray(vids["xvid"].read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 1500] = np.random.default_rng(0).integers(0, 256, 1500, np.uint8).tobytes()
+    corrupt = tmp_path / "corrupt.avi"
+    corrupt.write_bytes(bytes(data))
+    half = tmp_path / "half.mkv"
+    half.write_bytes(vids["vfr"].read_bytes()[: vids["vfr"].stat().st_size // 2])
+    one = make_testsrc(tmp_path / "one.avi", frames=1)
+    for path, message in ((corrupt, "damaged or truncated: [mpeg4]"), (half, "File ended prematurely"),
+                          (one, "only 1 frame decoded")):
+        for yuv in (False, True):
+            with pytest.raises(DecodeError) as e:
+                list(open_video(path, 128, yuv=yuv))
+            assert message in str(e.value), (path, yuv)

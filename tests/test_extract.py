@@ -40,17 +40,44 @@ def set_digests(frame_set: Path, key: str) -> dict[str, dict[str, str]]:
     return {p.name: digests(p) for p in sorted(frame_set.glob(f"masks-{key}_stride*"))}
 
 
+def stats_of(frame_set: Path, key: str) -> dict:
+    import json
+
+    return json.loads((frame_set / f"stats-{key}" / "manifest.json").read_text())["strides"]
+
+
+def test_default_stores_frames_and_statistics_and_says_why(tiny_ucf, tmp_path, capsys):
+    """The documented command stores what the default training reads: frames and the mask
+    statistics of (lambda, m), no mask set, and says so; the cache-mode trainer's error names the
+    exact command that adds the sets."""
+    from preprocess.cache import CacheError
+
+    cache = tmp_path / "cache"
+    assert run(tiny_ucf, cache, "--lambda", "30", "--m", "0.5") == 0
+    out = capsys.readouterr().out
+    frame_set = open_cache(cache, "ucf101", masks=MaskParams(), strides=()).root
+    assert not list(frame_set.glob("masks-*")), "the default writes no mask set"
+    assert "no mask set stored" in out and "--mask-source clip" in out and "--strides 1 2 3 4" in out
+    stats = stats_of(frame_set, "lam30_m0.5")
+    assert sorted(stats, key=int) == ["1", "2", "3", "4"]
+    for s, st in stats.items():
+        assert st["frames"] == 6 * 16 and 0 < st["mean"] < st["coverage"] < 1, (s, st)   # one clip per video
+        assert f"stride {s}: mean {st['mean']:.3f}" in out
+    with pytest.raises(CacheError) as e:            # what --mask-source cache asks for
+        open_cache(cache, "ucf101", masks=MaskParams(), strides=(1, 2, 3, 4))
+    assert "python preprocess/extract_masks.py --dataset ucf101" in str(e.value)
+    assert "--lambda 30 --m 0.5 --strides 1 2 3 4" in str(e.value)
+
+
 def test_build_reuse_new_lambda_and_determinism(tiny_ucf, tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
     assert run(tiny_ucf, cache, workers=2) == 0
-    index = open_cache(cache, "ucf101", masks=MaskParams())
+    index = open_cache(cache, "ucf101", masks=MaskParams(), strides=())
     assert len(index) == 6 and set(index.n_frames) == {20}
     assert (index.heights[0], index.widths[0]) == (128, 171)  # 160x120 -> short side 128
     frame_set = index.root
     frames_before = digests(frame_set / "frames")
-    masks30 = set_digests(frame_set, "lam30_m0.5")
-    assert sorted(masks30) == [f"masks-lam30_m0.5_stride{s}" for s in (1, 2, 3, 4)]
-    first_run_masks = mask_data(index, 3)
+    stats30 = stats_of(frame_set, "lam30_m0.5")
 
     # Same parameters again: nothing recomputed, said so.
     capsys.readouterr()
@@ -58,20 +85,29 @@ def test_build_reuse_new_lambda_and_determinism(tiny_ucf, tmp_path, capsys, monk
     assert "nothing to do" in capsys.readouterr().out
     assert digests(frame_set / "frames") == frames_before
 
-    # A new lambda: frames reused without running ffmpeg, the old set untouched.
+    # A new lambda, then mask sets: frames reused without running ffmpeg, nothing else touched.
     import preprocess.decode as decode
 
     def no_ffmpeg(*a, **k):
-        raise AssertionError("ffmpeg must not run when only a mask set is added")
+        raise AssertionError("ffmpeg must not run when only statistics or mask sets are added")
 
     monkeypatch.setattr(decode, "iter_frames", no_ffmpeg)
     monkeypatch.setattr(decode, "probe", no_ffmpeg)
     assert run(tiny_ucf, cache, "--lambda", "10") == 0
     assert digests(frame_set / "frames") == frames_before
-    assert set_digests(frame_set, "lam30_m0.5") == masks30
-    open_cache(cache, "ucf101", masks=MaskParams(lam=10))
+    assert stats_of(frame_set, "lam30_m0.5") == stats30
+    stats10 = stats_of(frame_set, "lam10_m0.5")
+    assert all(stats10[s]["coverage"] > stats30[s]["coverage"] for s in stats30)   # a lower threshold
+    assert not list(frame_set.glob("masks-*"))
+    assert run(tiny_ucf, cache, "--strides", "1", "2", "3", "4") == 0
+    assert digests(frame_set / "frames") == frames_before
+    masks30 = set_digests(frame_set, "lam30_m0.5")
+    assert sorted(masks30) == [f"masks-lam30_m0.5_stride{s}" for s in (1, 2, 3, 4)]
+    index = open_cache(cache, "ucf101", masks=MaskParams())
+    from_cached_frames = mask_data(index, 3)
 
     # A new stride: only its set is written; frames and every other set stay byte-identical.
+    assert run(tiny_ucf, cache, "--lambda", "10", "--strides", "1") == 0
     lam10 = set_digests(frame_set, "lam10_m0.5")
     assert run(tiny_ucf, cache, "--strides", "5", "7") == 0
     assert digests(frame_set / "frames") == frames_before
@@ -81,12 +117,15 @@ def test_build_reuse_new_lambda_and_determinism(tiny_ucf, tmp_path, capsys, monk
     assert set(now) - set(masks30) == {"masks-lam30_m0.5_stride5", "masks-lam30_m0.5_stride7"}
     open_cache(cache, "ucf101", masks=MaskParams(), strides=(1, 5, 7))
 
-    # The same parameters give the same masks whichever run computed them: recompute lam=30 from
-    # the cached frames (a later run) and compare with what the first (decoding) run stored.
-    for s in (1, 2, 3, 4):
-        shutil.rmtree(frame_set / f"masks-lam30_m0.5_stride{s}")
-    assert run(tiny_ucf, cache) == 0
-    np.testing.assert_array_equal(mask_data(open_cache(cache, "ucf101", masks=MaskParams()), 3), first_run_masks)
+    # The same parameters give the same masks and statistics whichever run computed them: a run
+    # that decodes the videos and stores the sets at once against the sets and statistics computed
+    # later from the cached frames above.
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh"
+    assert run(tiny_ucf, fresh, "--strides", "1", "2", "3", "4") == 0
+    index = open_cache(fresh, "ucf101", masks=MaskParams())
+    np.testing.assert_array_equal(mask_data(index, 3), from_cached_frames)
+    assert stats_of(index.root, "lam30_m0.5") == stats30
 
 
 def test_changed_source_is_redone_and_force(tiny_ucf, tmp_path, capsys):
@@ -148,7 +187,7 @@ def test_sigkill_midway_then_rerun_completes(tmp_path, ffmpeg_exe):
     root = make_ucf_layout(tmp_path / "ucf", ffmpeg_exe, groups=6, n_frames=60)
     cache = tmp_path / "cache"
     cmd = [sys.executable, str(REPO / "preprocess/extract_masks.py"), "--dataset", "ucf101", "--data-root", str(root),
-           "--cache-dir", str(cache), "--videos-per-shard", "2", "--workers", "1"]
+           "--cache-dir", str(cache), "--videos-per-shard", "2", "--workers", "1", "--strides", "1", "2", "3", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     frames_dir = cache / "ucf101" / "s128_q90_420" / "frames"
     deadline = time.time() + 120
@@ -168,6 +207,7 @@ def test_sigkill_midway_then_rerun_completes(tmp_path, ffmpeg_exe):
     assert len(index) == 12
     assert not list(cache.rglob(".*.tmp-*"))
     ClipReader(index).masks(11, np.arange(0, 60, 4))
+    assert stats_of(index.root, "lam30_m0.5")["4"]["frames"] == 12 * 16   # statistics of every shard
 
 
 def test_job_array_parts_combine(tiny_ucf, tmp_path):
@@ -176,7 +216,9 @@ def test_job_array_parts_combine(tiny_ucf, tmp_path):
     with pytest.raises(Exception, match="incomplete"):
         open_cache(cache, "ucf101")
     assert run(tiny_ucf, cache, "--shard-index", "1", "--num-shards", "2") == 0
-    assert len(open_cache(cache, "ucf101", masks=MaskParams())) == 6
+    index = open_cache(cache, "ucf101", masks=MaskParams(), strides=())
+    assert len(index) == 6
+    assert stats_of(index.root, "lam30_m0.5")["1"]["frames"] == 6 * 16     # both parts' statistics
 
 
 def test_list_and_doctor(tiny_ucf, tmp_path, capsys):
@@ -184,12 +226,14 @@ def test_list_and_doctor(tiny_ucf, tmp_path, capsys):
     assert run(tiny_ucf, cache, "--doctor") == 0
     out = capsys.readouterr().out
     assert "ffmpeg" in out and "free" in out
-    run(tiny_ucf, cache)
+    run(tiny_ucf, cache, "--strides", "1", "2", "3", "4")
     capsys.readouterr()
     assert extract_masks.main(["--list", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "s128_q90_420" in out and "complete" in out
-    for s in (1, 2, 3, 4):   # one line per stride, with the mask statistics
+    line = next(l for l in out.splitlines() if "stats-lam30_m0.5 " in l)   # the per-clip statistics
+    assert "per-clip masks, stride 1: mean 0." in line and "stride 4: mean 0." in line and "6 sampled clips" in line
+    for s in (1, 2, 3, 4):   # one line per stored set, with its statistics
         line = next(l for l in out.splitlines() if f"masks-lam30_m0.5_stride{s} " in l)
         mean = float(line.split("mean mask ")[1].split(",")[0])
         coverage = float(line.split("coverage ")[1].split(" ")[0])
@@ -208,7 +252,7 @@ def test_bad_values_are_refused_before_any_work(tiny_ucf, tmp_path, capsys):
         assert bad[0] in capsys.readouterr().err
         assert not cache.exists()
     assert run(tiny_ucf, cache) == 0
-    assert len(open_cache(cache, "ucf101", masks=MaskParams())) == 6
+    assert len(open_cache(cache, "ucf101", masks=MaskParams(), strides=())) == 6
 
 
 def test_old_format_cache_is_detected_and_upgraded_without_decoding(tiny_ucf, tmp_path, capsys, monkeypatch):
@@ -221,7 +265,7 @@ def test_old_format_cache_is_detected_and_upgraded_without_decoding(tiny_ucf, tm
     from preprocess.cache import CacheError
 
     cache = tmp_path / "cache"
-    assert run(tiny_ucf, cache) == 0
+    assert run(tiny_ucf, cache, "--strides", "1", "2", "3", "4") == 0
     frame_set = open_cache(cache, "ucf101").root
     frames_before = digests(frame_set / "frames")
     # turn it into an old cache: one format-1 set of soft masks, no per-stride sets
@@ -236,7 +280,7 @@ def test_old_format_cache_is_detected_and_upgraded_without_decoding(tiny_ucf, tm
     msg = str(e.value)
     assert "older format" in msg and "masks-lam30_m0.5_soft_dilate" in msg and "no video is decoded" in msg
     command = next(l.strip() for l in msg.splitlines() if l.strip().startswith("python preprocess/extract_masks.py"))
-    assert "--lambda 30 --m 0.5" in command
+    assert "--lambda 30 --m 0.5 --strides 1 2 3 4" in command
 
     def no_ffmpeg(*a, **k):
         raise AssertionError("upgrading an old cache must not decode videos")

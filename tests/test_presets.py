@@ -269,9 +269,14 @@ def test_cli_values_of_a_preset(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "RANDOM_BASELINE=1" in out and "LINEAR_PROBE=1" in out and "LAMBDA=10" in out and "M=0.5" in out
-    assert "STRIDES=(1 2)" in out and "PT_CONFIG=configs/demo/pretrain.json" in out and "DEMO_CONFIG=()" in out
+    # the demo's pretraining computes each clip's masks (--mask-source clip): no mask set to store
+    assert "MASK_SET_STRIDES=()" in out and "PT_CONFIG=configs/demo/pretrain.json" in out and "DEMO_CONFIG=()" in out
     assert "BACKBONE=r2plus1d_10_w32" in out
-    env = subprocess.run(["bash", "-c", 'eval "$1"; echo "$LAMBDA ${STRIDES[*]} $PT_CONFIG ${#DEMO_CONFIG[@]}"',
+    r = cli("values", "--preset", "demo", "--", "pretrain.lambda=10", "train.strides=1,2", "pretrain.mask-source=cache")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "MASK_SET_STRIDES=(1 2)" in out
+    env = subprocess.run(["bash", "-c", 'eval "$1"; echo "$LAMBDA ${MASK_SET_STRIDES[*]} $PT_CONFIG ${#DEMO_CONFIG[@]}"',
                           "-", out], capture_output=True, text=True)
     assert env.stdout == "10 1 2 configs/demo/pretrain.json 0\n"
     r = cli("values", "--preset", "hmdb51")

@@ -483,7 +483,7 @@ def prepare_instance(sw, instance: int, overrides) -> None:
     except Exception:                  # noqa: BLE001 - anything missing means: extract
         pass
     p = subprocess.run([sys.executable, "preprocess/extract_masks.py", *sw.config("extract"), "--dataset", "demo",
-                        "--data-root", str(sw.data_root), "--cache-dir", str(sw.cache_dir), "--strides", "1",
+                        "--data-root", str(sw.data_root), "--cache-dir", str(sw.cache_dir),
                         *presets.stage_flags("extract", overrides)], cwd=REPO)
     if p.returncode not in (0, 1):
         raise UsageError("--instances", instance, f"extraction of instance {instance} failed (exit {p.returncode})")

@@ -29,7 +29,8 @@ import torch
 if __package__ in (None, ""):   # run as `python train/pretrain.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.cache import NAME_PATTERN, CacheError, DecodeParams, MaskParams, open_cache, valid_mask_set_name
+from preprocess.cache import (NAME_PATTERN, CacheError, DecodeParams, MaskParams, open_cache, read_stats, stats_means,
+                              valid_mask_set_name)
 from core.errors import UsageError, exit_with
 from core.flags import flag, format_config
 from train.options import FrameSetFlags, OptimFlags, RunFlags, SystemFlags, ValidationFlags
@@ -178,10 +179,16 @@ def at_chance(acc: float, chance: float | None, samples: int) -> bool:
     return acc <= chance + 3.0 * (chance * (1.0 - chance) / samples) ** 0.5
 
 
-def chance_warning(cfg, epoch: int, step: int, acc: float, samples: int, mask_means: dict[int, float]) -> str:
-    """The message printed when the pretext is still at chance after a quarter of the pretraining."""
+def chance_warning(cfg, epoch: int, step: int, acc: float, samples: int, mask_means: dict[int, float],
+                   cache_means: dict[int, float] | None = None) -> str:
+    """The message printed when the pretext is still at chance after a quarter of the pretraining;
+    `cache_means`: the mean per-clip mask value per stride that extract_masks.py measured on the
+    whole dataset for this (lambda, m) (its statistics), when the cache has them."""
     chance, _ = pretext_chance(cfg)
     cover = ", ".join(f"stride {s}: {v:.3f}" for s, v in sorted(mask_means.items())) or "not measured"
+    if cache_means:
+        cover += (" (the cache's statistics for the whole dataset, before augmentation: "
+                  + ", ".join(f"stride {s}: {v:.3f}" for s, v in sorted(cache_means.items())) + ")")
     return (f"WARNING: after a quarter of the pretraining (epoch {epoch + 1}/{cfg.epochs}, step {step}) the pretext "
             f"accuracy is {acc:.3f} over {samples} clips, indistinguishable from chance ({chance:.3f} for "
             f"{cfg.k}^{cfg.n} alpha tuples). Likely causes:\n"
@@ -397,7 +404,8 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
         if e.epoch + 1 == quarter and not e.partial:
             samples = e.steps_done * cfg.batch_size * d.world_size
             if at_chance(e.metrics["acc"], chance, samples):
-                res.warnings.append(chance_warning(cfg, e.epoch, e.step, e.metrics["acc"], samples, stats.means()))
+                res.warnings.append(chance_warning(cfg, e.epoch, e.step, e.metrics["acc"], samples, stats.means(),
+                                                  stats_means(read_stats(index.root, masks))))
         return res
 
     def checkpoint() -> dict:

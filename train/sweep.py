@@ -299,14 +299,15 @@ def prepare_data(sw: Sweep, cells: list[Cell]) -> dict:
     if cached(None, ()):
         summary["frames"] = "reused"
     jobs = [(lam, m, sorted(strides)) for (lam, m), strides in needed.items()]
-    # frames only are needed when no cell reads mask sets: extract_masks writes them with the
-    # smallest mask set it can (one stride), which nothing else needs
+    # no cell reads mask sets (the default, --mask-source clip): the frames alone (and the mask
+    # statistics of the first cell's lambda, m), extract_masks.py's default
     for lam, m, strides in jobs or ([] if summary["frames"] else [(cfgs[0].lam, cfgs[0].m, [])]):
         missing = [s for s in strides if not cached(MaskParams(lam, m), (s,))]
         summary["mask_sets_reused"] += len(strides) - len(missing)
         if strides and not missing and summary["frames"]:
             continue
-        argv = [*base, "--lambda", str(lam), "--m", str(m), "--strides", *(map(str, missing or [1])), *extra]
+        argv = [*base, "--lambda", str(lam), "--m", str(m), *(["--strides", *map(str, missing)] if missing else []),
+                *extra]
         p = subprocess.run([sw.python, *argv], cwd=REPO)
         if p.returncode not in (0, 1):                      # 1: some videos failed, the rest is cached
             raise UsageError("--dataset", sw.dataset, f"extraction failed (exit {p.returncode}); see above")

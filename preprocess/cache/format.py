@@ -21,8 +21,14 @@ FORMAT_VERSION = 1
 # (w = 1 - m; BG = trunc(w I + (1 - w) BG)). Format 1 (one set of soft masks per video over
 # consecutive frames, the update written (1 - m) I + m BG) is detected and never read.
 MASK_FORMAT = 2
-DEFAULT_STRIDES = (1, 2, 3, 4)
-MASK_STATS_EVERY = 4  # one frame in 4 feeds the per-set statistics (mean mask value, coverage)
+DEFAULT_STRIDES = (1, 2, 3, 4)  # the trainer's strides: the statistics' strides, the sets of a cache-mode preset
+MASK_STATS_EVERY = 4  # one frame in 4 of a mask set feeds its statistics (mean mask value, coverage)
+# Mask statistics of a frame set for one (lambda, m), written by every extraction (stats.py): the
+# reference's per-clip masks of sampled clips, one 16-frame clip per stride in every window of
+# STATS_WINDOW_EVERY frames of a video (the first window at frame 0).
+STATS_FORMAT = 1
+STATS_WINDOW_EVERY = 256
+STATS_CLIP_LEN = 16
 DEFAULT_VIDEOS_PER_SHARD = 32
 BLOB_CHUNK_BYTES = 1 << 16  # small: the last, partly filled chunk of a shard is allocated whole
 MASK_ZLIB_LEVEL = 1
@@ -35,6 +41,15 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 class CacheError(ToolError):
     """The cache is missing, stale, incomplete or damaged. The message names the file and the fix."""
+
+
+class RecordError(ValueError):
+    """A malformed mask record: `record` is its position in the batch decoded (0 for a single
+    record), `reason` what is wrong with it. (Here, not in zrun.py, so that naming it needs no numba.)"""
+
+    def __init__(self, record: int, reason: str, codec: str = "zrun"):
+        self.record, self.reason = int(record), reason
+        super().__init__(f"{codec} mask record {record}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,15 @@ def mask_set_dir(frame_set: Path, mask_set: "MaskSet | NamedMaskSet") -> Path:
     return frame_set / f"masks-{mask_set.key()}"
 
 
+def stats_dir(frame_set: Path, masks: MaskParams) -> Path:
+    """The folder of the mask statistics of (lambda, m): one JSON file per frame shard and a manifest."""
+    return frame_set / f"stats-{masks.key()}"
+
+
+def stats_shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}.json"
+
+
 def named_mask_sets(frame_set: Path) -> list[str]:
     """Names of the named mask sets that have a manifest."""
     return sorted(p.parent.name[len("masks-" + NAMED_PREFIX):]
@@ -140,8 +164,10 @@ def shard_name(shard_id: int) -> str:
 
 
 def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, masks: MaskParams | None,
-                    strides: Sequence[int] = DEFAULT_STRIDES) -> str:
-    """The exact command that builds what `open_cache` was asked for."""
+                    strides: Sequence[int] = ()) -> str:
+    """The exact command that builds what `open_cache` was asked for: the frames (and the mask
+    statistics of `masks`), and the mask sets of `strides` (none by default: the default training
+    computes each clip's masks from its frames)."""
     cmd = ["python preprocess/extract_masks.py", f"--dataset {dataset}"]
     if str(cache_dir) != "data_cache":
         cmd.append(f"--cache-dir {cache_dir}")
@@ -149,7 +175,7 @@ def extract_command(dataset: str, cache_dir: str | Path, decode: DecodeParams, m
         cmd.append(f"--short-side {decode.short_side} --jpeg-quality {decode.jpeg_quality}")
     if masks is not None:
         cmd.append(f"--lambda {masks.lam} --m {masks.m:g}")
-        if tuple(strides) != DEFAULT_STRIDES:
+        if strides:
             cmd.append("--strides " + " ".join(str(s) for s in strides))
     return " ".join(cmd)
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from preprocess.cache.codecs import decode_frame, decode_mask
+from preprocess.cache.codecs import LEGACY_MASK_CODEC, MASK_CODECS, RecordError, decode_frame, decode_masks
 from preprocess.cache.format import (DEFAULT_STRIDES, FORMAT_VERSION, NAMED_KIND, CacheError, DecodeParams,
                                      MaskParams, MaskSet, NamedMaskSet, extract_command, frame_set_dir,
                                      import_command, mask_set_dir, named_mask_sets, old_mask_sets, shard_name)
@@ -95,7 +95,7 @@ def open_cache(cache_dir: str | Path = "data_cache", dataset: str = "ucf101",
     exist, be complete and belong to the current frames), or explain exactly what to run."""
     root = frame_set_dir(cache_dir, dataset, decode)
     strides = tuple(int(x) for x in strides) if masks is not None else ()
-    fix = extract_command(dataset, cache_dir, decode, masks, strides or DEFAULT_STRIDES)
+    fix = extract_command(dataset, cache_dir, decode, masks, strides)
     manifest_path = root / "frames" / "manifest.json"
     if not manifest_path.exists():
         others = sorted(p.name for p in (Path(cache_dir) / dataset).glob("*/frames/manifest.json"))
@@ -225,13 +225,18 @@ class ClipReader:
     opened, and every record returned against its CRC32: a damaged shard raises CacheError naming
     the file, the video and frame, and the command that repairs it. `verify=False` exists to
     measure what this costs (benchmarks/bench_loader.py).
+
+    A mask shard's records are decoded with the codec its `codec` attribute names (codecs.py:
+    "zrun", or "zlib-rle" in shards written before zrun and in those without the attribute); a
+    clip's mask records, one contiguous span of the blob, are decoded in one call.
     """
 
     def __init__(self, index: CacheIndex, verify: bool = True):
         self.index = index
         self.verify = bool(verify)
-        # (kind, shard) -> (file, blob, offsets, record CRC32s or None when not checked)
-        self._files: dict[tuple[object, int], tuple[h5py.File, h5py.Dataset, np.ndarray, list | None]] = {}
+        # (kind, shard) -> (file, blob, offsets, record CRC32s or None when not checked, mask codec
+        # or None for frames)
+        self._files: dict[tuple[object, int], tuple[h5py.File, h5py.Dataset, np.ndarray, list | None, str | None]] = {}
 
     def __getstate__(self) -> dict:
         return {"index": self.index, "verify": self.verify, "_files": {}}
@@ -252,9 +257,9 @@ class ClipReader:
             return idx.mask_set_fix or import_command(idx.dataset, idx.root.parent.parent, idx.decode,
                                                       idx.mask_set_name)
         return extract_command(idx.dataset, idx.root.parent.parent, idx.decode, idx.masks,
-                               idx.strides or DEFAULT_STRIDES) + " --verify"
+                               idx.strides) + " --verify"
 
-    def _open(self, kind: object, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray, list | None]:
+    def _open(self, kind: object, shard: int) -> tuple[h5py.File, h5py.Dataset, np.ndarray, list | None, str | None]:
         key = (kind, shard)
         if key not in self._files:
             path = self._path(kind, shard)
@@ -267,6 +272,11 @@ class ClipReader:
                 if kind == "named" and str(f.attrs.get("mask_kind", "")) != NAMED_KIND:
                     raise CacheError(f"{path}: not a shard of a named mask set (mask_kind "
                                      f"{f.attrs.get('mask_kind')!r}). {fix}")
+                codec = None if kind == "frames" else str(f.attrs.get("codec", LEGACY_MASK_CODEC))
+                if codec is not None and codec not in MASK_CODECS:
+                    raise CacheError(f"{path}: unknown mask codec {codec!r} (this version reads "
+                                     f"{', '.join(MASK_CODECS)}): the shard was written by a newer version of "
+                                     f"the pipeline, or is damaged. {fix}")
                 crcs = f[crc_name][()].tolist() if self.verify and check_index(f, path, fix) else None
                 blob = f[blob_name]
                 offsets = f[offsets_name][()]
@@ -277,27 +287,31 @@ class ClipReader:
                     raise
                 raise CacheError(f"{path}: cannot read cache shard ({e}): the shard is damaged or unreadable. "
                                  f"{fix}") from e
-            self._files[key] = (f, blob, offsets, crcs)
+            self._files[key] = (f, blob, offsets, crcs, codec)
         return self._files[key]
 
-    def _damaged(self, kind: object, shard: int, video: int, record: int) -> CacheError:
+    def _damaged(self, kind: object, shard: int, video: int, record: int,
+                 problem: str = "checksum mismatch") -> CacheError:
         t = record - int(self.index.first_frame[video])
         if kind == "named":
-            return CacheError(f"{self._path(kind, shard)}: the shard is damaged: checksum mismatch in record {record} "
+            return CacheError(f"{self._path(kind, shard)}: the shard is damaged: {problem} in record {record} "
                               f"({self.index.names[video]}, frame {t}, named mask set {self.index.mask_set_name}). "
                               f"Import the set again with:\n  {self._fix(kind)}")
         what = f"frame {t}" if kind == "frames" else f"frame {t}, mask set stride {kind}"
-        return CacheError(f"{self._path(kind, shard)}: the shard is damaged: checksum mismatch in record {record} "
+        return CacheError(f"{self._path(kind, shard)}: the shard is damaged: {problem} in record {record} "
                           f"({self.index.names[video]}, {what}). Check the whole cache and rebuild what is "
                           f"damaged with:\n  {self._fix()}")
 
-    def _records(self, kind: object, video: int, indices: np.ndarray) -> list[np.ndarray]:
+    def _span(self, kind: object, video: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(span, starts, stops): one contiguous read of the blob covering the records of frames
+        `indices` of `video`, record i being span[starts[i]:stops[i]], each checked against its
+        CRC32 when verifying."""
         indices = np.asarray(indices, dtype=np.int64)
         n = int(self.index.n_frames[video])
         if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
             raise IndexError(f"frame indices out of range for {self.index.names[video]} ({n} frames)")
         shard = int(self.index.shard[video])
-        _, blob, offsets, crcs = self._open(kind, shard)
+        _, blob, offsets, crcs, _ = self._open(kind, shard)
         global_idx = indices + self.index.first_frame[video]
         lo, hi = int(global_idx.min()), int(global_idx.max())
         start, stop = int(offsets[lo]), int(offsets[hi + 1])
@@ -307,12 +321,29 @@ class ClipReader:
             path = self._path(kind, shard)
             raise CacheError(f"{path}: read failed ({e}): the shard is damaged. Check the whole cache and "
                              f"rebuild what is damaged with:\n  {self._fix(kind)}") from e
-        recs = [span[offsets[g] - start:offsets[g + 1] - start] for g in global_idx]
+        starts, stops = offsets[global_idx] - start, offsets[global_idx + 1] - start
         if crcs is not None:      # only the records returned: ~2 us per 6.5 KB frame
-            for g, record in zip(global_idx.tolist(), recs):
-                if zlib.crc32(record) != crcs[g]:
+            for g, a, b in zip(global_idx.tolist(), starts.tolist(), stops.tolist()):
+                if zlib.crc32(span[a:b]) != crcs[g]:
                     raise self._damaged(kind, shard, video, g)
-        return recs
+        return span, starts, stops
+
+    def _records(self, kind: object, video: int, indices: np.ndarray) -> list[np.ndarray]:
+        span, starts, stops = self._span(kind, video, indices)
+        return [span[a:b] for a, b in zip(starts.tolist(), stops.tolist())]
+
+    def _mask_records(self, kind: object, video: int, indices: np.ndarray) -> np.ndarray:
+        """uint8 [T,H,W]: the mask records of frames `indices` of `video` in the mask shard of
+        `kind` (a stride, or "named"), decoded with the shard's codec in one call."""
+        shard = int(self.index.shard[video])
+        span, starts, stops = self._span(kind, video, indices)
+        codec = self._open(kind, shard)[4]
+        out = np.empty((len(starts), int(self.index.heights[video]), int(self.index.widths[video])), np.uint8)
+        try:
+            return decode_masks(span, starts, stops, out, codec)
+        except RecordError as e:      # bytes that passed their CRC32 (or were not checked) but do not decode
+            g = int(np.asarray(indices, dtype=np.int64)[e.record] + self.index.first_frame[video])
+            raise self._damaged(kind, shard, video, g, f"not a valid {codec} mask record ({e.reason})") from None
 
     def frames(self, video: int, indices: np.ndarray) -> np.ndarray:
         """uint8 [T,H,W,3] RGB frames `indices` of video `video`."""
@@ -326,12 +357,7 @@ class ClipReader:
         """uint8 [T,H,W]: the stored thresholded differences D of frames `indices` in the mask set
         of `stride` (frame t against the background of its phase t mod stride)."""
         self.index.mask_set(stride)          # a clear error if that stride was not opened
-        h, w = int(self.index.heights[video]), int(self.index.widths[video])
-        recs = self._records(int(stride), video, indices)
-        out = np.empty((len(recs), h, w), np.uint8)
-        for record, d in zip(recs, out):
-            d[...] = decode_mask(record, h, w)
-        return out
+        return self._mask_records(int(stride), video, indices)
 
     def named_masks(self, video: int, indices: np.ndarray) -> np.ndarray:
         """uint8 [T,H,W]: the masks of frames `indices` (any indices, a clip of any stride, repeats
@@ -339,12 +365,7 @@ class ClipReader:
         final masks at cached resolution, no stretch, dilation or first-mask rule."""
         if not self.index.mask_set_name:
             raise CacheError("this CacheIndex was opened without a named mask set (open_cache(..., mask_set=NAME))")
-        h, w = int(self.index.heights[video]), int(self.index.widths[video])
-        recs = self._records("named", video, indices)
-        out = np.empty((len(recs), h, w), np.uint8)
-        for record, m in zip(recs, out):
-            m[...] = decode_mask(record, h, w)
-        return out
+        return self._mask_records("named", video, indices)
 
     def clip_diffs(self, video: int, indices: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
         """uint8 [T,H,W]: the thresholded differences D of the clip `indices` (t0, t0 + s, ...),

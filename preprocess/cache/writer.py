@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import simplejpeg
 
-from preprocess.cache.codecs import decode_frame, encode_frame, encode_mask
+from preprocess.cache.codecs import MASK_CODEC, decode_frame, encode_frame, encode_mask
 from preprocess.cache.format import (BLOB_CHUNK_BYTES, FORMAT_VERSION, MASK_FORMAT, MASK_STATS_EVERY, NAMED_KIND,
                                      NAMED_MASK_FORMAT, DecodeParams, MaskSet, NamedMaskSet)
 from preprocess.cache.integrity import BLOBS, INDEX_CRC_ATTR, index_checksum
@@ -51,24 +51,49 @@ def software_versions() -> dict[str, str]:
 
 class _BlobWriter:
     """Appends variable-size records to a flat, chunked uint8 dataset and tracks their offsets
-    and CRC32s (of the bytes as they are in memory, before HDF5 sees them)."""
+    and CRC32s (of the bytes as they are in memory, before HDF5 sees them). Records are written in
+    batches of about FLUSH_BYTES (one resize and one write each: HDF5 costs ~1 ms a call, as much as
+    a 16-frame chunk's JPEGs), and always before the index is written (`flush`)."""
+
+    FLUSH_BYTES = 4 << 20
 
     def __init__(self, h5: h5py.File, name: str):
         self.data = h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
                                       chunks=(BLOB_CHUNK_BYTES,))
         self.offsets = [0]
         self.crcs: list[int] = []
+        self._pending: list[bytes] = []
+        self._written = 0                   # bytes in the dataset; the rest of offsets[-1] is pending
 
     def append(self, records: Sequence[bytes]) -> None:
-        if not records:
-            return
-        buf = np.frombuffer(b"".join(records), dtype=np.uint8)
-        start = self.offsets[-1]
-        self.data.resize((start + buf.size,))
-        self.data[start:] = buf
         for r in records:
             self.offsets.append(self.offsets[-1] + len(r))
             self.crcs.append(zlib.crc32(r))
+        self._pending.extend(records)
+        if self.offsets[-1] - self._written >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        buf = np.frombuffer(b"".join(self._pending), dtype=np.uint8)
+        self.data.resize((self._written + buf.size,))
+        self.data[self._written:] = buf
+        self._written += buf.size
+        self._pending = []
+
+    def truncate(self, n_records: int) -> None:
+        """Drop every record after the first `n_records` (a failed video's)."""
+        del self.offsets[n_records + 1:]
+        del self.crcs[n_records:]
+        end = self.offsets[-1]
+        if end <= self._written:
+            self._pending = []
+            self.data.resize((end,))
+            self._written = end
+        else:                               # the kept records end inside the pending batch
+            kept = b"".join(self._pending)[:end - self._written]
+            self._pending = [kept]
 
     @property
     def n_records(self) -> int:
@@ -113,9 +138,10 @@ class MaskStats:
         self.mask_sum += float(masks.sum(dtype=np.int64)) / 255.0
         self.nonzero += int(np.count_nonzero(masks))
 
-    def add_masks(self, masks: np.ndarray) -> None:
-        """Account for sampled frames of final masks uint8 [t, H, W] (a named set: as stored)."""
-        sample = masks[::MASK_STATS_EVERY]
+    def add_masks(self, masks: np.ndarray, every: int = MASK_STATS_EVERY) -> None:
+        """Account for every `every`-th frame of final masks uint8 [t, H, W] (a named set: as
+        stored; stats.py: a sampled clip's masks, every frame)."""
+        sample = masks[::every]
         if len(sample) == 0:
             return
         self.frames += len(sample)
@@ -178,7 +204,7 @@ class ShardWriter:
                 if isinstance(params, NamedMaskSet):
                     f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(), "frames_uid": self.uid,
                                     "mask_kind": NAMED_KIND, "mask_set": params.name,
-                                    "mask_format": NAMED_MASK_FORMAT, "codec": "zlib-rle",
+                                    "mask_format": NAMED_MASK_FORMAT, "codec": MASK_CODEC,
                                     "source": json.dumps(source or {}, sort_keys=True),
                                     "content": "final masks (uint8 0..255) per frame, imported: used as stored "
                                                "(no stretch, no dilation, no first-mask rule)"})
@@ -186,7 +212,7 @@ class ShardWriter:
                     continue
                 f.attrs.update({**common, "kind": "masks", "uid": os.urandom(8).hex(),
                                 "frames_uid": self.uid, "masks": json.dumps(asdict(params)),
-                                "mask_format": MASK_FORMAT, "codec": "zlib-rle",
+                                "mask_format": MASK_FORMAT, "codec": MASK_CODEC,
                                 "content": "Algorithm 1 thresholded difference D per frame, against the "
                                            "background of the frame's phase (t mod stride); not stretched, "
                                            "not dilated"})
@@ -232,10 +258,7 @@ class ShardWriter:
     def fail(self, name: str, reason: str, source_size: int, source_mtime_ns: int) -> None:
         """Drop the partial records of the current video and remember why it failed."""
         for key, blob in self._blobs.items():
-            done = blob.n_records - (self._frames_in_video if key == "frames" else self._masks_in_video[key])
-            del blob.offsets[done + 1:]
-            del blob.crcs[done:]
-            blob.data.resize((blob.offsets[-1],))
+            blob.truncate(blob.n_records - (self._frames_in_video if key == "frames" else self._masks_in_video[key]))
         self._frames_in_video = 0
         self._masks_in_video = {p: 0 for p in self._masks_in_video}
         self._stats_video = {p: MaskStats() for p in self._stats_video}
@@ -244,6 +267,7 @@ class ShardWriter:
 
     def _write_index(self, f: h5py.File, key: object) -> None:
         rows = self.rows
+        self._blobs[key].flush()
         _, offsets_name, crc_name = BLOBS["frames" if key == "frames" else "masks"]
         n = np.array([r.n_frames for r in rows], dtype=np.int64)
         f.create_dataset("names", data=np.array([r.name for r in rows], dtype=object),
@@ -326,13 +350,41 @@ def mask_chunk(decoded: np.ndarray, streams: dict, only: Sequence[MaskSet] | Non
     return records, diffs
 
 
-def encode_video(frames_chunk: np.ndarray, decode: DecodeParams, streams: dict
+def _feed(jpegs: list[bytes], streams: dict, sampler, first: int) -> tuple[dict, dict]:
+    """Decode what the diff streams and the sampler need of a chunk's JPEG records and feed it:
+    every frame for mask sets, else only the frames the sampler wants (none when neither)."""
+    want = sampler.wanted(first, first + len(jpegs)) if sampler is not None else np.empty(0, np.int64)
+    if streams:
+        decoded = np.stack([decode_frame(j) for j in jpegs])
+        records, diffs = mask_chunk(decoded, streams)
+        if len(want):
+            sampler.add(want, decoded[want - first])
+        return records, diffs
+    if len(want):
+        sampler.add(want, np.stack([decode_frame(jpegs[t - first]) for t in want.tolist()]))
+    return {}, {}
+
+
+def encode_video(frames_chunk: np.ndarray, decode: DecodeParams, streams: dict, sampler=None, first: int = 0
                  ) -> tuple[list[bytes], dict[MaskSet, list[bytes]], dict[MaskSet, np.ndarray]]:
-    """JPEG-encode a chunk of frames and feed the decoded JPEG pixels to the diff streams.
+    """JPEG-encode a chunk of RGB frames (frames `first`, `first` + 1, ... of its video) and feed
+    the decoded JPEG pixels to the diff streams and to `sampler` (a stats.ClipStatsSampler: the
+    frames it wants). Only what is fed is decoded: with no mask set, the sampled windows' frames.
 
     Returns the JPEG records and, per mask set, the D records and arrays of the chunk.
     """
     jpegs = [encode_frame(f, decode) for f in frames_chunk]
-    decoded = np.stack([decode_frame(j) for j in jpegs])
-    records, diffs = mask_chunk(decoded, streams)
-    return jpegs, records, diffs
+    return (jpegs, *_feed(jpegs, streams, sampler, first))
+
+
+def encode_yuv_video(yuv_chunk: np.ndarray, size: tuple[int, int], decode: DecodeParams, streams: dict,
+                     sampler=None, first: int = 0
+                     ) -> tuple[list[bytes], dict[MaskSet, list[bytes]], dict[MaskSet, np.ndarray]]:
+    """As `encode_video`, for a chunk of full-range YUV 4:2:0 frames of `size` (W, H) (ffmpeg's
+    ``yuv=True`` output, uint8 [t, frame bytes]): the JPEGs are encoded from the planes."""
+    from preprocess.cache.codecs import encode_frame_yuv
+    from preprocess.decode import yuv420_planes
+
+    planes = yuv420_planes(yuv_chunk, *size)
+    jpegs = [encode_frame_yuv(y, u, v, decode) for y, u, v in zip(*planes)]
+    return (jpegs, *_feed(jpegs, streams, sampler, first))
