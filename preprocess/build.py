@@ -115,7 +115,7 @@ def _decode_videos(job: ShardJob, writer: ShardWriter, result: ShardResult, prog
             src = open_video(video.path, short_side=job.decode.short_side, chunk_frames=job.chunk_frames,
                              timeout_s=job.timeout_s, binary=job.ffmpeg, yuv=yuv)
             streams = diff_streams(job.mask_sets)
-            sampler = ClipStatsSampler(job.stats)
+            sampler = ClipStatsSampler(job.stats, first=writer.frames_in_shard)
             height = width = 0
             for chunk in src:
                 # masks and statistics come from the JPEG pixels the trainer reads (see cache.encode_video)
@@ -166,8 +166,8 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
         blob = f["jpeg"]
         for i, name in enumerate(names):
             streams = diff_streams(job.mask_sets)
-            sampler = ClipStatsSampler(job.stats)
             first, n = int(cols["first_frame"][i]), int(cols["n_frames"][i])
+            sampler = ClipStatsSampler(job.stats, first=first)
             for lo in range(first, first + n, READ_CHUNK_FRAMES):
                 hi = min(lo + READ_CHUNK_FRAMES, first + n)
                 span = blob[offsets[lo]:offsets[hi]]
@@ -200,7 +200,7 @@ def _stats_from_cached_frames(job: ShardJob, frames_path: Path, result: ShardRes
         offsets = f["jpeg_offsets"][()]
         blob = f["jpeg"]
         for name, first, n in zip(names, firsts.tolist(), counts.tolist()):
-            sampler = ClipStatsSampler(job.stats)
+            sampler = ClipStatsSampler(job.stats, first=first)
             want = sampler.wanted(0, n)
             # contiguous runs of wanted frames (the windows): one read each
             for run in np.split(want, np.flatnonzero(np.diff(want) != 1) + 1) if len(want) else []:

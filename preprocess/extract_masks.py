@@ -619,12 +619,13 @@ def stored_summary(cfg: ExtractConfig, frame_set: Path, manifest: dict, stats: d
              f"[extract] mask statistics {cfg.masks.key()}: {stats_text(stats)}"]
     if cfg.strides:
         mb = sum(_folder_mb(mask_set_dir(frame_set, ms)) for ms in requested_sets(cfg))
+        each = ", ".join(f"stride {ms.stride} {_stats_text(mask_manifests[ms]['stats'])}" for ms in requested_sets(cfg))
         lines.append(f"[extract] mask sets {cfg.masks.key()} at strides {' '.join(map(str, cfg.strides))}: "
-                     f"{mb:.1f} MB, read by --mask-source cache; each: {', '.join(f'stride {ms.stride} ' + _stats_text(mask_manifests[ms]['stats']) for ms in requested_sets(cfg))}")
+                     f"{mb:.1f} MB, read by --mask-source cache; {each}")
     else:
-        lines.append(f"[extract] no mask set stored: the default training (--mask-source clip) computes each clip's "
-                     f"masks from its cached frames, exactly as the reference does. Only --mask-source cache reads "
-                     f"mask sets: add --strides 1 2 3 4 to store them.")
+        lines.append("[extract] no mask set stored: the default training (--mask-source clip) computes each clip's "
+                     "masks from its cached frames, exactly as the reference does. Only --mask-source cache reads "
+                     "mask sets: add --strides 1 2 3 4 to store them.")
     return "\n".join(lines)
 
 

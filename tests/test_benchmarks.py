@@ -254,3 +254,26 @@ def test_bench_pretrain_includes_the_evaluation_and_mid_epoch_saves(tmp_path):
     assert (s["evaluations"], s["eval_s"], s["eval_videos"], s["eval_clips_per_s"]) == (1, 2.0, 8, 4.0)
     assert s["checkpoints_mid_epoch"] == 1 and s["memory_gb_epoch_end"] == [2.0, 2.1]
     assert s["memory_growth_gb"] == pytest.approx(0.1) and s["test_acc"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# bench_preprocess: the documented extract command against bare ffmpeg, sizes, mask agreement
+
+
+@pytest.mark.slow
+def test_bench_preprocess_runs_the_product_command_and_reports(tmp_path):
+    out = tmp_path / "bp.json"
+    p = subprocess.run([sys.executable, "benchmarks/bench_preprocess.py", "--only", "generated", "--videos", "2",
+                        "--frames", "30", "--rounds", "1", "--long-minutes", "0", "--clips", "3", "--workers", "1",
+                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    (row,) = rep["throughput"]
+    assert row["videos"] == 2 and row["frames"] == 60
+    s = row["seconds"]
+    assert 0 < s["startup"] < s["default"] and s["bare_rgb"] > 0 and s["bare_yuv"] > 0
+    assert row["ratio_rgb"] == pytest.approx(s["bare_rgb"] / s["default"])
+    z = row["sizes"]                                     # the default stores frames and statistics only
+    assert 2_000 < z["frames"] < 20_000 and 0 < z["stats"] < 100 and sorted(z["masks"], key=int) == ["1", "2", "3", "4"]
+    assert all(0.5 < a["corr"] <= 1 and 0.5 < a["corr_rgb_jpeg"] <= 1 for a in rep["mask_agreement"].values())
+    assert "x bare RGB" in p.stdout and "UCF101" in p.stdout

@@ -26,8 +26,8 @@ def direct(frames: np.ndarray, t0s: list[int], params: MaskParams, stride: int) 
     return st
 
 
-def feed(frames: np.ndarray, chunk: int) -> dict:
-    sampler = ClipStatsSampler(P)
+def feed(frames: np.ndarray, chunk: int, first: int) -> dict:
+    sampler = ClipStatsSampler(P, first=first)
     for lo in range(0, len(frames), chunk):
         hi = min(lo + chunk, len(frames))
         want = sampler.wanted(lo, hi)
@@ -36,20 +36,24 @@ def feed(frames: np.ndarray, chunk: int) -> dict:
     return sampler.finish(len(frames))
 
 
-@pytest.mark.parametrize("n, t0s", [(600, [0, 256, 512]),   # three whole windows
-                                    (300, [0]),             # the second window is cut by the end: left out
-                                    (20, [0])])             # shorter than a window: one clamped clip per stride
-def test_sampled_clips_have_the_trainers_masks_whatever_the_chunking(n, t0s):
+@pytest.mark.parametrize("n, first, t0s", [
+    (600, 0, [0, 256, 512]),      # a clip every 256 frames of the shard
+    (300, 0, [0, 256]),           # the second window is cut by the end: clamped, as the trainer clamps
+    (20, 0, [0]),                 # shorter than a window: one clamped clip per stride
+    (300, 250, [6, 262]),         # a later video of its shard: the shard's windows at 256 and 512
+    (20, 250, [6]),
+    (20, 10, [])])                # no window starts in it (the next one is at the shard's frame 256)
+def test_sampled_clips_have_the_trainers_masks_whatever_the_chunking(n, first, t0s):
     rng = np.random.default_rng(n)
     frames = moving_square_video(n, height=72, width=96, seed=n)
     frames = np.clip(frames.astype(int) + rng.integers(-20, 21, frames.shape), 0, 255).astype(np.uint8)
-    results = [feed(frames, chunk) for chunk in (16, 7, n)]
+    results = [feed(frames, chunk, first) for chunk in (16, 7, n)]
     for p in P:
         for s in (1, 2, 3, 4):
             want = direct(frames, t0s, p, s)
-            assert want.frames == len(t0s) * STATS_CLIP_LEN and want.mask_sum > 0
+            assert want.frames == len(t0s) * STATS_CLIP_LEN and (want.mask_sum > 0 or not t0s)
             for got in results:
-                assert got[p][s].to_dict() == want.to_dict(), (n, p, s)
+                assert got[p][s].to_dict() == want.to_dict(), (n, first, p, s)
 
 
 def test_sampler_reads_only_the_frames_its_clips_need():
@@ -68,11 +72,11 @@ def test_cache_statistics_files_and_text(tmp_path):
         ["manifest.json", "shard-00000.json", "shard-00001.json", "shard-00002.json"]
     manifest = read_stats(root, MaskParams())
     assert manifest["complete"] and manifest["videos"] == 5
-    for s in ("1", "2", "3", "4"):
+    for s in ("1", "2", "3", "4"):            # shards of 80, 80 and 40 frames: one clip each
         st = manifest["strides"][s]
-        assert st["frames"] == 5 * STATS_CLIP_LEN and 0 < st["mean"] < st["coverage"] < 1
+        assert st["frames"] == 3 * STATS_CLIP_LEN and 0 < st["mean"] < st["coverage"] < 1
     text = stats_text(manifest)
-    assert text.startswith("per-clip masks, stride 1: mean ") and "(5 sampled clips per stride)" in text
+    assert text.startswith("per-clip masks, stride 1: mean ") and "(3 sampled clips per stride)" in text
     assert set(stats_means(manifest)) == {1, 2, 3, 4}
     assert read_stats(root, MaskParams(10, 0.5)) is None
     assert stats_text(None).startswith("mask statistics: not computed")

@@ -61,7 +61,7 @@ def test_default_stores_frames_and_statistics_and_says_why(tiny_ucf, tmp_path, c
     stats = stats_of(frame_set, "lam30_m0.5")
     assert sorted(stats, key=int) == ["1", "2", "3", "4"]
     for s, st in stats.items():
-        assert st["frames"] == 6 * 16 and 0 < st["mean"] < st["coverage"] < 1, (s, st)   # one clip per video
+        assert st["frames"] == 3 * 16 and 0 < st["mean"] < st["coverage"] < 1, (s, st)   # a clip per 256 frames of a shard
         assert f"stride {s}: mean {st['mean']:.3f}" in out
     with pytest.raises(CacheError) as e:            # what --mask-source cache asks for
         open_cache(cache, "ucf101", masks=MaskParams(), strides=(1, 2, 3, 4))
@@ -207,7 +207,7 @@ def test_sigkill_midway_then_rerun_completes(tmp_path, ffmpeg_exe):
     assert len(index) == 12
     assert not list(cache.rglob(".*.tmp-*"))
     ClipReader(index).masks(11, np.arange(0, 60, 4))
-    assert stats_of(index.root, "lam30_m0.5")["4"]["frames"] == 12 * 16   # statistics of every shard
+    assert stats_of(index.root, "lam30_m0.5")["4"]["frames"] == 6 * 16    # statistics of every shard
 
 
 def test_job_array_parts_combine(tiny_ucf, tmp_path):
@@ -218,7 +218,7 @@ def test_job_array_parts_combine(tiny_ucf, tmp_path):
     assert run(tiny_ucf, cache, "--shard-index", "1", "--num-shards", "2") == 0
     index = open_cache(cache, "ucf101", masks=MaskParams(), strides=())
     assert len(index) == 6
-    assert stats_of(index.root, "lam30_m0.5")["1"]["frames"] == 6 * 16     # both parts' statistics
+    assert stats_of(index.root, "lam30_m0.5")["1"]["frames"] == 3 * 16     # both parts' statistics
 
 
 def test_list_and_doctor(tiny_ucf, tmp_path, capsys):
@@ -232,7 +232,7 @@ def test_list_and_doctor(tiny_ucf, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "s128_q90_420" in out and "complete" in out
     line = next(l for l in out.splitlines() if "stats-lam30_m0.5 " in l)   # the per-clip statistics
-    assert "per-clip masks, stride 1: mean 0." in line and "stride 4: mean 0." in line and "6 sampled clips" in line
+    assert "per-clip masks, stride 1: mean 0." in line and "stride 4: mean 0." in line and "3 sampled clips" in line
     for s in (1, 2, 3, 4):   # one line per stored set, with its statistics
         line = next(l for l in out.splitlines() if f"masks-lam30_m0.5_stride{s} " in l)
         mean = float(line.split("mean mask ")[1].split(",")[0])

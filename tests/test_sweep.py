@@ -151,5 +151,10 @@ def test_a_failed_cell_is_reported_and_the_others_go_on(tiny_demo, tmp_path, cap
     cells = {c["settings"]["finetune.stride"]: c for c in json.loads((tmp_path / "sweep" / "sweep.json").read_text())["cells"]}
     assert cells["2"]["status"] == "done" and cells["0"]["status"] == "failed"
     assert "finetune exited" in cells["0"]["error"]
-    assert "1 cell(s) failed: fi-stride0_seed0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 cell(s) failed: fi-stride0_seed0" in out
+    # no cell reads mask sets (--mask-source clip): the frames (and their statistics) alone
+    assert "frames extracted; mask sets needed 0" in out
+    frame_set = tmp_path / "cache" / "demo" / "s128_q90_420"
+    assert not list(frame_set.glob("masks-*")) and (frame_set / "stats-lam30_m0.5" / "manifest.json").is_file()
     assert math.isfinite(cells["2"]["results"]["video_top1"])

@@ -40,13 +40,15 @@ def write_cache_from_arrays(cache_dir: str | Path, dataset: str, classes: Sequen
                              dataset=dataset, shard_id=shard_id, decode=decode, frames_uid=None)
         stats: dict = {}
         part = videos[shard_id * videos_per_shard:(shard_id + 1) * videos_per_shard]
+        first = 0
         for name, label, splits, frames, fps in part:
-            sampler = ClipStatsSampler(masks)
+            sampler = ClipStatsSampler(masks, first=first)
             jpegs, mrecs, diffs = encode_video(frames, decode, diff_streams(sets), sampler)
             writer.add_frames(jpegs, mrecs, diffs)
             writer.end_video(VideoRecord(name, int(label), tuple(splits), len(frames), float(fps),
                                          frames.shape[1], frames.shape[2], 0, 0))
             merge_stats(stats, sampler.finish(len(frames)))
+            first += len(frames)
         writer.commit()
         for p in masks:
             write_shard_stats(root, p, shard_id, writer.uid, stats.get(p, {}), len(part))

@@ -4,12 +4,12 @@ measured while the frames are cached, without storing any mask set.
 The default training computes each clip's masks from its own frames (``--mask-source clip``), so
 the cache needs no mask set for it. What a user still needs before training is whether lambda and
 m give masks at all on this footage (``extract_masks.py --list``, the extraction's summary, the
-pretraining's chance warning). That is measured here on the clips the trainer would draw: in every
-window of STATS_WINDOW_EVERY frames of a video (the first at frame 0), one 16-frame clip per stride
-1-4 starting at the window's first frame, its masks computed exactly as the trainer's clip mode
-computes them (Algorithm 1 per clip: the background starts at the clip's first frame, soft,
-dilated, the first mask replaced by the second) on the cached JPEG pixels, at cached resolution
-(no crop). A video shorter than a clip's span gets one clip with the reference's clamped indices.
+pretraining's chance warning). That is measured here on clips like those the trainer draws: every
+STATS_WINDOW_EVERY frames of a shard (its videos' frames in order), one 16-frame clip per stride
+1-4 starting there, clamped to its video's last frame as the reference clamps a clip, its masks
+computed exactly as the trainer's clip mode computes them (Algorithm 1 per clip: the background
+starts at the clip's first frame, soft, dilated, the first mask replaced by the second) on the
+cached JPEG pixels, at cached resolution (no crop).
 
 Per stride it keeps MaskStats sums (sampled frames, pixels, sum of mask values / 255, non-zero
 pixels): the mean mask value and the coverage. Each frame shard has one JSON file in
@@ -17,7 +17,7 @@ pixels): the mean mask value and the coverage. Each frame shard has one JSON fil
 stale) and the folder's manifest.json sums the current ones.
 
 Cost: the JPEG decode of the frames those clips read (38 of every 256) and 64 mask frames per
-window per (lambda, m); a few percent of decoding the video (benchmarks/bench_preprocess.py).
+256 frames per (lambda, m), ~2 % of decoding the video (benchmarks/bench_preprocess.py).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from preprocess.cache.format import (DEFAULT_STRIDES, FORMAT_VERSION, STATS_CLIP
 from preprocess.cache.writer import MaskStats
 
 STATS_HOW = (f"per-clip soft dilated masks (Algorithm 1 per clip, as --mask-source clip computes them) of one "
-             f"{STATS_CLIP_LEN}-frame clip per stride in every {STATS_WINDOW_EVERY} frames of each video, on the "
-             f"cached frames at cached resolution")
+             f"{STATS_CLIP_LEN}-frame clip per stride every {STATS_WINDOW_EVERY} frames of a shard (clamped to the "
+             f"video's end), on the cached frames at cached resolution")
 
 
 def clip_indices(t0: int, stride: int, n_frames: int, clip_len: int = STATS_CLIP_LEN) -> np.ndarray:
@@ -46,15 +46,21 @@ def clip_indices(t0: int, stride: int, n_frames: int, clip_len: int = STATS_CLIP
 class ClipStatsSampler:
     """Per-clip mask statistics of one video, fed the decoded frames it asks for.
 
-    ``wanted(lo, hi)`` are the frame indices in [lo, hi) that some sampled clip reads; ``add(idx,
-    rgb)`` takes those frames (uint8 [t, H, W, 3], the cached JPEG pixels) in increasing order and
-    computes every window whose frames are all in; ``finish(n_frames)`` computes what the end of
-    the video completes and returns {MaskParams: {stride: MaskStats}}. Memory: one window's grey
-    frames (61 at most)."""
+    The sampled clips start every `every` frames of the shard's frames in order (video after video:
+    the video's frame t is the shard's frame `first` + t), one clip per stride at each start that
+    falls in this video, clamped past its end as the reference clamps a clip: like the trainer's
+    clips, whose starts are uniform, a long video gets several and a short one none or one.
 
-    def __init__(self, params: Sequence[MaskParams], strides: Sequence[int] = DEFAULT_STRIDES,
+    ``wanted(lo, hi)`` are the frame indices in [lo, hi) (a chunk of the video; the last chunk
+    ends at its last frame) that a sampled clip reads; ``add(idx, rgb)`` takes those frames (uint8
+    [t, H, W, 3], the cached JPEG pixels) in increasing order and computes every clip whose frames
+    are all in; ``finish(n_frames)`` computes the clips the end of the video cuts and returns
+    {MaskParams: {stride: MaskStats}}. Memory: one window's grey frames (38 at most)."""
+
+    def __init__(self, params: Sequence[MaskParams], first: int = 0, strides: Sequence[int] = DEFAULT_STRIDES,
                  every: int = STATS_WINDOW_EVERY, clip_len: int = STATS_CLIP_LEN):
         self.params = tuple(dict.fromkeys(params))
+        self.first = int(first)
         self.strides = tuple(sorted(set(int(s) for s in strides)))
         self.every, self.clip_len = int(every), int(clip_len)
         self.span = (self.clip_len - 1) * max(self.strides, default=1) + 1
@@ -64,18 +70,22 @@ class ClipStatsSampler:
         # the frames of a window its clips read (offsets i * s from its start): 38 of the 61
         self._offsets = np.unique([i * s for s in self.strides for i in range(self.clip_len)])
         self._grey: dict[int, np.ndarray] = {}
-        self._window = 0                     # the first window not computed yet
+        self._next = -(-self.first // self.every) * self.every - self.first   # the next window's start (local)
+
+    def _in_window(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offset of each frame t in its window, whether that window starts in this video)."""
+        g = t + self.first
+        return g % self.every, g - g % self.every >= self.first
 
     def wanted(self, lo: int, hi: int) -> np.ndarray:
-        """The frames in [lo, hi) that a sampled clip reads (nothing without params). [lo, hi) is
-        a chunk of the video, the last one ending at its last frame: a chunk's last frame inside
-        the first window is wanted too, for the clamped clips of a video shorter than a window."""
+        """The frames in [lo, hi) that a sampled clip reads (nothing without params); the chunk's
+        last frame too when it lies inside a window, for a clip that the video's end will cut."""
         if not self.params or hi <= lo:
             return np.empty(0, np.int64)
         t = np.arange(lo, hi, dtype=np.int64)
-        keep = np.isin(t % self.every, self._offsets)
-        if hi - 1 < self.span:
-            keep[-1] = True
+        offset, ours = self._in_window(t)
+        keep = np.isin(offset, self._offsets) & ours
+        keep[-1] |= bool(ours[-1] and offset[-1] < self.span)
         return t[keep]
 
     def add(self, indices: np.ndarray, rgb: np.ndarray) -> None:
@@ -85,27 +95,25 @@ class ClipStatsSampler:
 
         for t, g in zip(np.asarray(indices).tolist(), grey_opencv(rgb)):
             self._grey[t] = g
-        last = int(indices[-1])
-        while self._window * self.every + self.span - 1 <= last:     # window w: [w E, w E + span)
-            t0 = self._window * self.every
-            self._compute(t0, t0 + self.span)
-            self._window += 1
+        while self._next + self.span - 1 <= int(indices[-1]):     # a whole window: [start, start + span)
+            self._compute(self._next, self._next + self.span)
+            self._next += self.every
 
     def finish(self, n_frames: int) -> dict[MaskParams, dict[int, MaskStats]]:
-        """The statistics of the whole video (`n_frames` long): a video shorter than one window
-        contributes its one clamped window; a last window cut by the end of a longer video is left out."""
-        if self.params and self._window == 0 and n_frames >= 2 and self._grey:
-            self._compute(0, n_frames)
+        """The statistics of the whole video (`n_frames` long), with the clips of a window the end
+        cuts (clamped to the last frame)."""
+        if self.params and n_frames >= 2 and self._next < n_frames:
+            self._compute(self._next, n_frames)
         self._grey.clear()
         return self.stats
 
     def _compute(self, t0: int, stop: int) -> None:
+        """The clips of the window at t0 of a video whose frames end at `stop` (clamped there)."""
         from preprocess.masks import foreground_masks_grey
 
-        n = stop                               # frames that exist from this window's point of view
         for p in self.params:
             for s in self.strides:
-                idx = clip_indices(t0, s, n, self.clip_len)
+                idx = clip_indices(t0, s, stop, self.clip_len)
                 masks = foreground_masks_grey(np.stack([self._grey[int(t)] for t in idx]), p.lam, p.m, "soft", True)
                 self.stats[p][s].add_masks(masks, every=1)
         for t in [t for t in self._grey if t < t0 + self.span]:

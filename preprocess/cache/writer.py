@@ -221,6 +221,11 @@ class ShardWriter:
             self.abort()
             raise
 
+    @property
+    def frames_in_shard(self) -> int:
+        """Frame records of the videos ended so far: the next video's first frame in the shard."""
+        return self._blobs["frames"].n_records - self._frames_in_video
+
     def _open(self, final: Path, key: object) -> h5py.File:
         final.parent.mkdir(parents=True, exist_ok=True)
         self._files[key] = h5py.File(_tmp_path(final), "w")
