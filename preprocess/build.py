@@ -21,6 +21,7 @@ import numpy as np
 from preprocess.cache import (CacheError, ClipStatsSampler, DecodeParams, MaskParams, MaskSet, ShardWriter,
                               VideoRecord, check_index, decode_frame, diff_streams, encode_video, encode_yuv_video,
                               extract_command, mask_chunk, mask_set_dir, merge_stats, shard_name, write_shard_stats)
+from preprocess.cache.format import STATS_WINDOW_EVERY
 
 READ_CHUNK_FRAMES = 256  # cached frames decoded per step when adding a mask set (bounded memory)
 
@@ -153,6 +154,18 @@ def _damaged(frames_path: Path, record: int, name: str, frame: int, fix: str) ->
                       f"frame {frame}); no masks are computed from it. {fix}")
 
 
+def _checked_records(blob, offsets: np.ndarray, crcs: list | None, lo: int, hi: int, damaged) -> list:
+    """Records lo..hi-1 of a frame shard's blob in one read, each checked against its CRC32 when
+    `crcs` are given (`damaged(g)`: the CacheError for record g)."""
+    span = blob[offsets[lo]:offsets[hi]]
+    records = [span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]] for g in range(lo, hi)]
+    if crcs is not None:
+        for g, record in zip(range(lo, hi), records):
+            if zlib.crc32(record) != crcs[g]:
+                raise damaged(g)
+    return records
+
+
 def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWriter, result: ShardResult,
                               progress, stats: dict) -> None:
     """Add mask sets (and statistics) to a shard from its cached JPEG frames: no ffmpeg run."""
@@ -168,14 +181,10 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
             streams = diff_streams(job.mask_sets)
             first, n = int(cols["first_frame"][i]), int(cols["n_frames"][i])
             sampler = ClipStatsSampler(job.stats, first=first)
+            damaged = lambda g: _damaged(frames_path, g, name, g - first, fix)   # noqa: E731 - used in this loop
             for lo in range(first, first + n, READ_CHUNK_FRAMES):
                 hi = min(lo + READ_CHUNK_FRAMES, first + n)
-                span = blob[offsets[lo]:offsets[hi]]
-                records = [span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]] for g in range(lo, hi)]
-                if crcs is not None:
-                    for g, record in zip(range(lo, hi), records):
-                        if zlib.crc32(record) != crcs[g]:
-                            raise _damaged(frames_path, g, name, g - first, fix)
+                records = _checked_records(blob, offsets, crcs, lo, hi, damaged)
                 frames = np.stack([decode_frame(r) for r in records])
                 want = sampler.wanted(lo - first, hi - first)
                 sampler.add(want, frames[want - (lo - first)])
@@ -190,8 +199,8 @@ def _masks_from_cached_frames(job: ShardJob, frames_path: Path, writer: ShardWri
 
 
 def _stats_from_cached_frames(job: ShardJob, frames_path: Path, result: ShardResult, progress, stats: dict) -> None:
-    """Mask statistics of a shard from its cached JPEG frames: only the sampled windows' frames
-    are read and decoded (checked against their CRC32 first), one read per window."""
+    """Mask statistics of a shard from its cached JPEG frames: one read per sampled window (its
+    records checked against their CRC32), and only the frames its clips read decoded."""
     fix = _fix(job)
     with h5py.File(frames_path, "r") as f:
         crcs = f["jpeg_crc32"][()].tolist() if check_index(f, frames_path, fix) else None
@@ -202,16 +211,13 @@ def _stats_from_cached_frames(job: ShardJob, frames_path: Path, result: ShardRes
         for name, first, n in zip(names, firsts.tolist(), counts.tolist()):
             sampler = ClipStatsSampler(job.stats, first=first)
             want = sampler.wanted(0, n)
-            # contiguous runs of wanted frames (the windows): one read each
-            for run in np.split(want, np.flatnonzero(np.diff(want) != 1) + 1) if len(want) else []:
+            damaged = lambda g: _damaged(frames_path, g, name, g - first, fix)   # noqa: E731 - used in this loop
+            # the wanted frames of each window: one read of the window's span, then only those decoded
+            window = (want + first) // STATS_WINDOW_EVERY
+            for run in np.split(want, np.flatnonzero(np.diff(window)) + 1) if len(want) else []:
                 lo, hi = first + int(run[0]), first + int(run[-1]) + 1
-                span = blob[offsets[lo]:offsets[hi]]
-                records = [span[offsets[g] - offsets[lo]:offsets[g + 1] - offsets[lo]] for g in range(lo, hi)]
-                if crcs is not None:
-                    for g, record in zip(range(lo, hi), records):
-                        if zlib.crc32(record) != crcs[g]:
-                            raise _damaged(frames_path, g, name, g - first, fix)
-                sampler.add(run, np.stack([decode_frame(r) for r in records]))
+                records = _checked_records(blob, offsets, crcs, lo, hi, damaged)
+                sampler.add(run, np.stack([decode_frame(records[int(t) + first - lo]) for t in run]))
             merge_stats(stats, sampler.finish(n))
             result.videos_ok += 1
             result.frames += n
