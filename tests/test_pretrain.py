@@ -341,3 +341,31 @@ def test_warns_when_the_pretext_is_still_at_chance(tiny_cache, tmp_path, capsys)
     ep = [r for r in recs if r["kind"] == "epoch"]
     assert all(r["chance"] == 0.25 and r["chance_seg"] == 0.5 and "acc_seg0" in r and "acc_seg1" in r for r in ep)
     assert any(k.startswith("mask_mean_s") and 0 < ep[0][k] < 1 for k in ep[0])
+
+
+def test_pretext_curve_is_read_on_validation_and_the_test_split_once_at_the_end(tiny_cache, tmp_path):
+    """With a validation split held out, every periodic pretext evaluation reads the validation
+    videos (val_*); the test split is read at the last epoch only. Without one, on the test split."""
+    from train.data import validation_split
+
+    run = tmp_path / "val"
+    assert main(tiny_args(tiny_cache, "--epochs", "3", "--steps-per-epoch", "1", "--eval-every", "1",
+                          "--val-fraction", "0.4", "--run-dir", str(run)))["step"] == 3
+    epochs = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    index = open_cache(tiny_cache, "ucf101", masks=MaskParams())
+    _, val = validation_split(index, 1, 0.4, 0)
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert all(r["val_videos"] == len(val) == 4 and 0 <= r["val_acc"] <= 1 for r in epochs)
+    assert ["test_acc" in r for r in epochs] == [False, False, True]
+    assert epochs[-1]["test_videos"] == len(index.subset(1, "test")) == 2
+    from train.report import pretext_summary
+
+    summary = pretext_summary(read_metrics(run / "metrics.jsonl"))           # what summary.md states
+    assert (summary["val_acc"], summary["test_acc"]) == (epochs[-1]["val_acc"], epochs[-1]["test_acc"])
+    assert summary["val_videos"] == 4 and summary["test_epoch"] == 3
+
+    run = tmp_path / "noval"
+    assert main(tiny_args(tiny_cache, "--epochs", "2", "--steps-per-epoch", "1", "--eval-every", "1",
+                          "--val-fraction", "0", "--run-dir", str(run)))["step"] == 2
+    epochs = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert all("test_acc" in r and "val_acc" not in r for r in epochs)

@@ -102,8 +102,10 @@ class PretrainConfig(FrameSetFlags, OptimFlags, SystemFlags, RunFlags, Validatio
     symmetric: bool = flag(False, "symmetric InfoNCE (both views as query; 2x the compute)")
     shuffle_bn_groups: int = flag(2, "single-process shuffle-BN: key sub-batches (1 = off)", lo=1)
     # pretext evaluation on held-out videos
-    eval_every: int = flag(10, "epochs between test-split pretext accuracy (0 = never)", lo=0, note='0 = never')
-    eval_limit: int = flag(0, "max test videos for the pretext accuracy (0 = all)", lo=0, note='0 = all')
+    eval_every: int = flag(10, "epochs between held-out pretext accuracies: on the validation split, or on "
+                           "the test split when none is held out; on the test split at the end (0 = never)",
+                           lo=0, note='0 = never')
+    eval_limit: int = flag(0, "max held-out videos for each pretext accuracy (0 = all)", lo=0, note='0 = all')
 
 
     def check(self) -> None:
@@ -215,8 +217,9 @@ def check_config(cfg: PretrainConfig, world: int) -> None:
 
 @torch.no_grad()
 def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: Dist, limit: int = 0,
-                     cl: bool = False) -> dict:
-    """Pretext accuracy/loss on held-out videos (fixed draws: epoch 0 of the eval dataset).
+                     cl: bool = False, prefix: str = "test") -> dict:
+    """Pretext accuracy/loss on held-out videos (fixed draws: epoch 0 of the eval dataset), as
+    ``<prefix>_acc``, ``<prefix>_loss``, ``<prefix>_acc_seg<j>`` and ``<prefix>_videos``.
 
     Every batch reaches the encoder at --batch-size clips (the last one padded, ``pad_batch``): a
     compiled encoder keeps one static graph. Each video counts once: the per-clip rows (correct,
@@ -242,8 +245,8 @@ def pretext_accuracy(model: MACModel, loader, tf: MACTransform, cfg, d: Dist, li
     _, r = gather_unique(torch.cat(vids).tolist() if vids else [], rows_t.tolist(), d)
     n = len(r)
     cols = [sum(x[j] for x in r) / max(n, 1) for j in range(width)]
-    out = {"test_acc": cols[0], "test_videos": n, "test_loss": cols[-1]}
-    out.update({f"test_acc_seg{j}": cols[1 + j] for j in range(cfg.n)})
+    out = {f"{prefix}_acc": cols[0], f"{prefix}_videos": n, f"{prefix}_loss": cols[-1]}
+    out.update({f"{prefix}_acc_seg{j}": cols[1 + j] for j in range(cfg.n)})
     return out
 
 
@@ -349,6 +352,7 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
         log(f"[pretrain] the {cfg.dataset} cache has no split lists: pretraining on all {len(index.names)} videos "
             f"(labels are never used; finetuning and evaluation need <data-root>/splits/)")
     train_ds = PretrainClips(index, cfg.split, part, mcfg, mask_set=cfg.mask_set)
+    val_videos = None
     if cfg.val_fraction > 0 and part == "train":
         # the validation videos are unseen by pretraining, as the test videos are (labels are never
         # read here; the carve is finetune.py's, from the same split, fraction and seed)
@@ -363,10 +367,17 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
                          f"({cfg.batch_size} x {d.world_size}); lower --batch-size")
     eval_cfg = dataclasses.replace(mcfg, key_view=False)
     eval_loader = None
+    val_loader = None
     if cfg.eval_every and len(index.subset(cfg.split, "test")):
         eval_ds = PretrainClips(index, cfg.split, "test", eval_cfg, mask_set=cfg.mask_set)
         eval_loader = make_loader(eval_ds, cfg.batch_size, min(cfg.workers, 2), shuffle=False,
                                   distributed=d.distributed, seed=cfg.seed, persistent_workers=False)
+    if cfg.eval_every and val_videos is not None and len(val_videos):
+        # the learning curve is read on the validation videos; the test split once, at the end
+        val_ds = PretrainClips(index, cfg.split, "train", eval_cfg, mask_set=cfg.mask_set)
+        val_ds.videos = val_videos
+        val_loader = make_loader(val_ds, cfg.batch_size, min(cfg.workers, 2), shuffle=False,
+                                 distributed=d.distributed, seed=cfg.seed, persistent_workers=False)
     tf, eval_tf = MACTransform(mcfg, d.device), MACTransform(eval_cfg, d.device)
 
     # model (same init on every rank; DDP also broadcasts rank 0's)
@@ -396,10 +407,16 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
     def end_epoch(e: loop.EpochEnd) -> loop.EpochResult:
         res = loop.EpochResult(metrics={"chance": chance, "chance_seg": chance_seg,
                                         **{f"mask_mean_s{s_}": v for s_, v in stats.means().items()}})
-        if not e.partial and eval_loader is not None and ((e.epoch + 1) % cfg.eval_every == 0
-                                                          or e.epoch + 1 == cfg.epochs):
+        last = e.epoch + 1 == cfg.epochs
+        if not e.partial and (eval_loader or val_loader) is not None and ((e.epoch + 1) % cfg.eval_every == 0
+                                                                         or last):
+            # With a validation split the periodic curve is read there, and the test split only at
+            # the last epoch (reported, never chosen on); without one, on the test split as before.
             t_eval = time.perf_counter()
-            res.metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
+            if val_loader is not None:
+                res.metrics.update(pretext_accuracy(model, val_loader, eval_tf, cfg, d, cfg.eval_limit, cl, "val"))
+            if eval_loader is not None and (last or val_loader is None):
+                res.metrics.update(pretext_accuracy(model, eval_loader, eval_tf, cfg, d, cfg.eval_limit, cl))
             res.record["eval_time"] = round(time.perf_counter() - t_eval, 4)
         if e.epoch + 1 == quarter and not e.partial:
             samples = e.steps_done * cfg.batch_size * d.world_size

@@ -233,8 +233,9 @@ def intervals(run_dir: Path) -> dict:
 
 
 def pretext_summary(records: list[dict]) -> dict:
-    """The pretext's numbers: the last epoch's train accuracy (per segment too), the last test
-    accuracy measured, and the chance levels, so that learning can be judged against guessing."""
+    """The pretext's numbers: the last epoch's train accuracy (per segment too), the last validation
+    and test accuracies measured, and the chance levels, so that learning can be judged against
+    guessing."""
     epochs = [r for r in records if r.get("kind") == "epoch" and not r.get("partial")]
     if not epochs:
         return {}
@@ -247,6 +248,10 @@ def pretext_summary(records: list[dict]) -> dict:
         out.update({k: tested[-1][k] for k in tested[-1] if k.startswith("test_acc")})
         out["test_videos"] = tested[-1].get("test_videos")
         out["test_epoch"] = tested[-1].get("epoch", 0) + 1
+    validated = [r for r in epochs if "val_acc" in r]
+    if validated:
+        out["val_acc"] = validated[-1]["val_acc"]
+        out["val_videos"] = validated[-1].get("val_videos")
     if out.get("chance") and "test_acc" in out:
         out["test_acc_over_chance"] = out["test_acc"] / out["chance"]
     return out
@@ -329,6 +334,8 @@ def results_table(res: dict) -> str:
                   f"against chance {_fmt(100 * p['chance'] if p.get('chance') else None)}"
                   + (f" ({p['test_acc_over_chance']:.1f}x chance; per segment {seg} against "
                      f"{100 * p['chance_seg']:.1f})" if "test_acc_over_chance" in p else "")
+                  + (f"; validation accuracy {_fmt(100 * p['val_acc'])} ({p.get('val_videos')} videos)"
+                     if "val_acc" in p else "")
                   + f"; train accuracy {_fmt(100 * p['acc'] if 'acc' in p else None)} at the last epoch "
                   f"({p.get('epochs')} epochs, {p.get('steps')} steps).", ""]
     for label, gain in (res.get("gains") or {}).items():
