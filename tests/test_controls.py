@@ -286,6 +286,12 @@ def test_controls_table_intervals_paired_differences_and_mcnemar(tmp_path):
     assert m["mac"]["lo"] <= m["mac"]["mean"] <= m["mac"]["hi"]
     assert "| no mask | finetuned, all labels |" in text and "2 x 2" in text
     assert rows[0][:3] == ["arm", "metric", "mean"] and len(rows) == 4
+    # every pretrained arm against the compute-matched scratch model too (here scratch equals MAC)
+    assert m["mac"]["vs_scratch"]["diff"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    assert m["no-mask"]["vs_scratch"] == {"diff": nm["diff"], "mcnemar": nm["mcnemar"]}
+    vs = text[text.index("Against supervised training from scratch"):]
+    assert "| MAC (MAC-S) | finetuned, all labels | +0.0 [+0.0, +0.0] | 0:0, p = 1.000 | 2 x 2 |" in vs
+    assert f"| no mask | finetuned, all labels | {nm['diff']['mean']:+.1f}" in vs and "| from scratch" not in vs
     # an arm evaluated on other videos than MAC is an error, not a silent mismatch
     _fake_slot(tmp_path / "bad", 0, 0, "mac", np.ones(4, bool), ["a", "b", "c", "d"])
     _fake_slot(tmp_path / "bad", 0, 1, "mac", np.ones(4, bool), ["a", "b", "c", "e"])

@@ -309,21 +309,11 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
                    "seeds": int(next(iter(arrays.values())).shape[0]),
                    "videos": int(sum(a.shape[1] for a in arrays.values()))}
             diff_s = mc_s = "-"
-            mac = (data.get(key) or {}).get("mac")
-            if arm != "mac" and mac:
-                common = sorted(set(mac) & set(cur))
-                if common and all(mac[i][1].shape == cur[i][1].shape for i in common):
-                    a = {i: mac[i][1] for i in common}
-                    b = {i: cur[i][1] for i in common}
-                    d = stats.paired_bootstrap_diff(b, a, n_boot=n_boot)
-                    import numpy as np
-
-                    # b01: the arm wrong where MAC is right; b10: the reverse
-                    mc = stats.mcnemar(np.concatenate([b[i].ravel() for i in common]),
-                                       np.concatenate([a[i].ravel() for i in common]))
-                    rec.update(diff={"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}, mcnemar=mc)
-                    diff_s = f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
-                    mc_s = f"{mc['b01']}:{mc['b10']}, {stats.format_p(mc['p'])}"
+            if arm != "mac":
+                got_pair = _paired(data, key, arm, "mac", n_boot)
+                if got_pair:
+                    rec.update(diff=got_pair[0], mcnemar=got_pair[1])
+                    diff_s, mc_s = got_pair[2], got_pair[3]
             record["metrics"].setdefault(key, {})[arm] = rec
             md.append(f"| {LABELS[arm]} | {title} | {stats.format_ci(ci)} | {diff_s} | {mc_s} | "
                       f"{len(arrays)} x {rec['seeds']} | {rec['videos'] // max(len(arrays), 1)} |")
@@ -334,6 +324,27 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
                          *(str(mcr.get(k, "")) for k in ("b01", "b10")),
                          f"{mcr['p']:.4g}" if mcr else "", str(len(arrays)), str(rec["seeds"]),
                          str(rec["videos"])])
+    # every pretrained arm against the compute-matched scratch model: where pretraining pays
+    vs = ["", "Against supervised training from scratch with MAC's total number of steps (the arm minus scratch on "
+          "the same videos and seeds, paired bootstrap; McNemar b01:b10 = videos scratch gets right and the arm "
+          "wrong : the reverse):", "",
+          "| arm | metric | minus scratch [95 % CI] | McNemar vs scratch | instances x seeds |", "|---|---|---|---|---|"]
+    n_vs = len(vs)
+    for key, title in metric_names(fractions):
+        if not key.startswith("evaluate_") or key == "evaluate_linear":
+            continue
+        for arm in arms:
+            if arm in ("scratch", "random"):
+                continue
+            got_pair = _paired(data, key, arm, "scratch", n_boot)
+            if got_pair:
+                record["metrics"][key][arm]["vs_scratch"] = {"diff": got_pair[0], "mcnemar": got_pair[1]}
+                cur = data[key][arm]
+                common = sorted(set(cur) & set(data[key]["scratch"]))
+                vs.append(f"| {LABELS[arm]} | {title} | {got_pair[2]} | {got_pair[3]} | "
+                          f"{len(common)} x {cur[common[0]][1].shape[0]} |")
+    if len(vs) == n_vs:
+        vs = []
     pt = ["", "| arm | pretext test accuracy (mean over runs) | chance | runs |", "|---|---|---|---|"]
     for arm in arms:
         if arm in pretext:
@@ -346,8 +357,31 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
         "minus MAC's on the same videos and seeds, paired bootstrap; McNemar: exact test on the discordant pairs "
         "(videos MAC gets right and the arm wrong : the reverse), pooled over instances and seeds (a video counts "
         "once per seed, so p is optimistic where seeds agree; the paired interval is the stronger evidence).", "",
-        *md, *pt]) + "\n"
+        *md, *vs, *pt]) + "\n"
     return text, rows, record
+
+
+def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
+    """``arm`` minus ``ref`` on metric ``key`` over the instances both have, on the same videos and
+    seeds: (difference {mean, lo, hi}, McNemar record, both as table text); None where either is
+    missing or they differ in shape. McNemar's b01: ``arm`` wrong where ``ref`` is right."""
+    import numpy as np
+
+    from train import stats
+
+    a_all, b_all = (data.get(key) or {}).get(ref), (data.get(key) or {}).get(arm)
+    if not a_all or not b_all:
+        return None
+    common = sorted(set(a_all) & set(b_all))
+    if not common or any(a_all[i][1].shape != b_all[i][1].shape for i in common):
+        return None
+    a = {i: a_all[i][1] for i in common}
+    b = {i: b_all[i][1] for i in common}
+    d = stats.paired_bootstrap_diff(b, a, n_boot=n_boot)
+    mc = stats.mcnemar(np.concatenate([b[i].ravel() for i in common]), np.concatenate([a[i].ravel() for i in common]))
+    diff = {"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+    return (diff, mc, f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]",
+            f"{mc['b01']}:{mc['b10']}, {stats.format_p(mc['p'])}")
 
 
 def per_class_rows(root: Path, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:
