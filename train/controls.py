@@ -309,11 +309,10 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
                    "seeds": int(next(iter(arrays.values())).shape[0]),
                    "videos": int(sum(a.shape[1] for a in arrays.values()))}
             diff_s = mc_s = "-"
-            if arm != "mac":
-                got_pair = _paired(data, key, arm, "mac", n_boot)
-                if got_pair:
-                    rec.update(diff=got_pair[0], mcnemar=got_pair[1])
-                    diff_s, mc_s = got_pair[2], got_pair[3]
+            pair = _paired(data, key, arm, "mac", n_boot) if arm != "mac" else None
+            if pair:
+                rec.update(diff=pair["diff"], mcnemar=pair["mcnemar"])
+                diff_s, mc_s = pair["diff_text"], pair["mcnemar_text"]
             record["metrics"].setdefault(key, {})[arm] = rec
             md.append(f"| {LABELS[arm]} | {title} | {stats.format_ci(ci)} | {diff_s} | {mc_s} | "
                       f"{len(arrays)} x {rec['seeds']} | {rec['videos'] // max(len(arrays), 1)} |")
@@ -336,13 +335,11 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
         for arm in arms:
             if arm in ("scratch", "random"):
                 continue
-            got_pair = _paired(data, key, arm, "scratch", n_boot)
-            if got_pair:
-                record["metrics"][key][arm]["vs_scratch"] = {"diff": got_pair[0], "mcnemar": got_pair[1]}
-                cur = data[key][arm]
-                common = sorted(set(cur) & set(data[key]["scratch"]))
-                vs.append(f"| {LABELS[arm]} | {title} | {got_pair[2]} | {got_pair[3]} | "
-                          f"{len(common)} x {cur[common[0]][1].shape[0]} |")
+            pair = _paired(data, key, arm, "scratch", n_boot)
+            if pair:
+                record["metrics"][key][arm]["vs_scratch"] = {"diff": pair["diff"], "mcnemar": pair["mcnemar"]}
+                vs.append(f"| {LABELS[arm]} | {title} | {pair['diff_text']} | {pair['mcnemar_text']} | "
+                          f"{pair['instances']} x {pair['seeds']} |")
     if len(vs) == n_vs:
         vs = []
     pt = ["", "| arm | pretext test accuracy (mean over runs) | chance | runs |", "|---|---|---|---|"]
@@ -363,8 +360,8 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
 
 def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
     """``arm`` minus ``ref`` on metric ``key`` over the instances both have, on the same videos and
-    seeds: (difference {mean, lo, hi}, McNemar record, both as table text); None where either is
-    missing or they differ in shape. McNemar's b01: ``arm`` wrong where ``ref`` is right."""
+    seeds: {diff: {mean, lo, hi}, mcnemar, diff_text, mcnemar_text, instances, seeds}; None where
+    either is missing or they differ in shape. McNemar's b01: ``arm`` wrong where ``ref`` is right."""
     import numpy as np
 
     from train import stats
@@ -379,9 +376,10 @@ def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
     b = {i: b_all[i][1] for i in common}
     d = stats.paired_bootstrap_diff(b, a, n_boot=n_boot)
     mc = stats.mcnemar(np.concatenate([b[i].ravel() for i in common]), np.concatenate([a[i].ravel() for i in common]))
-    diff = {"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}
-    return (diff, mc, f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]",
-            f"{mc['b01']}:{mc['b10']}, {stats.format_p(mc['p'])}")
+    return {"diff": {"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}, "mcnemar": mc,
+            "diff_text": f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]",
+            "mcnemar_text": f"{mc['b01']}:{mc['b10']}, {stats.format_p(mc['p'])}",
+            "instances": len(common), "seeds": int(a[common[0]].shape[0])}
 
 
 def per_class_rows(root: Path, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:

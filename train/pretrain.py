@@ -408,8 +408,8 @@ def train(cfg: PretrainConfig, d: Dist) -> dict:
         res = loop.EpochResult(metrics={"chance": chance, "chance_seg": chance_seg,
                                         **{f"mask_mean_s{s_}": v for s_, v in stats.means().items()}})
         last = e.epoch + 1 == cfg.epochs
-        if not e.partial and (eval_loader or val_loader) is not None and ((e.epoch + 1) % cfg.eval_every == 0
-                                                                         or last):
+        held_out = eval_loader is not None or val_loader is not None
+        if not e.partial and held_out and ((e.epoch + 1) % cfg.eval_every == 0 or last):
             # With a validation split the periodic curve is read there, and the test split only at
             # the last epoch (reported, never chosen on); without one, on the test split as before.
             t_eval = time.perf_counter()
