@@ -299,6 +299,99 @@ def test_controls_table_intervals_paired_differences_and_mcnemar(tmp_path):
         C.build_table(tmp_path / "bad", ["mac"], [0], [0, 1], [1.0], n_boot=100)
 
 
+def _fake_cell(root: Path, inst: int, seed: int, arm: str, correct: np.ndarray, names: list[str],
+               cache: str = "h0", done: bool = True) -> Path:
+    """A finished cell: evaluate_all (scores.npz and metrics.json with its cache hash), retrieval
+    neighbours whose nearest gallery video has the query's label where ``correct`` says, slot.json."""
+    _fake_slot(root, inst, seed, arm, correct, names)
+    cell = root / "cells" / f"seed{inst}" / f"train{seed}" / arm
+    labels = np.arange(len(names)) % 6
+    (cell / "evaluate_all" / "metrics.json").write_text(json.dumps(
+        {"per_class_acc": {"c0": 50.0}, "confusion": {"classes": [f"c{i}" for i in range(6)], "counts": [[1] * 6] * 6},
+         "cache": {"manifest_hash": cache}}))
+    (cell / "retrieve").mkdir()
+    gallery = np.arange(12) % 6
+    first = np.where(correct, labels, (labels + 1) % 6)       # gallery video j has label j % 6
+    np.savez_compressed(cell / "retrieve" / "neighbours.npz", query_names=np.array(names), query_labels=labels,
+                        gallery_names=np.array([f"g{j}" for j in range(12)]), gallery_labels=gallery,
+                        neighbours=np.stack([first, (first + 6) % 12], axis=1))
+    (cell / "retrieve" / "metrics.json").write_text(json.dumps({"cache": {"manifest_hash": cache}}))
+    (cell / "slot.json").write_text(json.dumps({"status": "done" if done else "failed"}))
+    return cell
+
+
+def test_the_ledger_keeps_each_finished_cell_and_the_table_reads_it_back(tmp_path, capsys):
+    """A cell's record holds what the tables need: rebuilt from the ledger alone (its run folder
+    gone) the table is the same; a record is never silently replaced; a damaged record, or a cell
+    measured on other frames than the instance's others, is named and left out, not pooled."""
+    import shutil
+
+    from core.flags import parse
+    from train import controls as C, ledger as L
+
+    names = [f"v{i:03d}" for i in range(40)]
+    rng = np.random.default_rng(1)
+    runs, book = tmp_path / "runs", tmp_path / "ledger"
+    mac = [rng.random(40) < 0.8 for _ in (0, 1)]
+    for seed in (0, 1):
+        _fake_cell(runs, 0, seed, "mac", mac[seed], names)
+        _fake_cell(runs, 0, seed, "scratch", rng.random(40) < 0.6, names)
+    _fake_cell(runs, 0, 0, "no-mask", rng.random(40) < 0.3, names, done=False)     # failed: never recorded
+    args = parse(C.ControlsFlags, ["--table-only", "--instances", "0", "--seeds", "0,1", "--arms", "mac,no-mask,scratch",
+                                   "--label-fractions", "", "--dir", str(runs), "--ledger", str(book),
+                                   "--bootstrap", "300"], prog="controls.py")
+    assert C.tables(args) == 0
+    assert sorted(p.name for p in book.iterdir()) == ["seed0-train0-mac.json", "seed0-train0-scratch.json",
+                                                      "seed0-train1-mac.json", "seed0-train1-scratch.json"]
+    fresh = json.loads((runs / "controls.json").read_text())
+    rec = L.load(book / "seed0-train1-mac.json")
+    assert rec["cache"] == "h0" and rec["videos"] == names and set(rec["stages"]) == {"evaluate_all", "retrieve"}
+    hits = np.array(rec["stages"]["retrieve"]["labels"]) == np.array(rec["stages"]["retrieve"]["preds"])
+    assert np.array_equal(hits, mac[1])
+    assert fresh["metrics"]["retrieve"]["mac"]["mean"] == pytest.approx(100 * np.mean(mac))
+    # the run folder gone: the ledger alone gives the same numbers, per class and time reversal included
+    shutil.rmtree(runs / "cells")
+    assert C.tables(args) == 0
+    again = json.loads((runs / "controls.json").read_text())
+    assert again["metrics"] == fresh["metrics"] and again["metrics"]["retrieve"]["mac"]["seeds"] == 2
+    assert "c0,50.0,2" in (runs / "per_class.csv").read_text().replace("mac,", "")
+    assert "Cells: 4 (4 from the ledger)" in (runs / "table.md").read_text()
+    # an existing record with other results is kept, whatever the new run says
+    before = (book / "seed0-train0-mac.json").read_text()
+    other = _fake_cell(tmp_path / "rerun", 0, 0, "mac", np.zeros(40, bool), names)
+    with pytest.raises(ValueError, match="other results"):
+        L.write(book, L.from_cell(other, 0, 0, "mac"))
+    assert (book / "seed0-train0-mac.json").read_text() == before
+    assert L.write(book, L.from_cell(_fake_cell(tmp_path / "same", 0, 0, "x", np.zeros(40, bool), names), 0, 0,
+                                     "x"))[0] == "written"
+    # a damaged record is named, the others still count
+    (book / "seed0-train1-scratch.json").write_text('{"format": "mac-controls-cell/1", "instance": 0')
+    assert C.tables(args) == 1
+    err = capsys.readouterr().err
+    assert "seed0-train1-scratch.json: not valid JSON" in err
+    assert "scratch" not in json.loads((runs / "controls.json").read_text())["metrics"]["evaluate_all"]
+    # a cell measured on other frames is left out of the instance, named
+    (book / "seed0-train1-scratch.json").unlink()
+    _fake_cell(runs, 0, 1, "scratch", np.ones(40, bool), names, cache="h1")
+    recs, problems = C.gather(runs, ["mac", "scratch"], [0], [0, 1], book)
+    assert (0, 1, "scratch") not in recs and len(recs) == 3
+    assert len(problems) == 1 and "frame cache h1" in problems[0] and "train1/scratch" in problems[0]
+
+
+def test_a_ledger_record_is_checked():
+    from train import ledger as L
+
+    good = {"format": L.FORMAT, "instance": 0, "seed": 0, "arm": "mac", "videos": ["a", "b"],
+            "stages": {"evaluate_all": {"labels": [0, 1], "preds": [0, 0]}}}
+    assert L.check(good, "f.json") is good
+    for bad, why in ((dict(good, format="other/1"), "not a controls cell record"),
+                     (dict(good, seed="0"), "'seed'"), (dict(good, stages={}), "no stage"),
+                     (dict(good, stages={"evaluate_all": {"labels": [0], "preds": [0]}}), "2 integers"),
+                     (dict(good, stages={"retrieve": {"names": ["a"], "labels": [0], "preds": [1.5]}}), "1 integers")):
+        with pytest.raises(ValueError, match=why):
+            L.check(bad, "f.json")
+
+
 def test_controls_flags_are_checked():
     from core.errors import UsageError
     from core.flags import parse
@@ -322,7 +415,7 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
             "train.workers=0", "evaluate.workers=0", "retrieve.workers=0"]
     argv = [sys.executable, "train/controls.py", "--instances", "0", "--seeds", "0", "--arms", "scratch",
             "--label-fractions", "", "--bootstrap", "200", "--data-root", str(tmp_path / "data"), "--cache-dir",
-            str(tmp_path / "cache"), "--dir", str(tmp_path / "runs"), *tiny]
+            str(tmp_path / "cache"), "--dir", str(tmp_path / "runs"), "--ledger", str(tmp_path / "ledger"), *tiny]
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ,
                                                                              "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -337,3 +430,14 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
     marks = {p: p.stat().st_mtime_ns for p in root.rglob("*.done")}
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and {p: p.stat().st_mtime_ns for p in root.rglob("*.done")} == marks
+    # each finished cell was recorded as it finished; the ledger alone rebuilds the same table
+    assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == ["seed0-train0-mac.json",
+                                                                        "seed0-train0-scratch.json"]
+    r = subprocess.run([sys.executable, "train/controls.py", "--table-only", "--instances", "0", "--seeds", "0",
+                        "--arms", "scratch", "--label-fractions", "", "--bootstrap", "200", "--dir",
+                        str(tmp_path / "elsewhere"), "--ledger", str(tmp_path / "ledger")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cut = table.index("| arm | metric |")
+    assert (tmp_path / "elsewhere" / "table.md").read_text().endswith(table[cut:])
+    assert (tmp_path / "elsewhere" / "reverse_time.md").read_text() == (root / "reverse_time.md").read_text()

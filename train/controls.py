@@ -6,6 +6,7 @@ and paired tests (docs/demo.md, "Controls").
     python train/controls.py --instances 0 --seeds 0                # one slice (~1 h on 2 CPU cores)
     python train/controls.py --instances 1 --seeds 0,1 --arms mac,no-mask,scratch
     python train/controls.py --table-only                           # the table of what has finished
+    python train/controls.py --table-only --ledger docs/results/controls --seeds 0   # the measured cells
 
 Arms (pretraining flags on top of the preset's pretrain.json; docs/method.md section 2):
 
@@ -34,6 +35,11 @@ cells/seed<S>/train<T>/<arm>/<stage> with stage markers, so an interrupted run r
 stage is never rerun, and slices run on different machines merge by copying their cells/ folders
 together and running --table-only. A failed stage is reported and the other arms go on.
 
+With --ledger DIR every finished cell is also recorded as one small JSON file in DIR
+(train/ledger.py: per-video predictions, pretext accuracy, commit, frame cache hash), and the
+tables pool those records with the cells under --dir: the project's measured cells are kept in
+docs/results/controls, so slices measured in different sittings make one table.
+
 Outputs: table.md / table.csv (per arm and metric: mean with a 95 % hierarchical-bootstrap interval
 over instances and videos, the difference to MAC with its paired interval, McNemar's exact test of
 MAC against the arm on the same videos, instances x seeds; pretext accuracy against chance),
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -210,13 +217,6 @@ def _done(slot: Slot) -> Slot:
 # Results
 # --------------------------------------------------------------------------------------------
 
-def _json(path: Path) -> dict:
-    """A JSON file's object, {} when absent or unreadable (a stage that has not run)."""
-    from train.sweep import _read_json
-
-    return _read_json(path)
-
-
 def metric_names(fractions: list[float]) -> list[tuple[str, str]]:
     """(metric key, its column title), in the table's order."""
     out = [(f"evaluate_{fraction_tag(f)}", "finetuned, all labels" if f >= 1.0 else f"finetuned, {100 * f:g} % labels")
@@ -224,28 +224,55 @@ def metric_names(fractions: list[float]) -> list[tuple[str, str]]:
     return out + [("evaluate_linear", "linear probe"), ("retrieve", "retrieval R@1")]
 
 
-def per_video(slot_dir: Path, key: str):
-    """(names, correct) of one metric of a slot: video top-1 correctness from evaluate's scores.npz,
-    or R@1 hits from retrieve's neighbours.npz; None when absent."""
+def gather(root: Path, arms: list[str], instances: list[int], seeds: list[int],
+           ledger: Path | None = None) -> tuple[dict, list[str]]:
+    """Every cell's record (train/ledger.py) for these instances, seeds and arms: from its folder
+    under ``root``/cells when it has finished any stage (a fresh run wins), else from the ledger.
+    Returns ({(instance, seed, arm): record}, [problems]): a damaged ledger file, or one
+    instance's cells evaluated on different frame caches, is named and left out of the table."""
+    from train import ledger as L
+
+    want = {(i, s, a) for i in instances for s in seeds for a in arms}
+    recs, problems = L.load_dir(ledger) if ledger is not None else ({}, [])
+    recs = {k: r for k, r in recs.items() if k in want}
+    for inst, seed, arm in sorted(want):
+        d = root / "cells" / f"seed{inst}" / f"train{seed}" / arm
+        if d.is_dir():
+            try:
+                r = L.from_cell(d, inst, seed, arm)
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            if r is not None:
+                recs[(inst, seed, arm)] = r
+    for inst in instances:      # one instance's cells must have seen the same frames
+        caches: dict = {}
+        for (i, _, _), r in recs.items():
+            if i == inst and r.get("cache"):
+                caches.setdefault(r["cache"], []).append(r["_source"])
+        if len(caches) > 1:
+            majority = max(caches, key=lambda c: len(caches[c]))
+            for c, srcs in caches.items():
+                if c != majority:
+                    problems.append(f"instance {inst}: {', '.join(srcs)} evaluated on frame cache {c}, the other "
+                                    f"{len(caches[majority])} on {majority}; left out (regenerate or rerun them)")
+                    recs = {k: r for k, r in recs.items() if r["_source"] not in srcs}
+    return recs, problems
+
+
+def per_video(rec: dict | None, key: str):
+    """(names, correct) of one metric of a cell's record: video top-1 correctness of an evaluation,
+    or R@1 hits for ``retrieve``; None when the cell has no such stage."""
     import numpy as np
 
-    if key == "retrieve":
-        p = slot_dir / "retrieve" / "neighbours.npz"
-        if not p.is_file():
-            return None
-        z = np.load(p, allow_pickle=False)
-        hit = z["gallery_labels"][z["neighbours"][:, 0]] == z["query_labels"]
-        return z["query_names"].astype(str), hit
-    p = slot_dir / key / "scores.npz"
-    if not p.is_file():
+    s = (rec or {}).get("stages", {}).get(key)
+    if s is None:
         return None
-    from train.stats import load_correct
-
-    names, correct, _, _ = load_correct(p)
-    return names, correct
+    names = np.asarray(s.get("names", rec["videos"])).astype(str)
+    return names, np.asarray(s["labels"]) == np.asarray(s["preds"])
 
 
-def collect(root: Path, arms: list[str], instances: list[int], seeds: list[int], fractions: list[float]) -> dict:
+def collect(recs: dict, arms: list[str], instances: list[int], seeds: list[int], fractions: list[float]) -> dict:
     """Per metric and arm: {instance: [seeds, videos] correctness}, aligned by video name across
     arms, seeds and instances' own test sets; plus the pretext accuracies."""
     import numpy as np
@@ -258,7 +285,7 @@ def collect(root: Path, arms: list[str], instances: list[int], seeds: list[int],
             for inst in instances:
                 rows, names0 = [], None
                 for seed in seeds:
-                    got = per_video(root / "cells" / f"seed{inst}" / f"train{seed}" / arm, key)
+                    got = per_video(recs.get((inst, seed, arm)), key)
                     if got is None:
                         rows = None
                         break
@@ -273,31 +300,35 @@ def collect(root: Path, arms: list[str], instances: list[int], seeds: list[int],
                     per_inst[inst] = (names0, np.stack(rows))
             if per_inst:
                 data.setdefault(key, {})[arm] = per_inst
-    from types import SimpleNamespace
-
-    from train.sweep import collect_cell
-
     for arm in arms:         # the pretraining's last test-split pretext accuracy, as sweep.py reads it
-        accs = [collect_cell(SimpleNamespace(dir=root / "cells" / f"seed{inst}" / f"train{seed}" / arm))
-                for inst in instances for seed in seeds]
-        accs = [(r["pretext_test_acc"], r.get("pretext_chance")) for r in accs if "pretext_test_acc" in r]
+        accs = [recs[(i, s, arm)]["pretext"] for i in instances for s in seeds
+                if "pretext" in recs.get((i, s, arm), {})]
+        accs = [(a["pretext_test_acc"], a.get("pretext_chance")) for a in accs]
         if accs:
             pretext[arm] = {"mean": sum(a for a, _ in accs) / len(accs), "chance": accs[0][1], "runs": len(accs)}
     return {"data": data, "pretext": pretext}
 
 
 def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[int], fractions: list[float],
-                n_boot: int = 10000) -> tuple[str, list[list[str]], dict]:
-    """table.md text, table.csv rows and the JSON record of every number."""
+                n_boot: int = 10000, ledger: Path | None = None,
+                recs: dict | None = None, problems: list[str] = ()) -> tuple[str, list[list[str]], dict]:
+    """table.md text, table.csv rows and the JSON record of every number, from the cells under
+    ``root`` and the records in ``ledger`` (or the records ``recs`` gathered already, with their
+    ``problems``)."""
     from train import stats
 
-    got = collect(root, arms, instances, seeds, fractions)
+    problems = list(problems)
+    if recs is None:
+        recs, problems = gather(root, arms, instances, seeds, ledger)
+    got = collect(recs, arms, instances, seeds, fractions)
     data, pretext = got["data"], got["pretext"]
     md = ["| arm | metric | mean [95 % CI] | minus MAC [95 % CI] | McNemar vs MAC | instances x seeds | test videos |",
           "|---|---|---|---|---|---|---|"]
     rows = [["arm", "metric", "mean", "ci_lo", "ci_hi", "diff_vs_mac", "diff_lo", "diff_hi", "mcnemar_b01",
              "mcnemar_b10", "mcnemar_p", "instances", "seeds", "videos"]]
-    record: dict = {"instances": instances, "seeds": seeds, "fractions": fractions, "metrics": {}, "pretext": pretext}
+    record: dict = {"instances": instances, "seeds": seeds, "fractions": fractions, "metrics": {}, "pretext": pretext,
+                    "cells": sorted(f"seed{i}/train{s}/{a}: {r['_source']}" for (i, s, a), r in recs.items()),
+                    "commits": sorted({r.get("git") or "unknown" for r in recs.values()}), "problems": problems}
     for key, title in metric_names(fractions):
         for arm in arms:
             cur = (data.get(key) or {}).get(arm)
@@ -353,7 +384,11 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
         "Intervals: 95 % hierarchical bootstrap over instances and test videos; 'minus MAC': the arm's accuracy "
         "minus MAC's on the same videos and seeds, paired bootstrap; McNemar: exact test on the discordant pairs "
         "(videos MAC gets right and the arm wrong : the reverse), pooled over instances and seeds (a video counts "
-        "once per seed, so p is optimistic where seeds agree; the paired interval is the stronger evidence).", "",
+        "once per seed, so p is optimistic where seeds agree; the paired interval is the stronger evidence).",
+        f"Cells: {len(recs)} ({sum(1 for r in recs.values() if r['_source'].endswith('.json'))} from the ledger), "
+        f"trained by commit(s) {', '.join(c[:10] for c in record['commits'])}; an arm enters an instance's row "
+        "when all the seeds are there.",
+        *([""] + [f"Left out: {p}" for p in problems] if problems else []), "",
         *md, *vs, *pt]) + "\n"
     return text, rows, record
 
@@ -382,14 +417,14 @@ def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
             "instances": len(common), "seeds": int(a[common[0]].shape[0])}
 
 
-def per_class_rows(root: Path, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:
+def per_class_rows(recs: dict, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:
     """Per-class test accuracy (all labels, finetuned) of every arm, mean over instances and seeds."""
     out = [["arm", "class", "accuracy", "runs"]]
     for arm in arms:
         acc: dict[str, list[float]] = {}
         for inst in instances:
             for seed in seeds:
-                m = _json(root / "cells" / f"seed{inst}" / f"train{seed}" / arm / "evaluate_all" / "metrics.json")
+                m = recs.get((inst, seed, arm), {}).get("stages", {}).get("evaluate_all", {})
                 for c, a in (m.get("per_class_acc") or {}).items():
                     if a is not None:
                         acc.setdefault(c, []).append(a)
@@ -398,7 +433,7 @@ def per_class_rows(root: Path, arms: list[str], instances: list[int], seeds: lis
     return out
 
 
-def reverse_table(root: Path, instances: list[int], seeds: list[int]) -> str:
+def reverse_table(recs: dict, instances: list[int], seeds: list[int]) -> str:
     """Where MoveUp and MoveDown test videos go when played backwards, per arm."""
     lines = ["| arm | played | MoveUp -> MoveUp | MoveUp -> MoveDown | MoveDown -> MoveDown | MoveDown -> MoveUp | runs |",
              "|---|---|---|---|---|---|---|"]
@@ -409,7 +444,7 @@ def reverse_table(root: Path, instances: list[int], seeds: list[int]) -> str:
             runs = 0
             for inst in instances:
                 for seed in seeds:
-                    m = _json(root / "cells" / f"seed{inst}" / f"train{seed}" / arm / stage / "metrics.json")
+                    m = recs.get((inst, seed, arm), {}).get("stages", {}).get(stage, {})
                     conf = m.get("confusion")
                     if not conf:
                         continue
@@ -431,19 +466,22 @@ def reverse_table(root: Path, instances: list[int], seeds: list[int]) -> str:
             "videos predicted as MoveUp / MoveDown.\n\n" + "\n".join(lines) + "\n")
 
 
-def write_outputs(root: Path, arms, instances, seeds, fractions, n_boot: int = 10000) -> str:
-    text, rows, record = build_table(root, arms, instances, seeds, fractions, n_boot)
+def write_outputs(root: Path, arms, instances, seeds, fractions, n_boot: int = 10000,
+                  ledger: Path | None = None) -> tuple[str, list[str]]:
+    """The tables of the cells under ``root`` and the records in ``ledger``; (table.md text, problems)."""
+    recs, problems = gather(root, arms, instances, seeds, ledger)
+    text, rows, record = build_table(root, arms, instances, seeds, fractions, n_boot, recs=recs, problems=problems)
     root.mkdir(parents=True, exist_ok=True)
     atomic.write_text(root / "table.md", text)
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
     atomic.write_text(root / "table.csv", buf.getvalue())
     buf = io.StringIO()
-    csv.writer(buf).writerows(per_class_rows(root, arms, instances, seeds))
+    csv.writer(buf).writerows(per_class_rows(recs, arms, instances, seeds))
     atomic.write_text(root / "per_class.csv", buf.getvalue())
-    atomic.write_text(root / "reverse_time.md", reverse_table(root, instances, seeds))
+    atomic.write_text(root / "reverse_time.md", reverse_table(recs, instances, seeds))
     atomic.write_json(root / "controls.json", record)
-    return text
+    return text, problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,6 +511,9 @@ class ControlsFlags(Flags):
     cache_dir: Path = flag(Path("data_cache/demo-controls"), "each instance is cached under <cache-dir>/seed<S>",
                            type=Path)
     dir: Path = flag(Path("runs/demo/controls"), "where the cells and the tables go", type=Path)
+    ledger: Path = flag(None, "a folder of cell records (train/ledger.py; the measured ones: docs/results/controls): "
+                               "every cell that finishes is recorded there, and the tables pool its records with the "
+                               "cells under --dir", type=Path)
     bootstrap: int = flag(10000, "bootstrap resamples", lo=100)
     table_only: bool = flag(False, "rebuild the tables from what has finished; run nothing")
     overrides: list = flag([], "stage.flag=value for every stage (as in run_all.sh)", positional=True, nargs="*")
@@ -521,12 +562,49 @@ def prepare_instance(sw, instance: int, overrides) -> None:
         raise UsageError("--instances", instance, f"extraction of instance {instance} failed (exit {p.returncode})")
 
 
+def record_finished(args: "ControlsFlags", keys=None) -> list[str]:
+    """Record the finished cells (slot.json status done) under --dir in --ledger, all of the run's
+    or those of ``keys`` [(instance, seed, arm)]; the problems. A record already there with other
+    results is kept and named (train/ledger.py: write)."""
+    from train import ledger as L
+
+    problems = []
+    if keys is None:
+        keys = [(i, s, a) for i in args.instance_list for s in args.seed_list for a in args.arm_list]
+    for inst, seed, arm in keys:
+        d = args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm
+        try:
+            if json.loads((d / "slot.json").read_text()).get("status") != "done":
+                continue
+        except (OSError, ValueError):
+            continue
+        try:
+            rec = L.from_cell(d, inst, seed, arm)
+            if rec is not None:
+                how, path = L.write(args.ledger, rec)
+                if how == "written":
+                    print(f"[controls] recorded {d} in {path}", flush=True)
+        except ValueError as e:
+            problems.append(str(e))
+    return problems
+
+
+def tables(args: "ControlsFlags") -> int:
+    """Record what finished (with --ledger), write the tables, print table.md; 1 where something
+    was left out or could not be recorded."""
+    problems = record_finished(args) if args.ledger is not None else []
+    text, left_out = write_outputs(args.dir, args.arm_list, args.instance_list, args.seed_list, args.fractions,
+                                   args.bootstrap, args.ledger)
+    print(text, end="")
+    for p in problems + left_out:
+        print(f"[controls] {p}", file=sys.stderr, flush=True)
+    return 1 if problems or left_out else 0
+
+
 def main(argv=None) -> int:
     args = parse(ControlsFlags, argv, description=__doc__, prog="controls.py")
     if args.table_only:
-        print(write_outputs(args.dir, args.arm_list, args.instance_list, args.seed_list, args.fractions,
-                            args.bootstrap), end="")
-        return 0
+        return tables(args)
     t0 = time.time()
     failed = []
     for inst in args.instance_list:
@@ -541,11 +619,13 @@ def main(argv=None) -> int:
                        + (f" ({'; '.join(slot.errors)})" if slot.errors else ""))
                 if slot.errors:
                     failed.append(slot)
-    print(write_outputs(args.dir, args.arm_list, args.instance_list, args.seed_list, args.fractions,
-                        args.bootstrap), end="")
+                elif args.ledger is not None:     # recorded as it finishes: an interrupted slice keeps it
+                    for p in record_finished(args, [(inst, seed, arm)]):
+                        print(f"[controls] {p}", file=sys.stderr, flush=True)
+    status = tables(args)
     print(f"[controls] done in {time.time() - t0:.0f} s: {args.dir / 'table.md'}"
           + (f"; {len(failed)} slot(s) with failed stages" if failed else ""), flush=True)
-    return 1 if failed else 0
+    return 1 if failed else status
 
 
 def console() -> None:
