@@ -286,14 +286,17 @@ def values(preset: str, overrides: Sequence[Override | str], configs: Path = CON
 
 
 def scratch_epochs(pt_epochs: int, pt_batch: int, ft_epochs: int, ft_batch: int,
-                   ft_milestones: Sequence[int], video_ratio: float = 1.0) -> tuple[int, tuple[int, ...]]:
+                   ft_milestones: Sequence[int], video_ratio: float = 1.0,
+                   step_cost: float = 1.0) -> tuple[int, tuple[int, ...]]:
     """(epochs, milestones) of supervised training from scratch with as many steps as MAC's
     pretraining and finetuning together. An epoch is (videos / batch) steps; the pretraining sees
     ``video_ratio`` times the finetuning's videos (1: the same training videos; 1 / F for a
     finetuning on a fraction F of the labels), so each pretraining epoch is worth
     video_ratio * ft_batch / pt_batch finetuning epochs. The milestones keep their place in the
-    schedule (a milestone at 80 % of the finetuning stays at 80 %)."""
-    epochs = ft_epochs + max(0, round(pt_epochs * video_ratio * ft_batch / pt_batch))
+    schedule (a milestone at 80 % of the finetuning stays at 80 %). ``step_cost``: what one
+    pretraining step costs in finetuning steps (1: as many steps; a pretraining step's FLOPs over a
+    finetuning step's, train/flops.py: as much compute)."""
+    epochs = ft_epochs + max(0, round(pt_epochs * video_ratio * step_cost * ft_batch / pt_batch))
     return epochs, tuple(max(1, round(m * epochs / ft_epochs)) for m in ft_milestones)
 
 
@@ -313,7 +316,7 @@ def finetune_schedule(preset: str, overrides: Sequence[Override | str], configs:
 
 
 def scratch_flags(preset: str, pt_cfg, overrides: Sequence[Override | str], configs: Path = CONFIGS,
-                  video_ratio: float = 1.0) -> tuple:
+                  video_ratio: float = 1.0, step_cost: float = 1.0) -> tuple:
     """The flags that make the finetuning of ``finetune.json`` (and the overrides) the compute-
     matched baseline: --epochs / --milestones from ``scratch_epochs``, then the preset's
     ``scratch.json`` (the baseline's own choices, e.g. its learning rate, chosen on the validation
@@ -322,7 +325,7 @@ def scratch_flags(preset: str, pt_cfg, overrides: Sequence[Override | str], conf
     overrides after them, so those win over everything."""
     ft = finetune_schedule(preset, overrides, configs)
     epochs, milestones = scratch_epochs(pt_cfg.epochs, pt_cfg.batch_size, ft.epochs, ft.batch_size, ft.milestones,
-                                        video_ratio)
+                                        video_ratio, step_cost)
     out = ["--epochs", str(epochs), "--milestones", *map(str, milestones)]
     own = stage_file(preset, "scratch", configs)
     if own.is_file():

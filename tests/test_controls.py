@@ -238,6 +238,7 @@ def test_scratch_schedule_matches_mac_total_steps():
     assert presets.scratch_epochs(300, 32, 150, 32, (60, 120)) == (450, (180, 360))
     assert presets.scratch_epochs(50, 8, 20, 4, (16,)) == (45, (36,))      # half the batch: twice the steps
     assert presets.scratch_epochs(50, 8, 20, 8, (16,), video_ratio=4.0) == (220, (176,))   # 25 % of the labels
+    assert presets.scratch_epochs(50, 8, 20, 8, (16,), step_cost=1.5) == (95, (76,))     # a step worth 1.5
     vals = presets.values("demo", [])
     assert vals["SCRATCH_BASELINE"] == 1 and vals["SCRATCH_FLAGS"][:4] == ("--epochs", "70", "--milestones", "56")
     over = presets.values("demo", presets.parse_overrides(["pretrain.epochs=10", "finetune.epochs=5",
@@ -290,8 +291,9 @@ def test_controls_table_intervals_paired_differences_and_mcnemar(tmp_path):
     assert m["mac"]["vs_scratch"]["diff"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
     assert m["no-mask"]["vs_scratch"] == {"diff": nm["diff"], "mcnemar": nm["mcnemar"]}
     vs = text[text.index("Against supervised training from scratch"):]
-    assert "| MAC (MAC-S) | finetuned, all labels | +0.0 [+0.0, +0.0] | 0:0, p = 1.000 | 2 x 2 |" in vs
-    assert f"| no mask | finetuned, all labels | {nm['diff']['mean']:+.1f}" in vs and "| from scratch" not in vs
+    ref = "from scratch, MAC's total steps"
+    assert f"| MAC (MAC-S) | finetuned, all labels | {ref} | +0.0 [+0.0, +0.0] | 0:0, p = 1.000 | 2 x 2 |" in vs
+    assert f"| no mask | finetuned, all labels | {ref} | {nm['diff']['mean']:+.1f}" in vs and "\n| from scratch" not in vs
     # an arm evaluated on other videos than MAC is an error, not a silent mismatch
     _fake_slot(tmp_path / "bad", 0, 0, "mac", np.ones(4, bool), ["a", "b", "c", "d"])
     _fake_slot(tmp_path / "bad", 0, 1, "mac", np.ones(4, bool), ["a", "b", "c", "e"])
@@ -413,7 +415,7 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
             "finetune.batch-size=4", "finetune.epochs=1", "finetune.steps-per-epoch=2", "linear.batch-size=4",
             "linear.epochs=1", "linear.steps-per-epoch=2", "evaluate.num-clips=2", "retrieve.num-clips=2",
             "train.workers=0", "evaluate.workers=0", "retrieve.workers=0"]
-    argv = [sys.executable, "train/controls.py", "--instances", "0", "--seeds", "0", "--arms", "scratch",
+    argv = [sys.executable, "train/controls.py", "--instances", "0", "--seeds", "0", "--arms", "scratch,scratch-sc",
             "--label-fractions", "", "--bootstrap", "200", "--data-root", str(tmp_path / "data"), "--cache-dir",
             str(tmp_path / "cache"), "--dir", str(tmp_path / "runs"), "--ledger", str(tmp_path / "ledger"), *tiny]
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ,
@@ -425,6 +427,12 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
     assert "| MAC (MAC-S) | linear probe |" in table and "| MAC (MAC-S) | retrieval R@1 |" in table
     scratch_cfg = json.loads((root / "cells/seed0/train0/scratch/finetune_all/config.json").read_text())["config"]
     assert scratch_cfg["epochs"] == 2 and scratch_cfg["init"] == "random"        # 1 pretraining + 1 finetuning epoch
+    # MAC-SC's compute: a pretraining step counted as its FLOPs in supervised steps (key encoder: ~4/3)
+    cost = json.loads((root / "cells/seed0/train0/scratch-sc/step_cost.json").read_text())
+    assert cost["matches"] == "mac-sc" and 1.2 < cost["step_cost"] < 1.5
+    sc_cfg = json.loads((root / "cells/seed0/train0/scratch-sc/finetune_all/config.json").read_text())["config"]
+    assert sc_cfg["epochs"] == 1 + round(cost["step_cost"]) and sc_cfg["init"] == "random"
+    assert "| MAC-SC |" not in table and "| from scratch, MAC-SC's compute | finetuned, all labels |" in table
     assert "backwards" in (root / "reverse_time.md").read_text()
     assert (root / "per_class.csv").read_text().count("\n") > 3
     marks = {p: p.stat().st_mtime_ns for p in root.rglob("*.done")}
@@ -432,12 +440,32 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
     assert r.returncode == 0 and {p: p.stat().st_mtime_ns for p in root.rglob("*.done")} == marks
     # each finished cell was recorded as it finished; the ledger alone rebuilds the same table
     assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == ["seed0-train0-mac.json",
+                                                                        "seed0-train0-scratch-sc.json",
                                                                         "seed0-train0-scratch.json"]
     r = subprocess.run([sys.executable, "train/controls.py", "--table-only", "--instances", "0", "--seeds", "0",
-                        "--arms", "scratch", "--label-fractions", "", "--bootstrap", "200", "--dir",
+                        "--arms", "scratch,scratch-sc", "--label-fractions", "", "--bootstrap", "200", "--dir",
                         str(tmp_path / "elsewhere"), "--ledger", str(tmp_path / "ledger")], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     cut = table.index("| arm | metric |")
     assert (tmp_path / "elsewhere" / "table.md").read_text().endswith(table[cut:])
     assert (tmp_path / "elsewhere" / "reverse_time.md").read_text() == (root / "reverse_time.md").read_text()
+
+
+def test_flops_per_step_mac_s_as_a_supervised_step_mac_sc_adds_its_key_encoder():
+    """train/flops.py on the trainers' modules: a MAC-S step costs a supervised step (the same
+    backbone, batch and clip; only the tiny head differs); MAC-SC adds the key encoder's forward
+    (about a third of a forward and backward), and the symmetric loss doubles it."""
+    from core.flags import parse
+    from train import flops
+    from train.finetune import FinetuneConfig
+    from train.pretrain import PretrainConfig
+
+    small = ["--backbone", "r2plus1d_10_w32", "--frames", "4", "--crop", "32", "--batch-size", "4"]
+    ft = parse(FinetuneConfig, small, prog="finetune.py")
+    cfgs = {"mac-s": ["--method", "mac-s"], "mac-sc": ["--method", "mac-sc"], "sym": ["--method", "mac-sc", "--symmetric"]}
+    ratio = {k: flops.pretrain_step_ratio(parse(PretrainConfig, [*small, "--queue-size", "64", *v],
+                                                prog="pretrain.py"), ft, 6) for k, v in cfgs.items()}
+    assert abs(ratio["mac-s"] - 1) < 0.01
+    assert 1.25 < ratio["mac-sc"] < 1.45
+    assert 2.5 < ratio["sym"] < 2.9         # two queries (fwd+bwd) and two keys (fwd)

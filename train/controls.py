@@ -21,7 +21,10 @@ Arms (pretraining flags on top of the preset's pretrain.json; docs/method.md sec
                  (linear probe, retrieval) and finetuning from random init with the finetuning
                  steps only
     scratch      supervised from random init with MAC's total number of steps (pretraining +
-                 finetuning), for every label fraction
+                 finetuning), for every label fraction; a MAC-S step costs what a supervised step
+                 costs (train/flops.py), so this is MAC-S's compute too
+    scratch-sc   the same with MAC-SC's compute: each pretraining step counted as the FLOPs of a
+                 MAC-SC step over a supervised one (its key encoder; x1.34 on the demo)
 
 Every pretrained arm then runs: finetuning on all training labels and on each --label-fractions
 fraction, a linear probe, the 10-clip test of each, retrieval; "mac" and "scratch" also the test
@@ -75,10 +78,14 @@ ARMS: dict[str, dict[str, str] | None] = {
     "moco": {"method": "mac-sc", "cls-weight": "0", "mask-variant": "none"},
     "random": None,
     "scratch": None,
+    "scratch-sc": None,
 }
+# the scratch arms: whose pretraining's compute each matches (its arm in ARMS)
+SCRATCH = {"scratch": "mac", "scratch-sc": "mac-sc"}
 LABELS = {"mac": "MAC (MAC-S)", "no-mask": "no mask", "full-frame": "full-frame attenuation",
           "displaced": "displaced masks", "mac-sc": "MAC-SC", "moco": "MoCo v2 alone",
-          "random": "random init / random features", "scratch": "from scratch, MAC's total steps"}
+          "random": "random init / random features", "scratch": "from scratch, MAC's total steps",
+          "scratch-sc": "from scratch, MAC-SC's compute"}
 # MoCo arms: a queue the demo's 1,100 steps of 8 keys fill (the recipe's 65,536 would stay mostly empty)
 MOCO_DEMO = {"queue-size": "1024"}
 REVERSED = ("mac", "scratch")
@@ -112,14 +119,18 @@ def _stage_overrides(stage: str, overrides) -> list[str]:
     return presets.stage_flags(stage, overrides)
 
 
-def pretrain_argv(sw, slot: Slot) -> list[str]:
-    extra = dict(ARMS[slot.arm] or {})
+def arm_flags(sw, arm: str) -> list[str]:
+    """The arm's pretraining flags and the run's pretrain overrides (after the preset's file)."""
+    extra = dict(ARMS[arm] or {})
     if extra.get("method") == "mac-sc":
         extra = {**MOCO_DEMO, **extra}
-    flags_ = [a for k, v in extra.items() for a in presets.flag_args(k, v)]
+    return [*(a for k, v in extra.items() for a in presets.flag_args(k, v)), *_stage_overrides("pretrain", sw.overrides)]
+
+
+def pretrain_argv(sw, slot: Slot) -> list[str]:
     return ["train/pretrain.py", *sw.config("pretrain"), "--dataset", "demo", "--split", "1", "--cache-dir",
             str(sw.cache_dir), "--run-dir", str(slot.dir / "pretrain"), "--resume", "--seed", str(slot.seed),
-            "--no-progress", *flags_, *_stage_overrides("pretrain", sw.overrides)]
+            "--no-progress", *arm_flags(sw, slot.arm)]
 
 
 def finetune_argv(sw, slot: Slot, init: str, run_dir: Path, fraction: float, linear: bool = False,
@@ -143,14 +154,35 @@ def retrieve_argv(sw, slot: Slot, source: list[str], out_dir: Path) -> list[str]
             *_stage_overrides("retrieve", sw.overrides)]
 
 
-def scratch_extra(sw, fraction: float) -> list[str]:
+def arm_pretrain_config(sw, arm: str):
+    """The PretrainConfig an arm's pretraining runs (the preset's, the arm's flags, the overrides)."""
+    from train.pretrain import PretrainConfig
+
+    return parse(PretrainConfig, [*sw.config("pretrain"), *arm_flags(sw, arm)], prog="pretrain.py")
+
+
+def step_cost(sw, arm: str) -> float:
+    """What one pretraining step of ``arm`` costs in supervised finetuning steps (FLOPs, counted
+    on the trainers' modules: train/flops.py); 1 for MAC-S by construction of the ratio."""
+    from preprocess.cache import DecodeParams, open_cache
+    from train import flops
+    from train.finetune import FinetuneConfig
+
+    ft = parse(FinetuneConfig, [*sw.config("finetune"), *_stage_overrides("finetune", sw.overrides)],
+               prog="finetune.py")
+    classes = len(open_cache(sw.cache_dir, "demo", DecodeParams(), None).classes)
+    return flops.pretrain_step_ratio(arm_pretrain_config(sw, arm), ft, classes)
+
+
+def scratch_extra(sw, fraction: float, cost: float = 1.0) -> list[str]:
     """--epochs / --milestones of the compute-matched scratch run at ``fraction`` of the labels (as
-    many steps as the pretraining, on all training videos, plus the finetuning on the fraction)
-    and the preset's scratch.json (its learning rate), exactly as run_all.sh's scratch stage."""
+    many steps as the pretraining, on all training videos, times ``cost`` supervised steps per
+    pretraining step, plus the finetuning on the fraction) and the preset's scratch.json (its
+    learning rate), exactly as run_all.sh's scratch stage."""
     from train.pretrain import PretrainConfig
 
     pt = parse(PretrainConfig, [*sw.config("pretrain"), *_stage_overrides("pretrain", sw.overrides)], prog="pretrain.py")
-    return [*presets.scratch_flags(sw.preset, pt, sw.overrides, video_ratio=1.0 / fraction),
+    return [*presets.scratch_flags(sw.preset, pt, sw.overrides, video_ratio=1.0 / fraction, step_cost=cost),
             *_stage_overrides("scratch", sw.overrides)]
 
 
@@ -195,10 +227,16 @@ def run_slot(sw, slot: Slot, fractions: list[float]) -> Slot:
         src = ["--init", "random", "--backbone", pt.backbone] + (["--config-from", str(mac_pt)] if mac_pt.is_file() else [])
         step("retrieve", retrieve_argv(sw, slot, src, slot.dir / "retrieve"))
     else:                                                           # scratch, compute-matched
+        cost = 1.0
+        if SCRATCH[arm] != "mac":
+            cost = step_cost(sw, SCRATCH[arm])
+            atomic.write_json(slot.dir / "step_cost.json", {"matches": SCRATCH[arm], "step_cost": cost,
+                                                            "source": "train/flops.py (FLOPs per step)"})
+            sw.say(f"{arm}: a {SCRATCH[arm]} pretraining step = {cost:.3f} supervised steps (FLOPs)")
         for f in fractions:
             tag = fraction_tag(f)
             if step(f"finetune_{tag}", finetune_argv(sw, slot, "random", slot.dir / f"finetune_{tag}", f,
-                                                     extra=scratch_extra(sw, f))):
+                                                     extra=scratch_extra(sw, f, cost))):
                 ck = slot.dir / f"finetune_{tag}" / "last.pt"
                 step(f"evaluate_{tag}", evaluate_argv(sw, ck, slot.dir / f"evaluate_{tag}"))
                 if f >= 1.0:
@@ -355,22 +393,24 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
                          f"{mcr['p']:.4g}" if mcr else "", str(len(arrays)), str(rec["seeds"]),
                          str(rec["videos"])])
     # every pretrained arm against the compute-matched scratch model: where pretraining pays
-    vs = ["", "Against supervised training from scratch with MAC's total number of steps (the arm minus scratch on "
-          "the same videos and seeds, paired bootstrap; McNemar b01:b10 = videos scratch gets right and the arm "
-          "wrong : the reverse):", "",
-          "| arm | metric | minus scratch [95 % CI] | McNemar vs scratch | instances x seeds |", "|---|---|---|---|---|"]
+    vs = ["", "Against supervised training from scratch with MAC's total number of steps (= MAC-S's FLOPs) and, "
+          "for MAC-SC, with its FLOPs (the arm minus the scratch model on the same videos and seeds, paired "
+          "bootstrap; McNemar b01:b10 = videos the scratch model gets right and the arm wrong : the reverse):", "",
+          "| arm | metric | scratch model | minus it [95 % CI] | McNemar | instances x seeds |",
+          "|---|---|---|---|---|---|"]
     n_vs = len(vs)
+    pairs = [(a, "scratch") for a in arms if a not in SCRATCH and a != "random"]
+    pairs += [(a, s) for s, a in SCRATCH.items() if s != "scratch" and a in arms and s in arms]
     for key, title in metric_names(fractions):
         if not key.startswith("evaluate_") or key == "evaluate_linear":
             continue
-        for arm in arms:
-            if arm in ("scratch", "random"):
-                continue
-            pair = _paired(data, key, arm, "scratch", n_boot)
+        for arm, ref in pairs:
+            pair = _paired(data, key, arm, ref, n_boot)
             if pair:
-                record["metrics"][key][arm]["vs_scratch"] = {"diff": pair["diff"], "mcnemar": pair["mcnemar"]}
-                vs.append(f"| {LABELS[arm]} | {title} | {pair['diff_text']} | {pair['mcnemar_text']} | "
-                          f"{pair['instances']} x {pair['seeds']} |")
+                record["metrics"][key][arm]["vs_" + ref.replace("-", "_")] = {"diff": pair["diff"],
+                                                                              "mcnemar": pair["mcnemar"]}
+                vs.append(f"| {LABELS[arm]} | {title} | {LABELS[ref]} | {pair['diff_text']} | "
+                          f"{pair['mcnemar_text']} | {pair['instances']} x {pair['seeds']} |")
     if len(vs) == n_vs:
         vs = []
     pt = ["", "| arm | pretext test accuracy (mean over runs) | chance | runs |", "|---|---|---|---|"]
