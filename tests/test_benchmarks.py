@@ -277,3 +277,21 @@ def test_bench_preprocess_runs_the_product_command_and_reports(tmp_path):
     assert 2_000 < z["frames"] < 20_000 and 0 < z["stats"] < 100 and sorted(z["masks"], key=int) == ["1", "2", "3", "4"]
     assert all(0.5 < a["corr"] <= 1 and 0.5 < a["corr_rgb_jpeg"] <= 1 for a in rep["mask_agreement"].values())
     assert "x bare RGB" in p.stdout and "UCF101" in p.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# bench_step_flops: what the compute-matched baselines match
+
+
+def test_bench_step_flops_counts_the_demo_steps(tmp_path):
+    out = tmp_path / "flops.json"
+    p = subprocess.run([sys.executable, "benchmarks/bench_step_flops.py", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["supervised"]["gflops_per_step"] > 1 and r["supervised"]["batch"] == 8
+    assert abs(r["mac-s"]["ratio_to_supervised_step"] - 1) < 0.01
+    assert 1.25 < r["mac-sc"]["ratio_to_supervised_step"] < 1.45
+    assert r["mac-sc"]["total_ratio_to_scratch"] == pytest.approx(
+        (1100 * r["mac-sc"]["ratio_to_supervised_step"] + 440) / 1540)
+    assert "mac-sc:" in p.stdout
