@@ -289,11 +289,17 @@ def test_controls_table_intervals_paired_differences_and_mcnemar(tmp_path):
     assert rows[0][:3] == ["arm", "metric", "mean"] and len(rows) == 4
     # every pretrained arm against the compute-matched scratch model too (here scratch equals MAC)
     assert m["mac"]["vs_scratch"]["diff"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
-    assert m["no-mask"]["vs_scratch"] == {"diff": nm["diff"], "mcnemar": nm["mcnemar"]}
+    vs_nm = m["no-mask"]["vs_scratch"]
+    assert {k: vs_nm[k] for k in ("diff", "mcnemar")} == {"diff": nm["diff"], "mcnemar": nm["mcnemar"]}
+    # per cell: each instance/seed's own difference, whose mean is the pooled one (equal videos per cell)
+    assert list(vs_nm["cells"]) == ["0/0", "0/1", "1/0", "1/1"] and all(d < 0 for d in vs_nm["cells"].values())
+    assert sum(vs_nm["cells"].values()) / 4 == pytest.approx(nm["diff"]["mean"], abs=1e-3)
     vs = text[text.index("Against supervised training from scratch"):]
     ref = "from scratch, MAC's total steps"
     assert f"| MAC (MAC-S) | finetuned, all labels | {ref} | +0.0 [+0.0, +0.0] | 0:0, p = 1.000 | 2 x 2 |" in vs
     assert f"| no mask | finetuned, all labels | {ref} | {nm['diff']['mean']:+.1f}" in vs and "\n| from scratch" not in vs
+    c = vs_nm["cells"]
+    assert f"| 2 x 2 | {c['0/0']:+.1f} (0/0), {c['0/1']:+.1f} (0/1), {c['1/0']:+.1f} (1/0), {c['1/1']:+.1f} (1/1); ahead in 0 of 4 |" in vs
     # an arm evaluated on other videos than MAC is an error, not a silent mismatch
     _fake_slot(tmp_path / "bad", 0, 0, "mac", np.ones(4, bool), ["a", "b", "c", "d"])
     _fake_slot(tmp_path / "bad", 0, 1, "mac", np.ones(4, bool), ["a", "b", "c", "e"])

@@ -395,9 +395,10 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
     # every pretrained arm against the compute-matched scratch model: where pretraining pays
     vs = ["", "Against supervised training from scratch with MAC's total number of steps (= MAC-S's FLOPs) and, "
           "for MAC-SC, with its FLOPs (the arm minus the scratch model on the same videos and seeds, paired "
-          "bootstrap; McNemar b01:b10 = videos the scratch model gets right and the arm wrong : the reverse):", "",
-          "| arm | metric | scratch model | minus it [95 % CI] | McNemar | instances x seeds |",
-          "|---|---|---|---|---|---|"]
+          "bootstrap; McNemar b01:b10 = videos the scratch model gets right and the arm wrong : the reverse; per "
+          "cell: the difference on each instance/seed, to see whether the pooled one holds in every cell):", "",
+          "| arm | metric | scratch model | minus it [95 % CI] | McNemar | instances x seeds | per cell (instance/seed) |",
+          "|---|---|---|---|---|---|---|"]
     n_vs = len(vs)
     pairs = [(a, "scratch") for a in arms if a not in SCRATCH and a != "random"]
     pairs += [(a, s) for s, a in SCRATCH.items() if s != "scratch" and a in arms and s in arms]
@@ -407,10 +408,15 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
         for arm, ref in pairs:
             pair = _paired(data, key, arm, ref, n_boot)
             if pair:
+                cells = {f"{i}/{seeds[j]}": d for i, per_seed in pair["cells"].items() for j, d in enumerate(per_seed)}
                 record["metrics"][key][arm]["vs_" + ref.replace("-", "_")] = {"diff": pair["diff"],
-                                                                              "mcnemar": pair["mcnemar"]}
+                                                                              "mcnemar": pair["mcnemar"],
+                                                                              "cells": cells}
+                ahead = sum(d > 0 for d in cells.values())
+                per_cell = ", ".join(f"{d:+.1f} ({c})" for c, d in cells.items())
                 vs.append(f"| {LABELS[arm]} | {title} | {LABELS[ref]} | {pair['diff_text']} | "
-                          f"{pair['mcnemar_text']} | {pair['instances']} x {pair['seeds']} |")
+                          f"{pair['mcnemar_text']} | {pair['instances']} x {pair['seeds']} | "
+                          f"{per_cell}{f'; ahead in {ahead} of {len(cells)}' if len(cells) > 1 else ''} |")
     if len(vs) == n_vs:
         vs = []
     pt = ["", "| arm | pretext test accuracy (mean over runs) | chance | runs |", "|---|---|---|---|"]
@@ -435,7 +441,8 @@ def build_table(root: Path, arms: list[str], instances: list[int], seeds: list[i
 
 def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
     """``arm`` minus ``ref`` on metric ``key`` over the instances both have, on the same videos and
-    seeds: {diff: {mean, lo, hi}, mcnemar, diff_text, mcnemar_text, instances, seeds}; None where
+    seeds: {diff: {mean, lo, hi}, mcnemar, diff_text, mcnemar_text, instances, seeds, cells: {instance:
+    [the difference in points for each seed]}}; None where
     either is missing or they differ in shape. McNemar's b01: ``arm`` wrong where ``ref`` is right."""
     import numpy as np
 
@@ -454,7 +461,9 @@ def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
     return {"diff": {"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}, "mcnemar": mc,
             "diff_text": f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]",
             "mcnemar_text": f"{mc['b01']}:{mc['b10']}, {stats.format_p(mc['p'])}",
-            "instances": len(common), "seeds": int(a[common[0]].shape[0])}
+            "instances": len(common), "seeds": int(a[common[0]].shape[0]),
+            "cells": {i: [round(100 * float(b[i][j].mean() - a[i][j].mean()), 4) for j in range(a[i].shape[0])]
+                      for i in common}}
 
 
 def per_class_rows(recs: dict, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:
