@@ -2,7 +2,7 @@
 # The whole MAC pipeline, end to end, resumable:
 #
 #   bash run_all.sh                                   # = demo: synthetic data, 2-core CPU, <= 15 minutes
-#   bash run_all.sh demo-seeds                        # the demo for seeds 0, 1, 2 and mean +- std (<= 45 min)
+#   bash run_all.sh demo-seeds [--seeds 0,1,2]        # the demo for each seed and mean +- std (<= 45 min)
 #   bash run_all.sh demo-controls [--instances 0 --seeds 0]   # MAC against its controls (train/controls.py)
 #   bash run_all.sh demo-large                        # a bigger demo, the paper's model and recipe (one GPU, ~10 min)
 #   bash run_all.sh ucf101 [--data-root data/ucf101]  # the paper's setting (GPU)
@@ -62,15 +62,17 @@ if [[ $PRESET == sweep ]]; then
   exec $PY train/sweep.py "$@"
 fi
 if [[ $PRESET == demo-seeds ]]; then
-  # the demo chain three times (training seeds 0, 1, 2; the same generated data and cache, made
-  # once), then every number as mean +- std over the seeds
-  RUNS_ROOT_S=runs ARGS=()
+  # the demo chain once per training seed (--seeds, default 0,1,2; the same generated data and
+  # cache, made once), then every number as mean +- std over the seeds
+  RUNS_ROOT_S=runs ARGS=() SEEDS=0,1,2
   while [[ $# -gt 0 ]]; do
     case $1 in --runs-root) RUNS_ROOT_S=$2; ARGS+=("$1" "$2"); shift 2;;
-      --run-id) die "demo-seeds names its runs demo-seed0..2";; *) ARGS+=("$1"); shift;; esac
+      --seeds) [[ ${2-} =~ ^[0-9]+(,[0-9]+)+$ ]] || die "--seeds wants two or more comma-separated seeds (got '${2-}')"
+        SEEDS=$2; shift 2;;
+      --run-id) die "demo-seeds names its runs demo-seed<S>";; *) ARGS+=("$1"); shift;; esac
   done
   runs=()
-  for seed in 0 1 2; do
+  for seed in ${SEEDS//,/ }; do
     bash ./run_all.sh demo --run-id "demo-seed$seed" "${ARGS[@]+"${ARGS[@]}"}" "train.seed=$seed" \
       "retrieve.seed=$seed" || exit $?
     runs+=("$RUNS_ROOT_S/demo/demo-seed$seed")
