@@ -1,6 +1,7 @@
-"""The whole pipeline through run_all.sh on a tiny generated dataset in UCF101's layout
-(make_demo: 2 classes x 3 groups x 1 clip), tiny config; then a second run that must skip every
-finished stage via its marker; then the guards (changed settings, missing dataset)."""
+"""The whole pipeline through run_all.sh on tiny generated datasets in the real layouts (the demo:
+make_demo, 2 classes x 3 groups x 1 clip), tiny config: demo-seeds over two seeds, one of its runs
+again (every finished stage skipped via its marker, an interrupted one resumed), the guards
+(changed settings, missing dataset), demo-large, and k400-ucf101."""
 from __future__ import annotations
 
 import json
@@ -27,19 +28,38 @@ def run_all(tmp: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def _common(tmp: Path) -> list[str]:
-    return ["--data-root", str(tmp / "data"), "--runs-root", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"),
-            "--run-id", "tiny"]
-
-
 @pytest.mark.slow
-def test_chain_demo_tiny_and_resume(tmp_path):
+def test_chain_demo_seeds_then_resume(tmp_path):
+    """demo-seeds --seeds 0,2: the tiny demo chain for each seed on one generated dataset and cache
+    (two seeds keep it short; the default list is 0, 1, 2), then mean +- std of every number; the
+    seed-0 run's results and summary in detail; then that run again, directly (bash run_all.sh
+    demo, the command demo-seeds ran for it): every stage skipped via its marker, an interrupted
+    stage resumed, and other settings refused."""
     from train.report import EVAL_KEYS, RETRIEVAL_KEYS
 
-    r = run_all(tmp_path, "demo", *_common(tmp_path), *TINY)
+    common = ["--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+              "--cache-dir", str(tmp_path / "cache")]
+    bad = run_all(tmp_path, "demo-seeds", "--seeds", "3", *common, *TINY)
+    assert bad.returncode == 2 and "--seeds wants two or more" in bad.stderr and not (tmp_path / "data").exists()
+    r = run_all(tmp_path, "demo-seeds", "--seeds", "0,2", *common, *TINY)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    run = tmp_path / "runs" / "demo" / "tiny"
-    res = json.loads((run / "results.json").read_text())
+    runs = tmp_path / "runs" / "demo"
+
+    # the aggregate over the seeds
+    agg = json.loads((runs / "demo-seeds" / "results.json").read_text())
+    assert agg["seeds"] == [0, 2] and len(agg["runs"]) == 2
+    assert agg["metrics"]["evaluate"]["video_top1"]["n"] == 2 and "std" in agg["gains"]["finetuned video top-1 vs from scratch, same total steps"]
+    per_seed = [json.loads((runs / f"demo-seed{s}" / "results.json").read_text()) for s in (0, 2)]
+    assert [p["seeds"]["finetune"] for p in per_seed] == [0, 2]
+    assert [p["configs"]["retrieve_random"]["seed"] for p in per_seed] == [0, 2]
+    assert not (runs / "demo-seed1").exists()
+    assert r.stdout.count("videos (2 classes") == 1                 # the data is made once ...
+    assert r.stdout.count("(same parameters): nothing to do") == 1  # ... and found by the other run
+    assert "Mean +- std over 2 runs" in r.stdout
+
+    # one run in detail
+    run = runs / "demo-seed0"
+    res = per_seed[0]
     assert res["missing"] == []
     for stage in ("evaluate", "evaluate_random", "evaluate_scratch", "evaluate_linear", "evaluate_linear_random"):
         for k in EVAL_KEYS:
@@ -85,8 +105,10 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     assert "| random init, finetuning steps only |" in r.stdout and "| from scratch, MAC's total steps |" in r.stdout
     markers = {s: (run / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
 
-    # second run: every stage skipped via its marker, nothing recomputed, the table printed again
-    r2 = run_all(tmp_path, "demo", *_common(tmp_path), *TINY)
+    # the seed-0 run again, as demo-seeds ran it: every stage skipped via its marker, nothing
+    # recomputed, the table printed again
+    again = ["demo", "--run-id", "demo-seed0", *common, *TINY, "train.seed=0", "retrieve.seed=0"]
+    r2 = run_all(tmp_path, *again)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     for s in STAGES:
         assert f"stage {s}: done already" in r2.stdout
@@ -96,13 +118,15 @@ def test_chain_demo_tiny_and_resume(tmp_path):
     # an interrupted stage resumes: drop the last two markers and the summary, rerun
     for s in ("retrieve_random", "summary"):
         (run / "stages" / f"{s}.done").unlink()
-    r3 = run_all(tmp_path, "demo", *_common(tmp_path), *TINY)
+    r3 = run_all(tmp_path, *again)
     assert r3.returncode == 0, r3.stderr[-3000:]
     assert "=== stage retrieve_random" in r3.stdout and "=== stage pretrain" not in r3.stdout
 
     # the same run id with other settings is refused before anything runs
-    r4 = run_all(tmp_path, "demo", *_common(tmp_path), *TINY, "finetune.lr=0.5")
+    r4 = run_all(tmp_path, *again, "finetune.lr=0.5")
     assert r4.returncode != 0 and "started with other settings" in r4.stderr
+
+
 
 
 def test_missing_dataset_explains_layout(tmp_path):
@@ -112,30 +136,6 @@ def test_missing_dataset_explains_layout(tmp_path):
     out = r.stdout + r.stderr
     assert "Expected layout" in out and "ucfTrainTestlist" in out and "bash run_all.sh demo" in out
     assert "crcv.ucf.edu" in out
-
-
-@pytest.mark.slow
-def test_demo_seeds_aggregates_the_seeds_runs(tmp_path):
-    """demo-seeds --seeds 0,2: the tiny demo for each seed on one generated dataset and cache,
-    then mean +- std of every number in runs/demo/demo-seeds (two seeds keep it short; the
-    default list is 0, 1, 2)."""
-    common = ["--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
-              "--cache-dir", str(tmp_path / "cache")]
-    bad = run_all(tmp_path, "demo-seeds", "--seeds", "3", *common, *TINY)
-    assert bad.returncode == 2 and "--seeds wants two or more" in bad.stderr and not (tmp_path / "data").exists()
-    r = run_all(tmp_path, "demo-seeds", "--seeds", "0,2", *common, *TINY)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    runs = tmp_path / "runs" / "demo"
-    agg = json.loads((runs / "demo-seeds" / "results.json").read_text())
-    assert agg["seeds"] == [0, 2] and len(agg["runs"]) == 2
-    assert agg["metrics"]["evaluate"]["video_top1"]["n"] == 2 and "std" in agg["gains"]["finetuned video top-1 vs from scratch, same total steps"]
-    per_seed = [json.loads((runs / f"demo-seed{s}" / "results.json").read_text()) for s in (0, 2)]
-    assert [p["seeds"]["finetune"] for p in per_seed] == [0, 2]
-    assert [p["configs"]["retrieve_random"]["seed"] for p in per_seed] == [0, 2]
-    assert not (runs / "demo-seed1").exists()
-    assert r.stdout.count("videos (2 classes") == 1                 # the data is made once ...
-    assert r.stdout.count("(same parameters): nothing to do") == 1  # ... and found by the other run
-    assert "Mean +- std over 2 runs" in r.stdout
 
 
 @pytest.mark.slow
