@@ -386,6 +386,41 @@ def test_the_ledger_keeps_each_finished_cell_and_the_table_reads_it_back(tmp_pat
     assert len(problems) == 1 and "frame cache h1" in problems[0] and "train1/scratch" in problems[0]
 
 
+def test_a_recorded_cell_is_taken_not_trained_again(tmp_path):
+    """A later slice takes a cell from the ledger when its record has the run's settings hash and
+    frames and the cell has no folder under --dir; other settings, other frames or a folder there
+    mean it runs. MAC's cell runs beside a random arm that runs (its retrieval reads MAC's
+    checkpoint). The settings hash follows the preset's files, the overrides and the fractions."""
+    from core.flags import parse
+    from train import controls as C, ledger as L
+
+    book, runs = tmp_path / "ledger", tmp_path / "runs"
+    argv = ["--instances", "0", "--seeds", "0", "--arms", "no-mask,displaced,random,scratch", "--dir", str(runs),
+            "--ledger", str(book)]
+    args = parse(C.ControlsFlags, argv, prog="controls.py")
+    assert args.settings == C.settings_hash("demo", [], [1.0, 0.25])
+    for other in (["--label-fractions", "0.1"], ["pretrain.lr=0.1"], ["--preset", "ucf101"]):
+        assert parse(C.ControlsFlags, argv + other, prog="controls.py").settings != args.settings, other
+    base = {"format": L.FORMAT, "instance": 0, "seed": 0, "videos": ["a"],
+            "stages": {"evaluate_all": {"labels": [0], "preds": [0]}}, "git": "abc", "cache": "h0"}
+    book.mkdir()
+    for arm, extra in (("mac", {}), ("no-mask", {}), ("displaced", {"settings": "other"}), ("random", {}),
+                       ("scratch", {})):
+        rec = {**base, "arm": arm, "settings": args.settings, **extra}
+        (book / L.file_name(0, 0, arm)).write_text(L.dumps(rec))
+    (runs / "cells" / "seed0" / "train0" / "scratch").mkdir(parents=True)        # begun here: it resumes
+    recorded, problems = L.load_dir(book)
+    assert not problems
+    take = C.cells_to_take(args, recorded, 0, 0, "h0")
+    assert sorted(take) == ["mac", "no-mask", "random"] and "the same settings and frames" in take["mac"]
+    assert C.cells_to_take(args, recorded, 0, 0, "h1") == {}                       # other frames
+    assert C.cells_to_take(args, recorded, 0, 1, "h0") == {}                       # nothing recorded for seed 1
+    (book / L.file_name(0, 0, "random")).unlink()                                  # random runs: so does MAC
+    assert sorted(C.cells_to_take(args, L.load_dir(book)[0], 0, 0, "h0")) == ["no-mask"]
+    with pytest.raises(ValueError, match="'settings' must be a string"):
+        L.check({**base, "arm": "mac", "settings": 3}, "f.json")
+
+
 def test_a_ledger_record_is_checked():
     from train import ledger as L
 
@@ -456,6 +491,13 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
     cut = table.index("| arm | metric |")
     assert (tmp_path / "elsewhere" / "table.md").read_text().endswith(table[cut:])
     assert (tmp_path / "elsewhere" / "reverse_time.md").read_text() == (root / "reverse_time.md").read_text()
+    # a later sitting with the same settings (its own --dir, the same ledger) takes every cell from
+    # its record and trains nothing
+    later = [a if a != str(root) else str(tmp_path / "later") for a in argv]
+    r = subprocess.run(later, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("not run again") == 3 and not (tmp_path / "later" / "cells").exists()
+    assert (tmp_path / "later" / "table.md").read_text().endswith(table[cut:])
 
 
 def test_flops_per_step_mac_s_as_a_supervised_step_mac_sc_adds_its_key_encoder():

@@ -41,7 +41,10 @@ together and running --table-only. A failed stage is reported and the other arms
 With --ledger DIR every finished cell is also recorded as one small JSON file in DIR
 (train/ledger.py: per-video predictions, pretext accuracy, commit, frame cache hash), and the
 tables pool those records with the cells under --dir: the project's measured cells are kept in
-docs/results/controls, so slices measured in different sittings make one table.
+docs/results/controls, so slices measured in different sittings make one table. A cell recorded
+there with this run's settings (the preset's files, the overrides, the label fractions: the
+record's "settings" hash) and frames, and with no folder under --dir, is taken from its record,
+not trained again (MAC's runs anyway beside the random arm, whose retrieval reads its checkpoint).
 
 Outputs: table.md / table.csv (per arm and metric: mean with a 95 % hierarchical-bootstrap interval
 over instances and videos, the difference to MAC with its paired interval, McNemar's exact test of
@@ -52,6 +55,7 @@ reversal), controls.json (every number and where it came from).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import sys
@@ -586,10 +590,47 @@ class ControlsFlags(Flags):
             raise UsageError("--label-fractions", self.label_fractions, "each must be in (0, 1)")
         self.fractions = [1.0] + sorted(set(fr), reverse=True)
         self.override_list = presets.parse_overrides(self.overrides)
+        self.settings = settings_hash(self.preset, self.overrides, self.fractions)
 
 
-def prepare_instance(sw, instance: int, overrides) -> None:
-    """Generate the instance once and cache its frames once (the default masks are computed per clip)."""
+def settings_hash(preset: str, overrides, fractions) -> str:
+    """What decides a cell's results besides its instance, seed, arm, frames and code: the preset's
+    stage files, the overrides and the label fractions. A ledger record with the same hash and the
+    same frames is the same experiment, so a later slice takes it instead of training it again."""
+    d = presets.require(preset)
+    files = {p.name: p.read_text() for p in sorted(d.glob("*.json"))}
+    blob = json.dumps({"preset": preset, "files": files, "overrides": [str(o) for o in overrides],
+                       "fractions": [float(f) for f in fractions]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recorded_already(rec: dict | None, settings: str, cache_hash: str | None) -> str | None:
+    """Why the cell whose ledger record is ``rec`` need not run again (None: it must run): the
+    record has this run's settings and was evaluated on these frames."""
+    if rec is None or rec.get("settings") != settings or cache_hash is None or rec.get("cache") != cache_hash:
+        return None
+    return f"recorded in {rec['_source']} (commit {str(rec.get('git'))[:10]}, the same settings and frames)"
+
+
+def cells_to_take(args: "ControlsFlags", recorded: dict, inst: int, seed: int, cache_hash: str | None) -> dict:
+    """{arm: why} for the arms of (instance, seed) whose ledger records stand for them (a slice
+    measured in another sitting); a cell with a folder under --dir runs (resumes) as usual. MAC's
+    cell runs anyway when the random arm does: random's retrieval reads MAC's pretraining
+    checkpoint for its clip settings."""
+    take = {}
+    for arm in args.arm_list:
+        d = args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm
+        why = None if d.exists() else recorded_already(recorded.get((inst, seed, arm)), args.settings, cache_hash)
+        if why:
+            take[arm] = why
+    if "random" in args.arm_list and "random" not in take:
+        take.pop("mac", None)
+    return take
+
+
+def prepare_instance(sw, instance: int, overrides) -> str | None:
+    """Generate the instance once and cache its frames once (the default masks are computed per
+    clip); the frame cache's manifest hash (None when it cannot be opened)."""
     import subprocess
 
     if not (sw.data_root / "ucfTrainTestlist").exists():
@@ -600,8 +641,7 @@ def prepare_instance(sw, instance: int, overrides) -> None:
     from preprocess.cache import DecodeParams, open_cache
 
     try:
-        open_cache(sw.cache_dir, "demo", DecodeParams(), None)
-        return
+        return open_cache(sw.cache_dir, "demo", DecodeParams(), None).manifest_hash
     except Exception:                  # noqa: BLE001 - anything missing means: extract
         pass
     p = subprocess.run([sys.executable, "preprocess/extract_masks.py", *sw.config("extract"), "--dataset", "demo",
@@ -609,6 +649,10 @@ def prepare_instance(sw, instance: int, overrides) -> None:
                         *presets.stage_flags("extract", overrides)], cwd=REPO)
     if p.returncode not in (0, 1):
         raise UsageError("--instances", instance, f"extraction of instance {instance} failed (exit {p.returncode})")
+    try:
+        return open_cache(sw.cache_dir, "demo", DecodeParams(), None).manifest_hash
+    except Exception:                  # noqa: BLE001 - the stages will say what is wrong with it
+        return None
 
 
 def record_finished(args: "ControlsFlags", keys=None) -> list[str]:
@@ -630,6 +674,7 @@ def record_finished(args: "ControlsFlags", keys=None) -> list[str]:
         try:
             rec = L.from_cell(d, inst, seed, arm)
             if rec is not None:
+                rec["settings"] = args.settings
                 how, path = L.write(args.ledger, rec)
                 if how == "written":
                     print(f"[controls] recorded {d} in {path}", flush=True)
@@ -654,13 +699,22 @@ def main(argv=None) -> int:
     args = parse(ControlsFlags, argv, description=__doc__, prog="controls.py")
     if args.table_only:
         return tables(args)
+    from train import ledger as L
+
     t0 = time.time()
     failed = []
+    recorded, problems = L.load_dir(args.ledger) if args.ledger is not None else ({}, [])
+    for p in problems:
+        print(f"[controls] {p}", file=sys.stderr, flush=True)
     for inst in args.instance_list:
         sw = instance_sweep(args, inst)
-        prepare_instance(sw, inst, args.override_list)
+        cache_hash = prepare_instance(sw, inst, args.override_list)
         for seed in args.seed_list:
+            take = cells_to_take(args, recorded, inst, seed, cache_hash)
             for arm in args.arm_list:
+                if arm in take:
+                    sw.say(f"instance {inst} seed {seed} arm {arm}: {take[arm]}; not run again")
+                    continue
                 slot = Slot(inst, seed, arm, args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm)
                 sw.say(f"instance {inst} seed {seed} arm {arm}: start")
                 run_slot(sw, slot, args.fractions)

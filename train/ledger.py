@@ -14,6 +14,7 @@ Record (format ``mac-controls-cell/1``)::
 
     {"format": "mac-controls-cell/1", "instance": 0, "seed": 0, "arm": "mac",
      "git": "<commit of the code that trained it>", "cache": "<frame cache manifest hash>",
+     "settings": "<hash of the preset's files, the overrides, the label fractions>",
      "recorded": "<UTC time of export>", "videos": [sorted test video names],
      "pretext": {"pretext_test_acc": 41.2, "pretext_chance": 12.5},          # pretrained arms
      "stages": {"evaluate_all": {"labels": [...], "preds": [...], "per_class_acc": {...},
@@ -142,6 +143,8 @@ def check(rec, source: str) -> dict:
             raise bad(f"'{k}' is missing or not a {t.__name__}")
     if not rec["stages"]:
         raise bad("it records no stage")
+    if not isinstance(rec.get("settings", ""), str):
+        raise bad("'settings' must be a string (controls.settings_hash)")
     for name, s in rec["stages"].items():
         if not isinstance(s, dict):
             raise bad(f"stage {name!r} is not an object")
