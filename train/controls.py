@@ -93,6 +93,8 @@ LABELS = {"mac": "MAC (MAC-S)", "no-mask": "no mask", "full-frame": "full-frame 
 # MoCo arms: a queue the demo's 1,100 steps of 8 keys fill (the recipe's 65,536 would stay mostly empty)
 MOCO_DEMO = {"queue-size": "1024"}
 REVERSED = ("mac", "scratch")
+# arms whose pretext head is not trained (cls weight 0): their pretext accuracy reads an untrained head
+UNTRAINED_HEAD = ("moco",)
 
 
 def fraction_tag(f: float) -> str:
