@@ -7,7 +7,7 @@ Owns:
   through its own ``--config``; which stage files a preset has, the ones the chain needs (a
   preset without its own pretraining file pretrains with another's: hmdb51 with ucf101's), and
   ``chain.json``, the chain's own switches (``random-baseline``, ``linear-probe``, ``scratch-baseline``, each true or
-  false, nothing else);
+  false, nothing else; ``chain.linear-probe=false`` overrides one);
 - overrides ``stage.flag=value``: the stages they may name (``train.`` = pretrain + finetune +
   linear), their checking (one line naming the bad one) and their conversion into a stage's
   command-line flags (``true`` -> ``--x``, ``false`` -> ``--no-x``, ``a,b,c`` -> ``--x a b c``,
@@ -51,9 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 # the stages an override may name, in run_all.sh's order, and what `train.` reaches
-OVERRIDE_STAGES = ("demo", "extract", "pretrain", "finetune", "scratch", "linear", "evaluate", "retrieve", "train")
+# (chain: the chain's own switches, chain.json's keys, e.g. chain.linear-probe=false)
+OVERRIDE_STAGES = ("demo", "extract", "pretrain", "finetune", "scratch", "linear", "evaluate", "retrieve", "train",
+                   "chain")
 TRAIN_STAGES = ("pretrain", "finetune", "linear")
-STAGE_NAMES = tuple(s for s in OVERRIDE_STAGES if s != "train")
+STAGE_NAMES = tuple(s for s in OVERRIDE_STAGES if s not in ("train", "chain"))
 
 # chain.json: the chain's switches; the stage files every chain needs (linear.json too when the
 # linear probes run); presets that pretrain with another preset's pretrain.json
@@ -260,15 +262,32 @@ def check_signature(run_dir: str | os.PathLike, sig: str) -> None:
 # What run_all.sh reads from a preset
 # ---------------------------------------------------------------------------------------------
 
+def chain_overrides(overrides: Iterable[Override | str]) -> dict[str, bool]:
+    """The chain.* overrides as chain.json's switches (chain.random-baseline=false, ...); a
+    UsageError naming a switch that does not exist or a value other than true/false."""
+    out: dict[str, bool] = {}
+    for o in overrides:
+        o = o if isinstance(o, Override) else parse_override(o)
+        if o.stage != "chain":
+            continue
+        if o.flag not in CHAIN_SWITCHES:
+            raise UsageError("override", f"'{o}'", f"the chain's switches are {', '.join(CHAIN_SWITCHES)}")
+        if o.value not in ("true", "false"):
+            raise UsageError("override", f"'{o}'", "a chain switch is true or false")
+        out[o.flag] = o.value == "true"
+    return out
+
+
 def values(preset: str, overrides: Sequence[Override | str], configs: Path = CONFIGS) -> dict:
-    """What bash needs from the preset, read from its files: chain.json's switches, the
+    """What bash needs from the preset, read from its files: chain.json's switches (then the
+    chain.* overrides), the
     pretraining file, the demo's file, and from the pretraining's config as train/pretrain.py
     resolves it (its file, then the pretrain.* / train.* overrides, checked as the pretraining
     checks them: a refused value ends the program with status 2 and pretrain.py's one line) the
     mask parameters extract caches (the mask sets' strides only where the pretraining reads mask sets)
     and the backbone of the random-init retrieval."""
     check_files(preset, CHAIN_FILES, configs)
-    chain = read_chain(stage_file(preset, "chain", configs))
+    chain = {**read_chain(stage_file(preset, "chain", configs)), **chain_overrides(overrides)}
     pt_config = stage_file(preset, "pretrain", configs)
     from train.pretrain import PretrainConfig
 

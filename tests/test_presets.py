@@ -42,7 +42,7 @@ def test_an_override_with_an_unknown_stage_is_refused_as_run_all_says_it(bad):
     with pytest.raises(UsageError) as e:
         P.parse_override(bad)
     assert str(e.value) == (f"override '{bad}': the stage must be one of demo, extract, pretrain, finetune, "
-                            "scratch, linear, evaluate, retrieve, train")
+                            "scratch, linear, evaluate, retrieve, train, chain")
 
 
 @pytest.mark.parametrize("bad", ["pretrain.=5", "pretrain.epochs"])
@@ -139,6 +139,21 @@ def test_chain_json_must_hold_exactly_the_switches(tmp_path, content):
     assert e.value.status == 1                                      # as run_all.sh has always ended
 
 
+def test_chain_overrides_switch_the_presets_baselines_and_probes():
+    """chain.SWITCH=true|false wins over chain.json (defaults < file < flags, for the chain too);
+    a switch that does not exist or a value other than true/false is refused, naming it."""
+    demo = P.values("demo", ["chain.linear-probe=false", "chain.scratch-baseline=false"])
+    assert (demo["RANDOM_BASELINE"], demo["LINEAR_PROBE"], demo["SCRATCH_BASELINE"]) == (1, 0, 0)
+    assert demo["SCRATCH_FLAGS"] == ()
+    assert P.values("demo", [])["SCRATCH_BASELINE"] == 1 and P.values("demo", [])["SCRATCH_FLAGS"]
+    assert P.values("ucf101", ["chain.random-baseline=true"])["RANDOM_BASELINE"] == 1
+    assert P.stage_flags("pretrain", ["chain.linear-probe=false"]) == []          # it reaches no stage
+    for bad, why in (("chain.probes=false", "the chain's switches are random-baseline, linear-probe, "
+                                            "scratch-baseline"), ("chain.linear-probe=0", "true or false")):
+        with pytest.raises(UsageError, match=why):
+            P.values("demo", [bad])
+
+
 def test_chain_json_that_is_not_json(tmp_path):
     path = tmp_path / "chain.json"
     path.write_text("{random-baseline: yes")
@@ -232,7 +247,7 @@ def test_cli_overrides_and_flags():
     r = cli("check-overrides", "--", "pretrain.epochs=1", "epochs=2")
     assert r.returncode == 2 and r.stderr == ("[run_all] error: override 'epochs=2': the stage must be one of demo, "
                                               "extract, pretrain, finetune, scratch, linear, evaluate, retrieve, "
-                                              "train\n")
+                                              "train, chain\n")
     r = cli("flags", "linear", "--", "train.scales=32,36", "linear.freeze_backbone=true", "train.progress=false",
             "finetune.lr=1")
     assert r.returncode == 0 and r.stdout.splitlines() == ["--scales", "32", "36", "--freeze-backbone",

@@ -55,3 +55,20 @@ def test_run_table_states_pretext_against_chance_and_gains(tmp_path):
     assert "finetuned video top-1: +70.0 points" in table
     res["warnings"] = ["WARNING: after a quarter of the pretraining ...\n  - mask coverage ..."]
     assert "**WARNING: after a quarter of the pretraining ...**" in report.results_table(res)
+
+
+def test_the_expected_metrics_follow_the_presets_chain_and_its_overrides():
+    """What counts as missing follows what the chain ran: the preset's chain.json, then the run's
+    chain.* overrides as run_args.txt records them."""
+    sig = "preset=demo pretrain_run=ucf101 cache_dir=c overrides=train.epochs=1 chain.linear-probe=false"
+    demo = report.chain_switches("demo", sig)
+    assert demo == {"random-baseline": True, "linear-probe": False, "scratch-baseline": True}
+    want = report.expected_metrics({"chain": demo, "stages": {}})
+    assert {"finetune_random", "finetune_scratch", "retrieve_random"} <= set(want)
+    assert not {"linear", "linear_random", "evaluate_linear"} & set(want)
+    ucf = report.chain_switches("ucf101", "preset=ucf101 pretrain_run=ucf101 cache_dir=c overrides=")
+    assert set(report.expected_metrics({"chain": ucf, "stages": {}})) == {"pretrain", "finetune", "evaluate",
+                                                                        "retrieve"}
+    full = report.expected_metrics({"chain": report.chain_switches("demo", None), "stages": {}})
+    assert {"linear_random", "evaluate_linear_random", "evaluate_scratch"} <= set(full)
+    assert report.chain_switches("no-such-preset", sig) is None

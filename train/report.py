@@ -199,8 +199,28 @@ def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None 
     res["gains"] = {f"{what} vs {against}": round(res["metrics"][a][ka] - res["metrics"][b][kb], 2)
                     for what, against, a, ka, b, kb in GAINS
                     if ka in (res["metrics"].get(a) or {}) and kb in (res["metrics"].get(b) or {})}
+    res["chain"] = chain_switches(preset, run_args)
     res["missing"] = missing_metrics(res)
     return res
+
+
+def chain_switches(preset: str | None, run_args: str | None) -> dict | None:
+    """Which baselines and probes the run's chain ran: the preset's chain.json, then the run's
+    chain.* overrides (run_args.txt); None where the preset's file cannot be read."""
+    from core import presets
+
+    if not preset:
+        return None
+    try:
+        chain = presets.read_chain(presets.stage_file(preset, "chain"))
+    except Exception:                  # noqa: BLE001 - an unknown preset: guess from the stages present
+        return None
+    toks = [t.removeprefix("overrides=") for t in (run_args or "").split()]
+    try:
+        chain.update(presets.chain_overrides([t for t in toks if t.startswith("chain.")]))
+    except UsageError:
+        return None
+    return chain
 
 
 def intervals(run_dir: Path) -> dict:
@@ -263,6 +283,18 @@ def _stage_rank(name: str) -> int:
 
 def expected_metrics(res: dict) -> dict:
     want = {"pretrain": ("loss",), "finetune": ("loss", "acc"), "evaluate": EVAL_KEYS, "retrieve": RETRIEVAL_KEYS}
+    chain = res.get("chain")
+    if chain is not None:              # what the chain ran: chain.json and the chain.* overrides
+        if chain["random-baseline"]:
+            want.update({"finetune_random": ("loss", "acc"), "evaluate_random": EVAL_KEYS,
+                         "retrieve_random": RETRIEVAL_KEYS})
+        if chain["scratch-baseline"]:
+            want.update({"finetune_scratch": ("loss", "acc"), "evaluate_scratch": EVAL_KEYS})
+        if chain["linear-probe"]:
+            want.update({"linear": ("loss", "acc"), "evaluate_linear": EVAL_KEYS})
+            if chain["random-baseline"]:
+                want.update({"linear_random": ("loss", "acc"), "evaluate_linear_random": EVAL_KEYS})
+        return want
     if str(res.get("preset") or "").startswith("demo") or any(s.endswith("_random") for s in res["stages"]):
         want.update({"finetune_random": ("loss", "acc"), "evaluate_random": EVAL_KEYS,
                      "retrieve_random": RETRIEVAL_KEYS})
