@@ -66,10 +66,12 @@ def summary_for(flags: str, ledger: Path = LEDGER) -> str:
     head = ["arm", *(title for _, title in metrics), "pretext (chance)", "instances x seeds"]
     videos = sorted({g["videos"] // len(g["instances"]) for per_arm in record["metrics"].values()
                      for g in per_arm.values()})
+    seeds = ",".join(map(str, args.seed_list))
     out = [f"Test split 1 of each data instance ({' / '.join(map(str, videos))} videos, chance 16.7 %), read once; "
            "percent, mean [95 % CI] over instances and test videos (hierarchical bootstrap); cells from "
-           "docs/results/controls (training seeds "
-           f"{','.join(map(str, args.seed_list))}); paired differences and McNemar tests: docs/demo.md.", "",
+           f"docs/results/controls (training seed{'s' if len(args.seed_list) > 1 else ''} {seeds}). Rows pool the "
+           "instances measured for that arm (last column): an arm against MAC on the same cells, with paired "
+           "tests, is in docs/demo.md.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in args.arm_list:
         got = {k: record["metrics"].get(k, {}).get(arm) for k, _ in metrics}
