@@ -113,6 +113,11 @@ class Slot:
     errors: list = field(default_factory=list)
 
 
+def cell_dir(root: Path, instance: int, seed: int, arm: str) -> Path:
+    """A cell's folder under --dir: cells/seed<instance>/train<seed>/<arm>."""
+    return Path(root) / "cells" / f"seed{instance}" / f"train{seed}" / arm
+
+
 def instance_sweep(args: "ControlsFlags", instance: int):
     """train/sweep.py's runner for one data instance: its data root and cache, the run's overrides."""
     from train.sweep import Sweep
@@ -280,7 +285,7 @@ def gather(root: Path, arms: list[str], instances: list[int], seeds: list[int],
     recs, problems = L.load_dir(ledger) if ledger is not None else ({}, [])
     recs = {k: r for k, r in recs.items() if k in want}
     for inst, seed, arm in sorted(want):
-        d = root / "cells" / f"seed{inst}" / f"train{seed}" / arm
+        d = cell_dir(root, inst, seed, arm)
         if d.is_dir():
             try:
                 r = L.from_cell(d, inst, seed, arm)
@@ -621,7 +626,7 @@ def cells_to_take(args: "ControlsFlags", recorded: dict, inst: int, seed: int, c
     checkpoint for its clip settings."""
     take = {}
     for arm in args.arm_list:
-        d = args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm
+        d = cell_dir(args.dir, inst, seed, arm)
         why = None if d.exists() else recorded_already(recorded.get((inst, seed, arm)), args.settings, cache_hash)
         if why:
             take[arm] = why
@@ -667,7 +672,7 @@ def record_finished(args: "ControlsFlags", keys=None) -> list[str]:
     if keys is None:
         keys = [(i, s, a) for i in args.instance_list for s in args.seed_list for a in args.arm_list]
     for inst, seed, arm in keys:
-        d = args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm
+        d = cell_dir(args.dir, inst, seed, arm)
         try:
             if json.loads((d / "slot.json").read_text()).get("status") != "done":
                 continue
@@ -717,7 +722,7 @@ def main(argv=None) -> int:
                 if arm in take:
                     sw.say(f"instance {inst} seed {seed} arm {arm}: {take[arm]}; not run again")
                     continue
-                slot = Slot(inst, seed, arm, args.dir / "cells" / f"seed{inst}" / f"train{seed}" / arm)
+                slot = Slot(inst, seed, arm, cell_dir(args.dir, inst, seed, arm))
                 sw.say(f"instance {inst} seed {seed} arm {arm}: start")
                 run_slot(sw, slot, args.fractions)
                 sw.say(f"instance {inst} seed {seed} arm {arm}: {slot.status}"
