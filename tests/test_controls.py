@@ -415,10 +415,30 @@ def test_a_recorded_cell_is_taken_not_trained_again(tmp_path):
     assert sorted(take) == ["mac", "no-mask", "random"] and "the same settings and frames" in take["mac"]
     assert C.cells_to_take(args, recorded, 0, 0, "h1") == {}                       # other frames
     assert C.cells_to_take(args, recorded, 0, 1, "h0") == {}                       # nothing recorded for seed 1
-    (book / L.file_name(0, 0, "random")).unlink()                                  # random runs: so does MAC
-    assert sorted(C.cells_to_take(args, L.load_dir(book)[0], 0, 0, "h0")) == ["no-mask"]
+    (book / L.file_name(0, 0, "random")).unlink()                        # random runs; MAC stays taken
+    assert sorted(C.cells_to_take(args, L.load_dir(book)[0], 0, 0, "h0")) == ["mac", "no-mask"]
     with pytest.raises(ValueError, match="'settings' must be a string"):
         L.check({**base, "arm": "mac", "settings": 3}, "f.json")
+
+
+def test_random_features_see_the_clips_of_macs_pretraining(tmp_path):
+    """The random arm's retrieval takes backbone, clip geometry and normalisation from the preset's
+    pretraining (what MAC's checkpoint would give through --config-from), not from MAC's cell."""
+    from train import controls as C
+    from train.inference import clip_geometry
+    from train.pretrain import PretrainConfig
+    from core.flags import parse
+    from train.retrieve import parse_args
+
+    args = parse(C.ControlsFlags, ["--dir", str(tmp_path), "pretrain.crop=40"], prog="controls.py")
+    sw = C.instance_sweep(args, 0)
+    pt = parse(PretrainConfig, [*sw.config("pretrain"), "--crop", "40"], prog="pretrain.py")
+    r = parse_args(C.retrieve_argv(sw, C.Slot(0, 0, "random", tmp_path), C.random_retrieval_source(sw),
+                                   tmp_path / "out")[1:])
+    geo = clip_geometry({}, r.frames, r.stride, r.crop)
+    assert (r.init, r.backbone, r.norm) == ("random", pt.backbone, pt.norm) == ("random", "r2plus1d_10_w32",
+                                                                                  "imagenet")
+    assert geo == clip_geometry({"frames": pt.frames, "crop": pt.crop}) and geo["crop"] == 40
 
 
 def test_a_ledger_record_is_checked():

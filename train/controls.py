@@ -44,7 +44,7 @@ tables pool those records with the cells under --dir: the project's measured cel
 docs/results/controls, so slices measured in different sittings make one table. A cell recorded
 there with this run's settings (the preset's files, the overrides, the label fractions: the
 record's "settings" hash) and frames, and with no folder under --dir, is taken from its record,
-not trained again (MAC's runs anyway beside the random arm, whose retrieval reads its checkpoint).
+not trained again.
 
 Outputs: table.md / table.csv (per arm and metric: mean with a 95 % hierarchical-bootstrap interval
 over instances and videos, the difference to MAC with its paired interval, McNemar's exact test of
@@ -60,7 +60,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):   # run as `python train/controls.py`, installed or not: the checkout first
@@ -165,6 +165,20 @@ def retrieve_argv(sw, slot: Slot, source: list[str], out_dir: Path) -> list[str]
             *_stage_overrides("retrieve", sw.overrides)]
 
 
+def random_retrieval_source(sw) -> list[str]:
+    """retrieve.py's flags for random features that see the clips MAC's retrieval sees: the
+    backbone, clip geometry and normalisation of the preset's pretraining (what MAC's checkpoint
+    stores), so that the random arm does not depend on MAC's cell."""
+    from train.inference import clip_geometry
+    from train.pretrain import PretrainConfig
+
+    pt = parse(PretrainConfig, [*sw.config("pretrain"), *_stage_overrides("pretrain", sw.overrides)],
+               prog="pretrain.py")
+    geo = clip_geometry(asdict(pt))
+    return ["--init", "random", "--backbone", pt.backbone, "--norm", pt.norm,
+            *[x for k in ("frames", "stride", "crop") for x in (f"--{k}", str(geo[k]))]]
+
+
 def arm_pretrain_config(sw, arm: str):
     """The PretrainConfig an arm's pretraining runs (the preset's, the arm's flags, the overrides)."""
     from train.pretrain import PretrainConfig
@@ -230,13 +244,7 @@ def run_slot(sw, slot: Slot, fractions: list[float]) -> Slot:
                                                       slot.dir / f"evaluate_{tag}"))
         if step("linear", finetune_argv(sw, slot, "random", slot.dir / "linear", 1.0, linear=True)):
             step("evaluate_linear", evaluate_argv(sw, slot.dir / "linear" / "last.pt", slot.dir / "evaluate_linear"))
-        mac_pt = slot.dir.parent / "mac" / "pretrain" / "last.pt"    # the same clips as MAC's retrieval
-        from train.pretrain import PretrainConfig
-
-        pt = parse(PretrainConfig, [*sw.config("pretrain"), *_stage_overrides("pretrain", sw.overrides)],
-                   prog="pretrain.py")
-        src = ["--init", "random", "--backbone", pt.backbone] + (["--config-from", str(mac_pt)] if mac_pt.is_file() else [])
-        step("retrieve", retrieve_argv(sw, slot, src, slot.dir / "retrieve"))
+        step("retrieve", retrieve_argv(sw, slot, random_retrieval_source(sw), slot.dir / "retrieve"))
     else:                                                           # scratch, compute-matched
         cost = 1.0
         if SCRATCH[arm] != "mac":
@@ -621,17 +629,13 @@ def recorded_already(rec: dict | None, settings: str, cache_hash: str | None) ->
 
 def cells_to_take(args: "ControlsFlags", recorded: dict, inst: int, seed: int, cache_hash: str | None) -> dict:
     """{arm: why} for the arms of (instance, seed) whose ledger records stand for them (a slice
-    measured in another sitting); a cell with a folder under --dir runs (resumes) as usual. MAC's
-    cell runs anyway when the random arm does: random's retrieval reads MAC's pretraining
-    checkpoint for its clip settings."""
+    measured in another sitting); a cell with a folder under --dir runs (resumes) as usual."""
     take = {}
     for arm in args.arm_list:
         d = cell_dir(args.dir, inst, seed, arm)
         why = None if d.exists() else recorded_already(recorded.get((inst, seed, arm)), args.settings, cache_hash)
         if why:
             take[arm] = why
-    if "random" in args.arm_list and "random" not in take:
-        take.pop("mac", None)
     return take
 
 

@@ -149,6 +149,8 @@ class RetrieveFlags(EvalClipFlags):
                                    "pretraining's, so that a --init random baseline sees the same clips)", type=Path)
     dataset: str = flag(None, "default: the checkpoint's")
     split: int = flag(None, "default: the checkpoint's, else 1", type=int, lo=1, hi=3)
+    norm: str = flag(None, "mean/std constants (default: the checkpoint's, else kinetics)",
+                     choices=("imagenet", "kinetics"))
     ks: list = flag(list(DEFAULT_KS), "the k of R@k", nargs="+", lo=1)
     seed: int = flag(0, "seed of --init random", lo=0)
     bn_estimate: int = flag(20, "--init random: estimate the BN statistics on this many batches of training-video "
@@ -193,7 +195,7 @@ def main(argv=None) -> dict:
     geo = clip_geometry(cfg, args.frames, args.stride, args.crop, args.short_side)
     device = resolve_device(args.device)
     model.to(device)
-    norm = cfg.get("norm", "kinetics")
+    norm = args.norm or cfg.get("norm", "kinetics")
     print(f"[retrieve] {desc}: {dataset} split {split}, {args.num_clips} clips of {geo['frames']}x{geo['crop']}^2 "
           f"per video (stride {geo['stride']}) on {device}", flush=True)
 
