@@ -98,6 +98,25 @@ def test_subsets(cache):
     assert len(index.subset(2, "train")) == 0 and len(index.subset(1, "all")) == 5
 
 
+def test_content_hash_names_the_frames_not_the_build(tmp_path):
+    """Two builds of the same videos (other sharding, other shard uids: other manifest hashes)
+    have one content hash; a changed frame, label or split gives another."""
+    from preprocess.cache import frames_content_hash
+
+    videos = _videos(frames=6)
+    digests, manifests = [], []
+    for name, vids, per_shard in (("a", videos, 2), ("b", videos, 3),
+                                  ("pixel", [videos[0][:3] + (255 - videos[0][3],) + videos[0][4:], *videos[1:]], 2),
+                                  ("label", [videos[0][:1] + (1,) + videos[0][2:], *videos[1:]], 2),
+                                  ("split", [videos[0][:2] + ((2, 0, 0),) + videos[0][3:], *videos[1:]], 2)):
+        write_cache_from_arrays(tmp_path / name, "toy", ["C0", "C1"], vids, videos_per_shard=per_shard, strides=())
+        index = open_cache(tmp_path / name, "toy")
+        digests.append(frames_content_hash(index))
+        manifests.append(index.manifest_hash)
+    assert digests[0] == digests[1] and manifests[0] != manifests[1]
+    assert len(set(digests[1:])) == 4 and len(digests[0]) == 16
+
+
 def test_missing_frames_and_mask_sets_say_what_to_run(tmp_path, cache):
     with pytest.raises(CacheError, match="python preprocess/extract_masks.py --dataset other"):
         open_cache(tmp_path, "other")

@@ -402,7 +402,7 @@ def test_a_recorded_cell_is_taken_not_trained_again(tmp_path):
     for other in (["--label-fractions", "0.1"], ["pretrain.lr=0.1"], ["--preset", "ucf101"]):
         assert parse(C.ControlsFlags, argv + other, prog="controls.py").settings != args.settings, other
     base = {"format": L.FORMAT, "instance": 0, "seed": 0, "videos": ["a"],
-            "stages": {"evaluate_all": {"labels": [0], "preds": [0]}}, "git": "abc", "cache": "h0"}
+            "stages": {"evaluate_all": {"labels": [0], "preds": [0]}}, "git": "abc", "cache": "m0", "frames": "h0"}
     book.mkdir()
     for arm, extra in (("mac", {}), ("no-mask", {}), ("displaced", {"settings": "other"}), ("random", {}),
                        ("scratch", {})):
@@ -511,12 +511,19 @@ def test_a_tiny_controls_run_end_to_end(tmp_path):
     cut = table.index("| arm | metric |")
     assert (tmp_path / "elsewhere" / "table.md").read_text().endswith(table[cut:])
     assert (tmp_path / "elsewhere" / "reverse_time.md").read_text() == (root / "reverse_time.md").read_text()
-    # a later sitting with the same settings (its own --dir, the same ledger) takes every cell from
-    # its record and trains nothing
-    later = [a if a != str(root) else str(tmp_path / "later") for a in argv]
+    # each record names its frames by content, and so does the instance's frames.json
+    frames = json.loads((root / "cells" / "seed0" / "frames.json").read_text())
+    assert {json.loads(p.read_text())["frames"] for p in (tmp_path / "ledger").iterdir()} == {frames["frames"]}
+    # a later sitting with the same settings (its own --dir, the same ledger) on a cache built
+    # again (another machine: other shard uids, another manifest hash, the same frames) takes
+    # every cell from its record and trains nothing
+    swap = {str(root): str(tmp_path / "later"), str(tmp_path / "cache"): str(tmp_path / "cache2")}
+    later = [swap.get(a, a) for a in argv]
     r = subprocess.run(later, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("not run again") == 3 and not (tmp_path / "later" / "cells").exists()
+    again = json.loads((tmp_path / "later" / "cells" / "seed0" / "frames.json").read_text())
+    assert again["cache"] != frames["cache"] and again["frames"] == frames["frames"]
+    assert r.stdout.count("not run again") == 3 and not list((tmp_path / "later" / "cells").glob("seed0/train*"))
     assert (tmp_path / "later" / "table.md").read_text().endswith(table[cut:])
 
 

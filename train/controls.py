@@ -305,8 +305,8 @@ def gather(root: Path, arms: list[str], instances: list[int], seeds: list[int],
     for inst in instances:      # one instance's cells must have seen the same frames
         caches: dict = {}
         for (i, _, _), r in recs.items():
-            if i == inst and r.get("cache"):
-                caches.setdefault(r["cache"], []).append(r["_source"])
+            if i == inst and L.frames_identity(r):
+                caches.setdefault(L.frames_identity(r), []).append(r["_source"])
         if len(caches) > 1:
             majority = max(caches, key=lambda c: len(caches[c]))
             for c, srcs in caches.items():
@@ -619,51 +619,61 @@ def settings_hash(preset: str, overrides, fractions) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def recorded_already(rec: dict | None, settings: str, cache_hash: str | None) -> str | None:
+def recorded_already(rec: dict | None, settings: str, frames_hash: str | None) -> str | None:
     """Why the cell whose ledger record is ``rec`` need not run again (None: it must run): the
     record has this run's settings and was evaluated on these frames."""
-    if rec is None or rec.get("settings") != settings or cache_hash is None or rec.get("cache") != cache_hash:
+    if rec is None or rec.get("settings") != settings or frames_hash is None or rec.get("frames") != frames_hash:
         return None
     return f"recorded in {rec['_source']} (commit {str(rec.get('git'))[:10]}, the same settings and frames)"
 
 
-def cells_to_take(args: "ControlsFlags", recorded: dict, inst: int, seed: int, cache_hash: str | None) -> dict:
+def cells_to_take(args: "ControlsFlags", recorded: dict, inst: int, seed: int, frames_hash: str | None) -> dict:
     """{arm: why} for the arms of (instance, seed) whose ledger records stand for them (a slice
     measured in another sitting); a cell with a folder under --dir runs (resumes) as usual."""
     take = {}
     for arm in args.arm_list:
         d = cell_dir(args.dir, inst, seed, arm)
-        why = None if d.exists() else recorded_already(recorded.get((inst, seed, arm)), args.settings, cache_hash)
+        why = None if d.exists() else recorded_already(recorded.get((inst, seed, arm)), args.settings, frames_hash)
         if why:
             take[arm] = why
     return take
 
 
-def prepare_instance(sw, instance: int, overrides) -> str | None:
+def prepare_instance(sw, instance: int, overrides, cells: Path | None = None) -> str | None:
     """Generate the instance once and cache its frames once (the default masks are computed per
-    clip); the frame cache's manifest hash (None when it cannot be opened)."""
+    clip); the frame cache's content hash (preprocess.cache.frames_content_hash; None when it
+    cannot be opened). With ``cells`` (<dir>/cells), the manifest and content hashes are written
+    to cells/seed<I>/frames.json, where train/ledger.py finds the content hash of a cell's cache."""
     import subprocess
+
+    from preprocess.cache import DecodeParams, frames_content_hash, open_cache
+    from train import ledger as L
+
+    def identity() -> str | None:
+        try:
+            index = open_cache(sw.cache_dir, "demo", DecodeParams(), None)
+            frames = frames_content_hash(index)
+        except Exception:              # noqa: BLE001 - anything missing means: extract
+            return None
+        if cells is not None:
+            atomic.write_json(cells / f"seed{instance}" / L.INSTANCE_FRAMES,
+                              {"cache": index.manifest_hash, "frames": frames})
+        return frames
 
     if not (sw.data_root / "ucfTrainTestlist").exists():
         sw.say(f"generating data instance {instance} in {sw.data_root}")
         subprocess.run([sys.executable, "preprocess/make_demo.py", "--data-root", str(sw.data_root), "--seed",
                         str(instance), *sw.config("demo"), *presets.stage_flags("demo", overrides)],
                        cwd=REPO, check=True)
-    from preprocess.cache import DecodeParams, open_cache
-
-    try:
-        return open_cache(sw.cache_dir, "demo", DecodeParams(), None).manifest_hash
-    except Exception:                  # noqa: BLE001 - anything missing means: extract
-        pass
+    got = identity()
+    if got is not None:
+        return got
     p = subprocess.run([sys.executable, "preprocess/extract_masks.py", *sw.config("extract"), "--dataset", "demo",
                         "--data-root", str(sw.data_root), "--cache-dir", str(sw.cache_dir),
                         *presets.stage_flags("extract", overrides)], cwd=REPO)
     if p.returncode not in (0, 1):
         raise UsageError("--instances", instance, f"extraction of instance {instance} failed (exit {p.returncode})")
-    try:
-        return open_cache(sw.cache_dir, "demo", DecodeParams(), None).manifest_hash
-    except Exception:                  # noqa: BLE001 - the stages will say what is wrong with it
-        return None
+    return identity()                  # None: the stages will say what is wrong with the cache
 
 
 def record_finished(args: "ControlsFlags", keys=None) -> list[str]:
@@ -719,9 +729,9 @@ def main(argv=None) -> int:
         print(f"[controls] {p}", file=sys.stderr, flush=True)
     for inst in args.instance_list:
         sw = instance_sweep(args, inst)
-        cache_hash = prepare_instance(sw, inst, args.override_list)
+        frames_hash = prepare_instance(sw, inst, args.override_list, args.dir / "cells")
         for seed in args.seed_list:
-            take = cells_to_take(args, recorded, inst, seed, cache_hash)
+            take = cells_to_take(args, recorded, inst, seed, frames_hash)
             for arm in args.arm_list:
                 if arm in take:
                     sw.say(f"instance {inst} seed {seed} arm {arm}: {take[arm]}; not run again")

@@ -7,13 +7,19 @@ checkpoints and caches that never go into git, so without a record the evidence 
 machine. A record keeps exactly what the tables are computed from (each test video's label and
 prediction for every evaluation, the nearest neighbour's label for retrieval, per-class accuracy,
 the confusion matrix, the pretext accuracy) and where it came from (the code's commit, the frame
-cache's manifest hash), so slices measured on different days or machines pool into one table with
-intervals and paired tests, and a slice measured on other frames is refused, not pooled.
+cache's manifest hash and its content hash), so slices measured on different days or machines
+pool into one table with intervals and paired tests, and a slice measured on other frames is
+refused, not pooled. Frames are matched by their content (``frames``:
+preprocess.cache.frames_content_hash, the same for every build of the same videos with the same
+decoding), not by the manifest hash, which changes with every build (shard uids): a data instance
+regenerated on a fresh machine (make_demo and the JPEG encoding are deterministic) is the same
+instance.
 
 Record (format ``mac-controls-cell/1``)::
 
     {"format": "mac-controls-cell/1", "instance": 0, "seed": 0, "arm": "mac",
      "git": "<commit of the code that trained it>", "cache": "<frame cache manifest hash>",
+     "frames": "<frame cache content hash>",
      "settings": "<hash of the preset's files, the overrides, the label fractions>",
      "recorded": "<UTC time of export>", "videos": [sorted test video names],
      "pretext": {"pretext_test_acc": 41.2, "pretext_chance": 12.5},          # pretrained arms
@@ -38,6 +44,7 @@ import numpy as np
 from core import atomic
 
 FORMAT = "mac-controls-cell/1"
+INSTANCE_FRAMES = "frames.json"   # in <dir>/cells/seed<I>/: {"cache": manifest hash, "frames": content hash}
 STAGE_DIRS = ("evaluate_all", "evaluate_reversed", "evaluate_linear")   # besides evaluate_labels<f>
 
 
@@ -121,6 +128,12 @@ def from_cell(cell_dir: Path, instance: int, seed: int, arm: str) -> dict | None
             del s["names"]
     rec = {"format": FORMAT, "instance": int(instance), "seed": int(seed), "arm": arm, "git": _git(cell_dir),
            "cache": next(iter(caches), None), "videos": videos.tolist(), "stages": {}}
+    try:                           # the content hash of that cache, written by controls.py beside the cells
+        known = json.loads((cell_dir.parent.parent / INSTANCE_FRAMES).read_text())
+    except (OSError, ValueError):
+        known = {}
+    if rec["cache"] is not None and known.get("cache") == rec["cache"] and isinstance(known.get("frames"), str):
+        rec["frames"] = known["frames"]
     pt = collect_cell(SimpleNamespace(dir=cell_dir))
     if "pretext_test_acc" in pt:
         rec["pretext"] = {"pretext_test_acc": pt["pretext_test_acc"], "pretext_chance": pt.get("pretext_chance")}
@@ -145,6 +158,8 @@ def check(rec, source: str) -> dict:
         raise bad("it records no stage")
     if not isinstance(rec.get("settings", ""), str):
         raise bad("'settings' must be a string (controls.settings_hash)")
+    if not isinstance(rec.get("frames", ""), str):
+        raise bad("'frames' must be a string (preprocess.cache.frames_content_hash)")
     for name, s in rec["stages"].items():
         if not isinstance(s, dict):
             raise bad(f"stage {name!r} is not an object")
@@ -191,6 +206,12 @@ def load_dir(folder: Path) -> tuple[dict, list[str]]:
             continue
         out[key] = rec
     return out, problems
+
+
+def frames_identity(rec: dict) -> str | None:
+    """What says which frames a record was measured on: its content hash, else (a cell folder
+    from before content hashes) its manifest hash."""
+    return rec.get("frames") or rec.get("cache")
 
 
 def _content(rec: dict) -> dict:

@@ -23,7 +23,8 @@ from preprocess.cache.format import (BLOB_CHUNK_BYTES, DEFAULT_STRIDES, DEFAULT_
 from preprocess.cache.codecs import (LEGACY_MASK_CODEC, MASK_CODEC, MASK_CODECS, RecordError, decode_frame,
                                      decode_mask, decode_masks, encode_frame, encode_frame_yuv, encode_mask)
 from preprocess.cache.integrity import (BLOBS, INDEX_CRC_ATTR, NO_CHECKSUMS, VERIFY_SLICE_BYTES, ShardCheck,
-                                        _canonical, _shard_kind, check_index, index_checksum, record_name,
+                                        _canonical, _shard_kind, check_index, frames_content_hash,
+                                        index_checksum, record_name,
                                         verify_shard)
 from preprocess.cache.writer import (MaskStats, ShardWriter, VideoRecord, _BlobWriter, _tmp_path, diff_streams,
                                      encode_video, encode_yuv_video, mask_chunk, software_versions)

@@ -139,3 +139,36 @@ def verify_shard(path: Path) -> ShardCheck:
             return ShardCheck(path, kind, n, True, problem)
     except (OSError, KeyError, ValueError, RuntimeError) as e:   # what h5py raises for broken metadata
         return ShardCheck(path, kind, 0, True, f"unreadable ({e})")
+
+
+def frames_content_hash(index) -> str:
+    """A 16-hex-digit identity of a frame cache's content: every video's name, label, splits,
+    frame count, fps and size, the decode parameters and the CRC32 of each of its frame records,
+    in name order. Unlike the manifest's hash it does not depend on how or when the cache was
+    built (shard uids, sharding, source mtimes): two builds of the same videos with the same
+    decode parameters have the same content hash, so results measured on one machine can be
+    matched to a cache rebuilt on another (train/ledger.py). Reads each shard's index, no record."""
+    import hashlib
+    import json
+
+    def canon(x) -> bytes:
+        return json.dumps(x, separators=(",", ":")).encode()
+
+    per_video: dict[str, bytes] = {}
+    for shard in sorted({int(s) for s in index.shard}):
+        path = index.frames_path(shard)
+        with h5py.File(path, "r") as f:
+            crcs = f[BLOBS["frames"][2]][()].astype("<u4")
+            first, counts = f["first_frame"][()], f["n_frames"][()]
+            for raw, a, n in zip(f["names"][()], first, counts):
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                per_video[name] = crcs[int(a):int(a) + int(n)].tobytes()
+    h = hashlib.sha256(canon({"classes": list(index.classes), "decode": index.decode.key()}))
+    for i in np.argsort(index.names.astype(str), kind="stable"):
+        name = str(index.names[i])
+        if name not in per_video:
+            raise CacheError(f"{index.root}: video {name} is in the manifest but in no frame shard's index")
+        h.update(canon([name, int(index.labels[i]), index.splits[i].tolist(), int(index.n_frames[i]),
+                             float(index.fps[i]), int(index.heights[i]), int(index.widths[i])]))
+        h.update(per_video[name])
+    return h.hexdigest()[:16]
