@@ -39,7 +39,7 @@ stage is never rerun, and slices run on different machines merge by copying thei
 together and running --table-only. A failed stage is reported and the other arms go on.
 
 With --ledger DIR every finished cell is also recorded as one small JSON file in DIR
-(train/ledger.py: per-video predictions, pretext accuracy, commit, frame cache hash), and the
+(train/ledger.py: per-video predictions, pretext accuracy, commit, frame cache content hash), and the
 tables pool those records with the cells under --dir: the project's measured cells are kept in
 docs/results/controls, so slices measured in different sittings make one table. A cell recorded
 there with this run's settings (the preset's files, the overrides, the label fractions: the
