@@ -421,6 +421,42 @@ def test_a_recorded_cell_is_taken_not_trained_again(tmp_path):
         L.check({**base, "arm": "mac", "settings": 3}, "f.json")
 
 
+def test_the_plan_says_what_is_recorded_begun_and_left_with_the_commands(tmp_path, capsys):
+    from core.flags import parse
+    from train import controls as C
+    from train import ledger as L
+
+    book, runs = tmp_path / "ledger", tmp_path / "runs"
+    argv = ["--instances", "0,1", "--seeds", "0", "--arms", "no-mask,displaced,scratch", "--dir", str(runs),
+            "--ledger", str(book)]
+    args = parse(C.ControlsFlags, argv, prog="controls.py")
+    base = {"format": L.FORMAT, "seed": 0, "videos": ["a"], "git": "abc", "cache": "m0", "frames": "h0",
+            "stages": {"evaluate_all": {"labels": [0], "preds": [0]}}}
+    book.mkdir()
+    for inst, arm, settings in ((0, "mac", args.settings), (0, "no-mask", args.settings), (0, "displaced", "other"),
+                                (1, "mac", args.settings)):
+        (book / L.file_name(inst, 0, arm)).write_text(L.dumps({**base, "instance": inst, "arm": arm,
+                                                               "settings": settings}))
+    (runs / "cells" / "seed0" / "train0" / "scratch").mkdir(parents=True)                 # begun: resumes
+    done = runs / "cells" / "seed1" / "train0" / "no-mask"
+    done.mkdir(parents=True)
+    (done / "slot.json").write_text(json.dumps({"status": "done"}))
+    (runs / "cells" / "seed1" / L.INSTANCE_FRAMES).write_text(json.dumps({"cache": "m1", "frames": "h1"}))
+    text = C.plan(args)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line.split("|")[4].strip()
+            for line in text.splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")}
+    assert len(rows) == 8 and text.startswith("8 cells: 3 recorded or done, 5 to run, about ")
+    assert rows[("0", "0", "mac")].startswith("recorded in") and "taken if the frames match" in rows[("0", "0", "mac")]
+    assert rows[("0", "0", "displaced")] == "to run (recorded with other settings)"
+    assert rows[("0", "0", "scratch")].startswith("begun in") and rows[("1", "0", "no-mask")].startswith("done in")
+    assert rows[("1", "0", "mac")] == "to run (recorded on other frames)"      # instance 1's cache: h1, not h0
+    cmds = [line.split("  #")[0].split() for line in text.splitlines() if line.startswith("  python")]
+    assert [c[c.index("--instances") + 1] + ":" + c[c.index("--arms") + 1] for c in cmds] == [
+        "0:displaced,scratch", "1:mac,displaced,scratch"]
+    assert all(c[c.index("--ledger") + 1] == str(book) for c in cmds)
+    assert C.main(argv + ["--plan"]) == 0 and capsys.readouterr().out == text and not (runs / "table.md").exists()
+
+
 def test_random_features_see_the_clips_of_macs_pretraining(tmp_path):
     """The random arm's retrieval takes backbone, clip geometry and normalisation from the preset's
     pretraining (what MAC's checkpoint would give through --config-from), not from MAC's cell."""

@@ -7,6 +7,7 @@ and paired tests (docs/demo.md, "Controls").
     python train/controls.py --instances 1 --seeds 0,1 --arms mac,no-mask,scratch
     python train/controls.py --table-only                           # the table of what has finished
     python train/controls.py --table-only --ledger docs/results/controls --seeds 0   # the measured cells
+    python train/controls.py --plan --ledger docs/results/controls  # what the design still needs
 
 Arms (pretraining flags on top of the preset's pretrain.json; docs/method.md section 2):
 
@@ -95,6 +96,9 @@ MOCO_DEMO = {"queue-size": "1024"}
 REVERSED = ("mac", "scratch")
 # arms whose pretext head is not trained (cls weight 0): their pretext accuracy reads an untrained head
 UNTRAINED_HEAD = ("moco",)
+# minutes one cell of the demo preset takes on two idle CPU cores (measured; docs/demo.md), for --plan
+DEMO_CELL_MINUTES = {"mac": 13, "no-mask": 13, "full-frame": 14, "displaced": 11, "mac-sc": 17, "moco": 16,
+                     "random": 7, "scratch": 16, "scratch-sc": 22}
 
 
 def fraction_tag(f: float) -> str:
@@ -584,6 +588,8 @@ class ControlsFlags(Flags):
                                "cells under --dir", type=Path)
     bootstrap: int = flag(10000, "bootstrap resamples", lo=100)
     table_only: bool = flag(False, "rebuild the tables from what has finished; run nothing")
+    plan: bool = flag(False, "say which cells of the design are recorded, done or still to run (with the "
+                             "commands that run them, one per instance and seed); run nothing")
     overrides: list = flag([], "stage.flag=value for every stage (as in run_all.sh)", positional=True, nargs="*")
     config_file = False
 
@@ -716,8 +722,63 @@ def tables(args: "ControlsFlags") -> int:
     return 1 if problems or left_out else 0
 
 
+def plan(args: "ControlsFlags") -> str:
+    """What the design (--instances x --seeds x --arms) still needs: each cell is done or begun
+    under --dir, recorded in --ledger with this run's settings (taken when its frames match the
+    instance's, known once the instance is cached: cells/seed<I>/frames.json), or to run; then
+    the commands that run the rest, one per (instance, seed), and their estimated time."""
+    from train import ledger as L
+
+    recorded, problems = L.load_dir(args.ledger) if args.ledger is not None else ({}, [])
+    rows, todo = [], {}
+    for inst in args.instance_list:
+        try:
+            known = json.loads((args.dir / "cells" / f"seed{inst}" / L.INSTANCE_FRAMES).read_text()).get("frames")
+        except (OSError, ValueError):
+            known = None
+        for seed in args.seed_list:
+            for arm in args.arm_list:
+                d, rec = cell_dir(args.dir, inst, seed, arm), recorded.get((inst, seed, arm))
+                try:
+                    done = json.loads((d / "slot.json").read_text()).get("status") == "done"
+                except (OSError, ValueError):
+                    done = False
+                if done:
+                    state = f"done in {d}"
+                elif d.exists():
+                    state, _ = f"begun in {d}: resumes", todo.setdefault((inst, seed), []).append(arm)
+                elif rec is not None and rec.get("settings") == args.settings and (known is None
+                                                                                   or rec.get("frames") == known):
+                    state = f"recorded in {rec['_source']}" + ("" if known else " (taken if the frames match)")
+                else:
+                    why = "" if rec is None else (" (recorded with other settings)" if rec.get("settings") !=
+                                                  args.settings else " (recorded on other frames)")
+                    state, _ = f"to run{why}", todo.setdefault((inst, seed), []).append(arm)
+                rows.append(f"| {inst} | {seed} | {arm} | {state} |")
+    minutes = {k: sum(DEMO_CELL_MINUTES[a] for a in arms) for k, arms in todo.items()}
+    n_left = sum(len(a) for a in todo.values())
+    estimate = (f", about {sum(minutes.values()) / 60:.1f} h on two CPU cores" if args.preset == "demo" and todo
+                else "")
+    out = [f"{len(rows)} cells: {len(rows) - n_left} recorded or done, {n_left} to run{estimate}", "",
+           "| instance | seed | arm | state |", "|---|---|---|---|", *rows]
+    if todo:
+        ledger = f" --ledger {args.ledger}" if args.ledger is not None else ""
+        extra = "".join(f" {o}" for o in args.overrides)
+        fr = "" if args.label_fractions == "0.25" else f" --label-fractions {args.label_fractions}"
+        out += ["", "To run the rest (each command is one sitting's slice; they may run on different machines and "
+                "merge through the ledger):"]
+        for (inst, seed), arms in todo.items():
+            took = f"  # ~{minutes[(inst, seed)]} min" if args.preset == "demo" else ""
+            out.append(f"  python train/controls.py --preset {args.preset} --instances {inst} --seeds {seed} "
+                       f"--arms {','.join(arms)} --dir {args.dir}{ledger}{fr}{extra}{took}")
+    return "\n".join(out + [f"[controls] {p}" for p in problems]) + "\n"
+
+
 def main(argv=None) -> int:
     args = parse(ControlsFlags, argv, description=__doc__, prog="controls.py")
+    if args.plan:
+        print(plan(args), end="")
+        return 0
     if args.table_only:
         return tables(args)
     from train import ledger as L
