@@ -11,17 +11,18 @@ LEDGER = REPO / "docs" / "results" / "controls"
 
 
 def test_the_committed_ledger_is_sound():
-    """Every committed record loads, names the code that trained it, and one instance's cells
-    were all measured on the same frames (else the tables would refuse to pool them)."""
+    """Every committed record loads, names the code that trained it and the frames it was
+    measured on (their content hash), and one instance's cells were all measured on the same
+    frames (else the tables would refuse to pool them), whichever build of the cache they read."""
     from train import ledger as L
 
     recs, problems = L.load_dir(LEDGER)
     assert problems == [] and len(recs) >= 8
     for (inst, seed, arm), r in recs.items():
         assert Path(r["_source"]).name == L.file_name(inst, seed, arm)
-        assert r["git"] and r["cache"] and "evaluate_all" in r["stages"], r["_source"]
+        assert r["git"] and r["cache"] and r["frames"] and "evaluate_all" in r["stages"], r["_source"]
     for inst in {k[0] for k in recs}:
-        assert len({r["cache"] for k, r in recs.items() if k[0] == inst}) == 1, f"instance {inst}"
+        assert len({r["frames"] for k, r in recs.items() if k[0] == inst}) == 1, f"instance {inst}"
 
 
 def _doc_tables():
