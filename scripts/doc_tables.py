@@ -22,6 +22,7 @@ import argparse
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,10 +35,19 @@ BLOCK = re.compile(r"^(<!-- controls-(table|summary): ([^\n]*?) -->\n)(.*?)^(<!-
 PAGES = (REPO / "docs" / "demo.md", REPO / "README.md")
 
 
-def _build(flags: str, ledger: Path):
-    """(table.md text, its JSON record, the controls module) of the ledger's cells that ``flags``
-    select; ValueError where a record is damaged or cannot be pooled (the table would leave it out
-    silently)."""
+@dataclass
+class Built:
+    """What the ledger's cells that a block's flags select give: table.md's text, its JSON record
+    (controls.build_table) and the parsed flags (controls.ControlsFlags)."""
+
+    table: str
+    record: dict
+    args: object
+
+
+def _build(flags: str, ledger: Path) -> Built:
+    """The tables of the ledger's cells that ``flags`` select; ValueError where a record is damaged
+    or cannot be pooled (the table would leave it out silently)."""
     from core.flags import parse
     from train import controls as C
 
@@ -48,20 +58,23 @@ def _build(flags: str, ledger: Path):
         raise ValueError(f"{ledger}: " + "; ".join(problems))
     table, _, record = C.build_table(nowhere, args.arm_list, args.instance_list, args.seed_list,
                                      args.fractions, args.bootstrap, recs=recs)
-    return table, record, C, args
+    return Built(table, record, args)
 
 
 def table_for(flags: str, ledger: Path = LEDGER) -> str:
     """table.md of the ledger's cells that ``flags`` select (its header names the cells, the
     commits that trained them, what was left out)."""
-    return _build(flags, ledger)[0].strip() + "\n"
+    return _build(flags, ledger).table.strip() + "\n"
 
 
 def summary_for(flags: str, ledger: Path = LEDGER) -> str:
     """The short table: one row per arm (each metric's mean [95 % CI] over instances and test
     videos, the pretext accuracy, instances x seeds), numbers from the same computation as
     table_for's."""
-    _, record, C, args = _build(flags, ledger)
+    from train import controls as C
+
+    built = _build(flags, ledger)
+    record, args = built.record, built.args
     metrics = C.metric_names(args.fractions)
     head = ["arm", *(title for _, title in metrics), "pretext (chance)", "instances x seeds"]
     videos = sorted({g["videos"] // len(g["instances"]) for per_arm in record["metrics"].values()
