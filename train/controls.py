@@ -96,9 +96,10 @@ MOCO_DEMO = {"queue-size": "1024"}
 REVERSED = ("mac", "scratch")
 # arms whose pretext head is not trained (cls weight 0): their pretext accuracy reads an untrained head
 UNTRAINED_HEAD = ("moco",)
-# minutes one cell of the demo preset takes on two idle CPU cores (measured; docs/demo.md), for --plan
-DEMO_CELL_MINUTES = {"mac": 13, "no-mask": 13, "full-frame": 14, "displaced": 11, "mac-sc": 17, "moco": 16,
-                     "random": 7, "scratch": 16, "scratch-sc": 22}
+# minutes one cell of the demo preset takes on two idle CPU cores (measured 2026-12-04, docs/demo.md;
+# displaced estimated from its ratio to no mask on a busier day), for --plan
+DEMO_CELL_MINUTES = {"mac": 6, "no-mask": 7, "full-frame": 7, "displaced": 6, "mac-sc": 8, "moco": 7,
+                     "random": 3, "scratch": 8, "scratch-sc": 12}
 
 
 def fraction_tag(f: float) -> str:

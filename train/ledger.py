@@ -1,8 +1,8 @@
 """The controls' results ledger: what each finished cell of train/controls.py measured, per test
 video, as one small JSON file that can be kept in git (docs/results/controls/).
 
-Why: a cell (one data instance x training seed x arm) costs 10-15 minutes on two CPU cores and the
-full design 3 x 2 x 8 cells about seven hours, more than one sitting. Its run folder holds
+Why: a cell (one data instance x training seed x arm) costs 3-12 minutes on two idle CPU cores and
+the full design of 3 x 2 x 9 cells six hours or more, more than one sitting. Its run folder holds
 checkpoints and caches that never go into git, so without a record the evidence dies with the
 machine. A record keeps exactly what the tables are computed from (each test video's label and
 prediction for every evaluation, the nearest neighbour's label for retrieval, per-class accuracy,
