@@ -22,8 +22,8 @@ import argparse
 import re
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,8 +35,7 @@ BLOCK = re.compile(r"^(<!-- controls-(table|summary): ([^\n]*?) -->\n)(.*?)^(<!-
 PAGES = (REPO / "docs" / "demo.md", REPO / "README.md")
 
 
-@dataclass
-class Built:
+class Built(NamedTuple):
     """What the ledger's cells that a block's flags select give: table.md's text, its JSON record
     (controls.build_table) and the parsed flags (controls.ControlsFlags)."""
 
