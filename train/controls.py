@@ -123,6 +123,14 @@ def cell_dir(root: Path, instance: int, seed: int, arm: str) -> Path:
     return Path(root) / "cells" / f"seed{instance}" / f"train{seed}" / arm
 
 
+def cell_finished(d: Path) -> bool:
+    """Whether the cell folder ``d`` finished every stage (its slot.json says done)."""
+    try:
+        return json.loads((d / "slot.json").read_text()).get("status") == "done"
+    except (OSError, ValueError):
+        return False
+
+
 def instance_sweep(args: "ControlsFlags", instance: int):
     """train/sweep.py's runner for one data instance: its data root and cache, the run's overrides."""
     from train.sweep import Sweep
@@ -175,10 +183,8 @@ def random_retrieval_source(sw) -> list[str]:
     backbone, clip geometry and normalisation of the preset's pretraining (what MAC's checkpoint
     stores), so that the random arm does not depend on MAC's cell."""
     from train.inference import clip_geometry
-    from train.pretrain import PretrainConfig
 
-    pt = parse(PretrainConfig, [*sw.config("pretrain"), *_stage_overrides("pretrain", sw.overrides)],
-               prog="pretrain.py")
+    pt = arm_pretrain_config(sw, "mac")
     geo = clip_geometry(asdict(pt))
     return ["--init", "random", "--backbone", pt.backbone, "--norm", pt.norm,
             *[x for k in ("frames", "stride", "crop") for x in (f"--{k}", str(geo[k]))]]
@@ -694,10 +700,7 @@ def record_finished(args: "ControlsFlags", keys=None) -> list[str]:
         keys = [(i, s, a) for i in args.instance_list for s in args.seed_list for a in args.arm_list]
     for inst, seed, arm in keys:
         d = cell_dir(args.dir, inst, seed, arm)
-        try:
-            if json.loads((d / "slot.json").read_text()).get("status") != "done":
-                continue
-        except (OSError, ValueError):
+        if not cell_finished(d):
             continue
         try:
             rec = L.from_cell(d, inst, seed, arm)
@@ -740,21 +743,22 @@ def plan(args: "ControlsFlags") -> str:
         for seed in args.seed_list:
             for arm in args.arm_list:
                 d, rec = cell_dir(args.dir, inst, seed, arm), recorded.get((inst, seed, arm))
-                try:
-                    done = json.loads((d / "slot.json").read_text()).get("status") == "done"
-                except (OSError, ValueError):
-                    done = False
-                if done:
+                # an instance not cached here yet: a record with these settings is taken if its frames match
+                taken = rec is not None and (recorded_already(rec, args.settings, known) if known
+                                             else rec.get("settings") == args.settings)
+                if cell_finished(d):
                     state = f"done in {d}"
                 elif d.exists():
-                    state, _ = f"begun in {d}: resumes", todo.setdefault((inst, seed), []).append(arm)
-                elif rec is not None and rec.get("settings") == args.settings and (known is None
-                                                                                   or rec.get("frames") == known):
+                    state = f"begun in {d}: resumes"
+                elif taken:
                     state = f"recorded in {rec['_source']}" + ("" if known else " (taken if the frames match)")
+                elif rec is None:
+                    state = "to run"
                 else:
-                    why = "" if rec is None else (" (recorded with other settings)" if rec.get("settings") !=
-                                                  args.settings else " (recorded on other frames)")
-                    state, _ = f"to run{why}", todo.setdefault((inst, seed), []).append(arm)
+                    state = "to run (recorded with other settings)" if rec.get("settings") != args.settings \
+                        else "to run (recorded on other frames)"
+                if state.startswith(("begun", "to run")):
+                    todo.setdefault((inst, seed), []).append(arm)
                 rows.append(f"| {inst} | {seed} | {arm} | {state} |")
     minutes = {k: sum(DEMO_CELL_MINUTES[a] for a in arms) for k, arms in todo.items()}
     n_left = sum(len(a) for a in todo.values())
