@@ -245,6 +245,24 @@ def signature(preset: str, pretrain_run: str, cache_dir: str, overrides: Sequenc
     return sig + (f" pretrain_dataset={pretrain_dataset}" if pretrain_dataset else "")
 
 
+def read_signature(sig: str) -> dict:
+    """signature's inverse: {"preset", "pretrain_run", "cache_dir", "overrides": [...],
+    "pretrain_dataset"?}; the fields a signature lacks are absent. Overrides never hold a space
+    (stage.flag=value, lists comma-separated), so every space-separated word after ``overrides=``
+    is one, up to the ``pretrain_dataset=`` that may close the line."""
+    out: dict = {}
+    head, sep, tail = sig.strip().partition(" overrides=")
+    for word in head.split():
+        key, _, value = word.partition("=")
+        out[key] = value
+    if sep:
+        words = tail.split()
+        if words and words[-1].startswith("pretrain_dataset="):
+            out["pretrain_dataset"] = words.pop().partition("=")[2]
+        out["overrides"] = words
+    return out
+
+
 def check_signature(run_dir: str | os.PathLike, sig: str) -> None:
     """Refuse a run directory started with other settings (once it has finished a stage past the
     preflight), else record ``sig`` as its settings."""

@@ -212,6 +212,18 @@ def test_signature_of_a_run():
     assert k400.endswith(" overrides= pretrain_dataset=kinetics-two")
 
 
+
+def test_a_signature_reads_back_as_its_fields():
+    """report.py reads the preset and the chain.* overrides back from run_args.txt."""
+    sig = P.signature("demo", "ucf101", "data_cache", ["train.seed=1", "pretrain.alphas=0.1,0.5"])
+    assert P.read_signature(sig + "\n") == {"preset": "demo", "pretrain_run": "ucf101", "cache_dir": "data_cache",
+                                            "overrides": ["train.seed=1", "pretrain.alphas=0.1,0.5"]}
+    assert P.read_signature(P.signature("demo", "ucf101", "c", []))["overrides"] == []
+    k400 = P.read_signature(P.signature("k400-ucf101", "ucf101", "c", ["chain.linear-probe=false"], "kinetics-two"))
+    assert k400["overrides"] == ["chain.linear-probe=false"] and k400["pretrain_dataset"] == "kinetics-two"
+    assert P.read_signature("") == {}
+
+
 def test_other_settings_are_refused_once_a_stage_past_the_preflight_finished(tmp_path):
     run = tmp_path / "run"
     old, new = P.signature("demo", "ucf101", "c", []), P.signature("demo", "ucf101", "c", ["finetune.lr=0.5"])

@@ -35,7 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):   # run as `python train/report.py`, installed or not: the checkout first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import atomic
+from core import atomic, presets
 from core.errors import UsageError, exit_with
 from core.flags import Flags, flag, parse
 
@@ -154,8 +154,8 @@ def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None 
     if pretrain_dir is not None:
         dirs["pretrain"] = Path(pretrain_dir)
     run_args = (run_dir / "run_args.txt").read_text().strip() if (run_dir / "run_args.txt").exists() else None
-    if preset is None and run_args and run_args.startswith("preset="):
-        preset = run_args.split()[0].split("=", 1)[1]
+    if preset is None and run_args:
+        preset = presets.read_signature(run_args).get("preset")
 
     res: dict = {"run_dir": str(run_dir), "run_id": run_dir.name, "dataset": run_dir.parent.name, "preset": preset,
                  "run_args": run_args, "generated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -207,17 +207,15 @@ def collect(run_dir: Path, preset: str | None = None, pretrain_dir: Path | None 
 def chain_switches(preset: str | None, run_args: str | None) -> dict | None:
     """Which baselines and probes the run's chain ran: the preset's chain.json, then the run's
     chain.* overrides (run_args.txt); None where the preset's file cannot be read."""
-    from core import presets
-
     if not preset:
         return None
     try:
         chain = presets.read_chain(presets.stage_file(preset, "chain"))
     except Exception:                  # noqa: BLE001 - an unknown preset: guess from the stages present
         return None
-    toks = [t.removeprefix("overrides=") for t in (run_args or "").split()]
+    overrides = presets.read_signature(run_args or "").get("overrides", [])
     try:
-        chain.update(presets.chain_overrides([t for t in toks if t.startswith("chain.")]))
+        chain.update(presets.chain_overrides([o for o in overrides if o.startswith("chain.")]))
     except UsageError:
         return None
     return chain
