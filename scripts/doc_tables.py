@@ -10,7 +10,8 @@ A page marks each such table with the `train/controls.py` flags that select its 
 so that a published number cannot drift from the records behind it (docs/results/controls,
 train/ledger.py). A `<!-- controls-summary: FLAGS -->` block (closed by `<!-- /controls-summary -->`)
 holds the short form the README shows: one row per arm, each metric's mean with its interval, the
-pretext accuracy and the cells behind the row. `tests/test_results_ledger.py` checks every block
+pretext accuracy and the cells behind the row. A `<!-- controls-cells: FLAGS -->` block holds
+cells.md: every cell's own accuracies, arm by cell. `tests/test_results_ledger.py` checks every block
 of docs/demo.md and README.md.
 
     python scripts/doc_tables.py            # rewrite the blocks of docs/demo.md and README.md
@@ -30,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 LEDGER = REPO / "docs" / "results" / "controls"
 # a marker is a line of its own (a page may quote one inline)
-BLOCK = re.compile(r"^(<!-- controls-(table|summary): ([^\n]*?) -->\n)(.*?)^(<!-- /controls-\2 -->)$",
+BLOCK = re.compile(r"^(<!-- controls-(table|summary|cells): ([^\n]*?) -->\n)(.*?)^(<!-- /controls-\2 -->)$",
                    re.S | re.M)
 PAGES = (REPO / "docs" / "demo.md", REPO / "README.md")
 
@@ -98,13 +99,26 @@ def summary_for(flags: str, ledger: Path = LEDGER) -> str:
     return "\n".join(out) + "\n"
 
 
+def cells_for(flags: str, ledger: Path = LEDGER) -> str:
+    """cells.md of the ledger's cells that ``flags`` select (controls.cells_table)."""
+    from core.flags import parse
+    from train import controls as C
+
+    args = parse(C.ControlsFlags, [*shlex.split(flags), "--table-only"], prog="controls.py")
+    recs, problems = C.gather(Path("/nonexistent/controls"), args.arm_list, args.instance_list, args.seed_list,
+                              ledger)
+    if problems:
+        raise ValueError(f"{ledger}: " + "; ".join(problems))
+    return C.cells_table(recs, args.arm_list, args.instance_list, args.seed_list, args.fractions)
+
+
 def blocks(text: str) -> list[tuple[str, str, str]]:
-    """[(kind, flags, table shown)] of every marked block: kind "table" or "summary"."""
+    """[(kind, flags, table shown)] of every marked block: kind "table", "summary" or "cells"."""
     return [(m.group(2), m.group(3), m.group(4)) for m in BLOCK.finditer(text)]
 
 
 def render(kind: str, flags: str, ledger: Path = LEDGER) -> str:
-    return (summary_for if kind == "summary" else table_for)(flags, ledger)
+    return {"summary": summary_for, "cells": cells_for}.get(kind, table_for)(flags, ledger)
 
 
 def rewrite(text: str, ledger: Path = LEDGER) -> str:

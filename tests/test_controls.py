@@ -364,6 +364,12 @@ def test_the_ledger_keeps_each_finished_cell_and_the_table_reads_it_back(tmp_pat
     assert again["metrics"] == fresh["metrics"] and again["metrics"]["retrieve"]["mac"]["seeds"] == 2
     assert "c0,50.0,2" in (runs / "per_class.csv").read_text().replace("mac,", "")
     assert "Cells: 4 (4 from the ledger)" in (runs / "table.md").read_text()
+    # cells.md: each cell's own figures (no probe or pretext stage here: '-'), a cell not recorded named
+    cells = (runs / "cells.md").read_text()
+    assert f"| MAC (MAC-S) | {100 * mac[0].mean():.1f} / - / - | {100 * mac[1].mean():.1f} / - / - |" in cells
+    assert "| no mask |" not in cells and "| 0/0 | 0/1 |" in cells
+    one = C.cells_table({(0, 1, "mac"): rec}, ["mac", "scratch"], [0], [0, 1], [1.0])
+    assert f"| MAC (MAC-S) | not run | {100 * mac[1].mean():.1f} / - / - |" in one and "scratch" not in one.split("|---|")[1]
     # an existing record with other results is kept, whatever the new run says
     before = (book / "seed0-train0-mac.json").read_text()
     other = _fake_cell(tmp_path / "rerun", 0, 0, "mac", np.zeros(40, bool), names)

@@ -50,8 +50,9 @@ not trained again.
 Outputs: table.md / table.csv (per arm and metric: mean with a 95 % hierarchical-bootstrap interval
 over instances and videos, the difference to MAC with its paired interval, McNemar's exact test of
 MAC against the arm on the same videos, instances x seeds; pretext accuracy against chance),
-per_class.csv (per-class test accuracy of every arm), reverse_time.md (MoveUp/MoveDown under time
-reversal), controls.json (every number and where it came from).
+cells.md (every cell's own accuracies and pretext, arm by cell), per_class.csv (per-class test
+accuracy of every arm), reverse_time.md (MoveUp/MoveDown under time reversal), controls.json (every
+number and where it came from).
 """
 from __future__ import annotations
 
@@ -496,6 +497,36 @@ def _paired(data: dict, key: str, arm: str, ref: str, n_boot: int):
                       for i in common}}
 
 
+def cells_table(recs: dict, arms: list[str], instances: list[int], seeds: list[int], fractions: list[float]) -> str:
+    """One row per arm, one column per cell (instance/seed): each finetuned accuracy, the linear
+    probe and the pretext, percent; how far single cells lie from the pooled means (a pretraining
+    that left its plateau or did not)."""
+    keys = [k for k, _ in metric_names(fractions) if k != "retrieve"]
+    titles = [t for k, t in metric_names(fractions) if k != "retrieve"] + ["pretext"]
+    cols = [(i, s) for i in instances for s in seeds]
+    lines = [f"Each cell (data instance/training seed): {' / '.join(titles)}; percent of the instance's test "
+             "videos (chance 16.7 %; pretext chance 1/k^n, 25 % on the demo); '-' where the cell has no such "
+             "stage (scratch has no probe, MoCo alone an untrained pretext head), 'not run' where it is not recorded.",
+             "", "| arm | " + " | ".join(f"{i}/{s}" for i, s in cols) + " |", "|---|" + "---|" * len(cols)]
+    for arm in arms:
+        row = []
+        for i, s in cols:
+            rec = recs.get((i, s, arm))
+            if rec is None:
+                row.append("not run")
+                continue
+            vals = []
+            for key in keys:
+                got = per_video(rec, key)
+                vals.append(f"{100 * got[1].mean():.1f}" if got is not None and len(got[1]) else "-")
+            pt = rec.get("pretext") if arm not in UNTRAINED_HEAD else None
+            vals.append(f"{pt['pretext_test_acc']:.1f}" if pt else "-")
+            row.append(" / ".join(vals))
+        if any(c != "not run" for c in row):
+            lines.append(f"| {LABELS[arm]} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def per_class_rows(recs: dict, arms: list[str], instances: list[int], seeds: list[int]) -> list[list[str]]:
     """Per-class test accuracy (all labels, finetuned) of every arm, mean over instances and seeds."""
     out = [["arm", "class", "accuracy", "runs"]]
@@ -559,6 +590,7 @@ def write_outputs(root: Path, arms, instances, seeds, fractions, n_boot: int = 1
     csv.writer(buf).writerows(per_class_rows(recs, arms, instances, seeds))
     atomic.write_text(root / "per_class.csv", buf.getvalue())
     atomic.write_text(root / "reverse_time.md", reverse_table(recs, instances, seeds))
+    atomic.write_text(root / "cells.md", cells_table(recs, arms, instances, seeds, fractions))
     atomic.write_json(root / "controls.json", record)
     return text, problems
 
